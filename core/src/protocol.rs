@@ -1,0 +1,73 @@
+//! Header names and event kinds of the protocol between the sidecar and the app.
+//! See `docs/app-protocol.md`.
+
+/// Every header with this prefix is reserved: the ingress strips it from clients.
+pub const HEADER_PREFIX: &str = "stead-";
+
+pub const EVENT: &str = "stead-event";
+pub const CLASS: &str = "stead-class";
+pub const OBJECT_ID: &str = "stead-object-id";
+pub const OBJECT_NAME: &str = "stead-object-name";
+pub const TURN: &str = "stead-turn";
+pub const INCARNATION: &str = "stead-object-incarnation";
+/// Set by the app on its answer to roll the turn back whatever the status.
+pub const ROLLBACK: &str = "stead-rollback";
+
+/// Environment variable naming the address the app listens on.
+pub const ENV_APP_ADDR: &str = "STEAD_APP_ADDR";
+/// Environment variable naming the base URL of the sidecar's app API.
+pub const ENV_API_URL: &str = "STEAD_API_URL";
+pub const DEFAULT_APP_ADDR: &str = "127.0.0.1:3000";
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:9787";
+
+/// What an event delivered to the app is about (`stead-event`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// An HTTP request for an object or for the stateless front door.
+    Request,
+    /// The object was closed; the app drops its in-memory instance.
+    Hibernate,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Request => "request",
+            EventKind::Hibernate => "hibernate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "request" => Some(EventKind::Request),
+            "hibernate" => Some(EventKind::Hibernate),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a header name is reserved for Stead (case-insensitive).
+pub fn is_reserved_header(name: &str) -> bool {
+    name.len() >= HEADER_PREFIX.len()
+        && name.as_bytes()[..HEADER_PREFIX.len()].eq_ignore_ascii_case(HEADER_PREFIX.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_headers_match_case_insensitively() {
+        assert!(is_reserved_header("stead-turn"));
+        assert!(is_reserved_header("Stead-Object-Id"));
+        assert!(!is_reserved_header("steady"));
+        assert!(!is_reserved_header("x-stead-turn"));
+    }
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for k in [EventKind::Request, EventKind::Hibernate] {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+    }
+}
