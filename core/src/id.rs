@@ -116,7 +116,10 @@ impl ObjectId {
                 len: hex_id.chars().count(),
             });
         }
-        if !hex_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if !hex_id
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(IdError::IdNotHex);
         }
         let mut id = [0u8; 32];

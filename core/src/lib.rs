@@ -1,10 +1,12 @@
 //! What every part of Stead agrees on: object ids and names, slots, the wire protocol's header
 //! names and event kinds, and the JSON error body.
 
+pub mod duration;
 pub mod error;
 pub mod id;
 pub mod protocol;
 
+pub use duration::{DurationError, parse_duration};
 pub use error::{ErrorBody, ErrorDetail};
 pub use id::{ClassName, IdError, ObjectId, ObjectName, Slot};
 pub use protocol::EventKind;

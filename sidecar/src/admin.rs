@@ -1,0 +1,48 @@
+//! `/healthz`, `/readyz` and `/metrics` on their own port, so that no client path is taken from
+//! the app's front door.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use http::{StatusCode, header};
+
+use crate::metrics::Metrics;
+
+pub struct AdminState {
+    pub metrics: Metrics,
+    pub app_addr: String,
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Ready when the app accepts connections: before that, every event would fail.
+async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    let connect = tokio::net::TcpStream::connect(&s.app_addr);
+    match tokio::time::timeout(Duration::from_secs(1), connect).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_owned()),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("app at {} does not accept connections\n", s.app_addr),
+        ),
+    }
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+}

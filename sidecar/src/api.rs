@@ -1,0 +1,384 @@
+//! The app API: storage calls from the app, each bound to the turn of its `stead-turn` token.
+//! Every limit is checked here, before anything reaches storage, so a refused call writes nothing.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequest, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use http::StatusCode;
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value as Json, json};
+use stead_core::protocol;
+
+use crate::error::ApiError;
+use crate::storage::{ListQuery, Storage, TurnRef, param_from_json};
+use crate::turn::{TurnKind, Turns};
+
+/// Storage limits of DESIGN §4 (defaults are Cloudflare's figures where it has them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Longest KV key, in UTF-8 bytes.
+    #[arg(long, env = "STEAD_MAX_KEY_BYTES", default_value_t = 2048)]
+    pub max_key_bytes: usize,
+    /// Largest KV value, in bytes.
+    #[arg(long, env = "STEAD_MAX_VALUE_BYTES", default_value_t = 2 << 20)]
+    pub max_value_bytes: usize,
+    /// Most keys or entries in one KV call.
+    #[arg(long, env = "STEAD_MAX_BATCH", default_value_t = 128)]
+    pub max_batch: usize,
+    /// Longest SQL text, in bytes.
+    #[arg(long, env = "STEAD_MAX_STATEMENT_BYTES", default_value_t = 100 << 10)]
+    pub max_statement_bytes: usize,
+    /// Most bound parameters in one SQL call.
+    #[arg(long, env = "STEAD_MAX_PARAMS", default_value_t = 100)]
+    pub max_params: usize,
+    /// Largest object database, in bytes.
+    #[arg(long, env = "STEAD_MAX_DATABASE_BYTES", default_value_t = 10 << 30)]
+    pub max_database_bytes: u64,
+    /// Largest app API request body, in bytes.
+    #[arg(long, env = "STEAD_MAX_API_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_api_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 2048,
+            max_value_bytes: 2 << 20,
+            max_batch: 128,
+            max_statement_bytes: 100 << 10,
+            max_params: 100,
+            max_database_bytes: 10 << 30,
+            max_api_body_bytes: 64 << 20,
+        }
+    }
+}
+
+pub struct ApiState {
+    pub storage: Storage,
+    pub turns: Arc<Turns>,
+    pub limits: Limits,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/v1/kv/get", post(kv_get))
+        .route("/v1/kv/put", post(kv_put))
+        .route("/v1/kv/delete", post(kv_delete))
+        .route("/v1/kv/list", post(kv_list))
+        .route("/v1/kv/delete-all", post(kv_delete_all))
+        .route("/v1/sql/exec", post(sql_exec))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such app API call; see docs/app-protocol.md",
+            )
+        })
+        .with_state(state)
+}
+
+/// One app API call: the turn it belongs to and its parsed JSON body.
+struct Call<T> {
+    turn: TurnRef,
+    body: T,
+}
+
+impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for Call<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<ApiState>) -> Result<Self, ApiError> {
+        let token = req
+            .headers()
+            .get(protocol::TURN)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_turn",
+                    "app API calls need the stead-turn header of the event being handled",
+                )
+            })?
+            .to_str()
+            .map_err(|_| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unknown_turn", "unreadable token")
+            })?;
+        let turn = match state.turns.resolve(token)? {
+            TurnKind::Object(t) => t,
+            TurnKind::Stateless => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "no_storage",
+                    "a stateless request has no storage; call an object instead",
+                ));
+            }
+        };
+        let limit = state.limits.max_api_body_bytes;
+        let bytes = Limited::new(req.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|_| {
+                ApiError::too_large(
+                    "body_too_large",
+                    format!("app API bodies are limited to {limit} bytes"),
+                )
+            })?
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}"))
+        })?;
+        Ok(Call { turn, body })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysBody {
+    key: Option<String>,
+    keys: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    key: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    key: Option<String>,
+    value: Option<String>,
+    entries: Option<Vec<Entry>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListBody {
+    prefix: Option<String>,
+    start: Option<String>,
+    end: Option<String>,
+    limit: Option<u64>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlBody {
+    sql: String,
+    #[serde(default)]
+    params: Vec<Json>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+impl Limits {
+    fn key(&self, key: &str) -> Result<(), ApiError> {
+        if key.len() > self.max_key_bytes {
+            return Err(ApiError::too_large(
+                "key_too_large",
+                format!(
+                    "key is {} bytes; the limit is {}",
+                    key.len(),
+                    self.max_key_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn batch(&self, n: usize) -> Result<(), ApiError> {
+        if n > self.max_batch {
+            return Err(ApiError::bad_request(
+                "batch_too_large",
+                format!("{n} keys in one call; the limit is {}", self.max_batch),
+            ));
+        }
+        if n == 0 {
+            return Err(ApiError::bad_request("bad_request", "no keys given"));
+        }
+        Ok(())
+    }
+
+    fn value(&self, key: &str, b64: &str) -> Result<Vec<u8>, ApiError> {
+        // Refuse before decoding what cannot fit.
+        if b64.len() / 4 * 3 > self.max_value_bytes + 3 {
+            return Err(self.value_too_large(key, b64.len() / 4 * 3));
+        }
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "bad_request",
+                    format!("value of {key:?} is not base64: {e}"),
+                )
+            })?;
+        if value.len() > self.max_value_bytes {
+            return Err(self.value_too_large(key, value.len()));
+        }
+        Ok(value)
+    }
+
+    fn value_too_large(&self, key: &str, len: usize) -> ApiError {
+        ApiError::too_large(
+            "value_too_large",
+            format!(
+                "value of {key:?} is {len} bytes; the limit is {}",
+                self.max_value_bytes
+            ),
+        )
+    }
+}
+
+/// `{"key": …}` or `{"keys": […]}`, validated; the flag says which form was used.
+fn keys_of(body: KeysBody, limits: &Limits) -> Result<(Vec<String>, bool), ApiError> {
+    let (keys, single) = match (body.key, body.keys) {
+        (Some(k), None) => (vec![k], true),
+        (None, Some(ks)) => (ks, false),
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                "give either \"key\" or \"keys\"",
+            ));
+        }
+    };
+    limits.batch(keys.len())?;
+    for k in &keys {
+        limits.key(k)?;
+    }
+    Ok((keys, single))
+}
+
+fn encode(v: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
+
+fn entries_json(entries: Vec<(String, Vec<u8>)>) -> Json {
+    Json::Array(
+        entries
+            .into_iter()
+            .map(|(k, v)| json!({"key": k, "value": encode(&v)}))
+            .collect(),
+    )
+}
+
+async fn kv_get(
+    State(s): State<Arc<ApiState>>,
+    call: Call<KeysBody>,
+) -> Result<Response, ApiError> {
+    let (keys, single) = keys_of(call.body, &s.limits)?;
+    let found = s.storage.kv_get(&call.turn, keys).await?;
+    Ok(if single {
+        let value = found.into_iter().next().map(|(_, v)| encode(&v));
+        axum::Json(json!({ "value": value })).into_response()
+    } else {
+        axum::Json(json!({ "entries": entries_json(found) })).into_response()
+    })
+}
+
+async fn kv_put(State(s): State<Arc<ApiState>>, call: Call<PutBody>) -> Result<Response, ApiError> {
+    let raw = match (call.body.key, call.body.value, call.body.entries) {
+        (Some(k), Some(v), None) => vec![Entry { key: k, value: v }],
+        (None, None, Some(es)) => es,
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                "give either \"key\" and \"value\", or \"entries\"",
+            ));
+        }
+    };
+    s.limits.batch(raw.len())?;
+    let mut entries = Vec::with_capacity(raw.len());
+    for e in raw {
+        s.limits.key(&e.key)?;
+        let v = s.limits.value(&e.key, &e.value)?;
+        entries.push((e.key, v));
+    }
+    let written = s.storage.kv_put(&call.turn, entries).await?;
+    Ok(axum::Json(json!({ "written": written })).into_response())
+}
+
+async fn kv_delete(
+    State(s): State<Arc<ApiState>>,
+    call: Call<KeysBody>,
+) -> Result<Response, ApiError> {
+    let (keys, _) = keys_of(call.body, &s.limits)?;
+    let deleted = s.storage.kv_delete(&call.turn, keys).await?;
+    Ok(axum::Json(json!({ "deleted": deleted })).into_response())
+}
+
+async fn kv_list(
+    State(s): State<Arc<ApiState>>,
+    call: Call<ListBody>,
+) -> Result<Response, ApiError> {
+    let b = call.body;
+    for k in [&b.prefix, &b.start, &b.end].into_iter().flatten() {
+        s.limits.key(k)?;
+    }
+    let query = ListQuery {
+        prefix: b.prefix,
+        start: b.start,
+        end: b.end,
+        limit: b.limit,
+        reverse: b.reverse,
+    };
+    let found = s.storage.kv_list(&call.turn, query).await?;
+    Ok(axum::Json(json!({ "entries": entries_json(found) })).into_response())
+}
+
+async fn kv_delete_all(
+    State(s): State<Arc<ApiState>>,
+    call: Call<Empty>,
+) -> Result<Response, ApiError> {
+    let deleted = s.storage.kv_delete_all(&call.turn).await?;
+    Ok(axum::Json(json!({ "deleted": deleted })).into_response())
+}
+
+async fn sql_exec(
+    State(s): State<Arc<ApiState>>,
+    call: Call<SqlBody>,
+) -> Result<Response, ApiError> {
+    let SqlBody { sql, params } = call.body;
+    if sql.len() > s.limits.max_statement_bytes {
+        return Err(ApiError::too_large(
+            "statement_too_large",
+            format!(
+                "SQL is {} bytes; the limit is {}",
+                sql.len(),
+                s.limits.max_statement_bytes
+            ),
+        ));
+    }
+    if params.len() > s.limits.max_params {
+        return Err(ApiError::bad_request(
+            "too_many_params",
+            format!(
+                "{} bound parameters; the limit is {}",
+                params.len(),
+                s.limits.max_params
+            ),
+        ));
+    }
+    if sql.to_ascii_lowercase().contains("_stead_") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reserved_name",
+            "names starting with _stead_ are reserved for Stead's own tables",
+        ));
+    }
+    let params = params
+        .iter()
+        .map(param_from_json)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request("bad_request", e))?;
+    let out = s.storage.sql_exec(&call.turn, sql, params).await?;
+    Ok(axum::Json(out).into_response())
+}

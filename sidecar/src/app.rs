@@ -1,0 +1,166 @@
+//! Delivering events to the app over keep-alive HTTP/1.1 connections.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use stead_core::{EventKind, protocol};
+
+use crate::object::ObjectRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("the app at {addr} did not answer: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("the app's answer is larger than {limit} bytes")]
+    AnswerTooLarge { limit: usize },
+    #[error("invalid request for the app: {0}")]
+    InvalidRequest(String),
+}
+
+#[derive(Clone)]
+pub struct AppClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    addr: String,
+    max_answer_bytes: usize,
+}
+
+/// Headers that describe one connection, not the message: never passed between connections.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, and every `stead-*` header when `strip_stead` is set.
+pub fn clean_headers(headers: &mut HeaderMap, strip_stead: bool) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            HOP_BY_HOP.contains(&k.as_str())
+                || (strip_stead && protocol::is_reserved_header(k.as_str()))
+        })
+        .cloned()
+        .collect();
+    for k in doomed {
+        headers.remove(k);
+    }
+}
+
+impl AppClient {
+    pub fn new(addr: String, max_answer_bytes: usize) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Self {
+            client,
+            addr,
+            max_answer_bytes,
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends one event and reads the whole answer (the turn ends when the answer is complete).
+    pub async fn send(&self, mut req: Request<Bytes>) -> Result<Response<Bytes>, AppError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        *req.uri_mut() = Uri::try_from(format!("http://{}{}", self.addr, path))
+            .map_err(|e| AppError::InvalidRequest(e.to_string()))?;
+        let req = req.map(Full::new);
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| AppError::Unreachable {
+                addr: self.addr.clone(),
+                reason: error_chain(&e),
+            })?;
+        let (parts, body) = resp.into_parts();
+        let body = Limited::new(body, self.max_answer_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    AppError::AnswerTooLarge {
+                        limit: self.max_answer_bytes,
+                    }
+                } else {
+                    AppError::Unreachable {
+                        addr: self.addr.clone(),
+                        reason: e.to_string(),
+                    }
+                }
+            })?
+            .to_bytes();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Tells the app that an object was closed, so it can drop the in-memory instance. Best
+    /// effort: the incarnation header covers a lost notice.
+    pub async fn hibernate(&self, object: &ObjectRef, incarnation: &str) {
+        let mut req = Request::new(Bytes::new());
+        *req.method_mut() = http::Method::POST;
+        set_object_headers(req.headers_mut(), EventKind::Hibernate, object, incarnation);
+        if let Err(e) = self.send(req).await {
+            tracing::debug!(error = %e, "hibernate notice not delivered");
+        }
+    }
+}
+
+/// The `stead-*` headers of an object event.
+pub fn set_object_headers(
+    headers: &mut HeaderMap,
+    kind: EventKind,
+    object: &ObjectRef,
+    incarnation: &str,
+) {
+    let put = |h: &mut HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    put(headers, protocol::EVENT, kind.as_str());
+    put(headers, protocol::CLASS, object.class.as_str());
+    put(headers, protocol::OBJECT_ID, &object.id.to_hex());
+    put(headers, protocol::INCARNATION, incarnation);
+    if let Some(name) = &object.name {
+        let encoded = percent_encoding::utf8_percent_encode(name.as_str(), NAME_ENCODE).to_string();
+        put(headers, protocol::OBJECT_NAME, &encoded);
+    }
+}
+
+/// Everything but RFC 3986 unreserved characters is percent-encoded in `stead-object-name`.
+const NAME_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

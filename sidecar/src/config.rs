@@ -1,0 +1,83 @@
+//! The sidecar's configuration, read once from flags and the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stead_core::ClassName;
+
+use crate::api::Limits;
+use crate::storage::Durability;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    stead_core::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn class(s: &str) -> Result<ClassName, String> {
+    ClassName::new(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SidecarConfig {
+    /// Address of the client-facing ingress.
+    #[arg(long, env = "STEAD_INGRESS_ADDR", default_value = "0.0.0.0:8787")]
+    pub ingress: SocketAddr,
+    /// Address of the app API (keep it on loopback: only the app may call it).
+    #[arg(long, env = "STEAD_API_ADDR", default_value = "127.0.0.1:9787")]
+    pub api: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "STEAD_ADMIN_ADDR", default_value = "0.0.0.0:9788")]
+    pub admin: SocketAddr,
+    /// Address of the app container (host:port).
+    #[arg(long, env = "STEAD_APP_ADDR", default_value = stead_core::protocol::DEFAULT_APP_ADDR)]
+    pub app: String,
+    /// Folder of the shard's data (object databases under slots/).
+    #[arg(long, env = "STEAD_DATA_DIR", default_value = "/data")]
+    pub data_dir: PathBuf,
+    /// Classes this namespace serves, comma separated.
+    #[arg(long, env = "STEAD_CLASSES", value_delimiter = ',', required = true, value_parser = class)]
+    pub classes: Vec<ClassName>,
+    /// Slots of the namespace (immutable once data exists).
+    #[arg(long, env = "STEAD_SLOTS", default_value_t = stead_core::id::DEFAULT_SLOTS)]
+    pub slots: u32,
+    /// `strict` (fsync every commit) or `relaxed`.
+    #[arg(long, env = "STEAD_DURABILITY", value_enum, default_value = "strict")]
+    pub durability: Durability,
+    /// Close an object's database after this long without events.
+    #[arg(long, env = "STEAD_IDLE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// Roll a turn back and answer 504 when the app takes longer than this.
+    #[arg(long, env = "STEAD_TURN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub turn_timeout: Duration,
+    /// Most object databases open at once (each holds 2 file descriptors).
+    #[arg(long, env = "STEAD_MAX_OPEN_OBJECTS", default_value_t = 4096)]
+    pub max_open_objects: usize,
+    /// Threads that run SQLite; each serves many objects.
+    #[arg(long, env = "STEAD_STORAGE_THREADS", default_value_t = 8)]
+    pub storage_threads: usize,
+    /// Most turns running at once across all objects.
+    #[arg(long, env = "STEAD_MAX_CONCURRENT_TURNS", default_value_t = 256)]
+    pub max_concurrent_turns: usize,
+    /// Most events queued for one object; more get 503.
+    #[arg(long, env = "STEAD_MAILBOX_CAPACITY", default_value_t = 1024)]
+    pub mailbox_capacity: usize,
+    /// Largest client request body, in bytes.
+    #[arg(long, env = "STEAD_MAX_REQUEST_BYTES", default_value_t = 32 << 20)]
+    pub max_request_bytes: usize,
+    /// Largest app answer, in bytes.
+    #[arg(long, env = "STEAD_MAX_ANSWER_BYTES", default_value_t = 32 << 20)]
+    pub max_answer_bytes: usize,
+    #[command(flatten)]
+    pub limits: Limits,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "STEAD_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Test hook (never in production): abort the process at the first commit.
+    #[arg(
+        long,
+        env = "STEAD_TEST_ABORT_AT_COMMIT",
+        default_value_t = false,
+        hide = true
+    )]
+    pub test_abort_at_commit: bool,
+}

@@ -1,0 +1,18 @@
+//! The Stead sidecar. A request's path through it is the table of contents:
+//! [`ingress`] (parse the route, strip headers) → [`host`] (mailbox, one turn at a time) →
+//! [`app`] (deliver the event) → [`api`] (the app's calls back, bound to the [`turn`]) →
+//! [`storage`] (SQLite, commit, output gate) → back out. [`dev`] runs it all locally.
+
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod host;
+pub mod ingress;
+pub mod metrics;
+pub mod object;
+pub mod sidecar;
+pub mod storage;
+pub mod turn;

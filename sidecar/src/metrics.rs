@@ -1,0 +1,138 @@
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The object's class, or `-` for stateless front-door requests.
+    pub class: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `commit` or `rollback`.
+    pub outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// The sidecar's metrics, cheap to clone (every field is shared).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: HistogramFamily<ClassLabels>,
+    pub turn_seconds: HistogramFamily<OutcomeLabels>,
+    pub commit_seconds: Histogram,
+    pub objects_open: Gauge,
+    pub objects_opened: Counter,
+    pub objects_hibernated: Counter,
+    pub objects_evicted: Counter,
+    pub turns_timed_out: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_seconds: HistogramFamily<ClassLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let turn_seconds: HistogramFamily<OutcomeLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let commit_seconds = latency_histogram();
+        let objects_open = Gauge::default();
+        let objects_opened = Counter::default();
+        let objects_hibernated = Counter::default();
+        let objects_evicted = Counter::default();
+        let turns_timed_out = Counter::default();
+
+        let mut r = Registry::with_prefix("stead");
+        r.register(
+            "requests",
+            "Client requests answered, by class and status code",
+            requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Client request latency at the ingress, by class",
+            request_seconds.clone(),
+        );
+        r.register(
+            "turn_duration_seconds",
+            "Duration of object turns (event delivered to outcome durable), by outcome",
+            turn_seconds.clone(),
+        );
+        r.register(
+            "commit_duration_seconds",
+            "Duration of SQLite commits of turns that wrote",
+            commit_seconds.clone(),
+        );
+        r.register(
+            "objects_open",
+            "Object databases currently open",
+            objects_open.clone(),
+        );
+        r.register(
+            "objects_opened",
+            "Object databases opened or created",
+            objects_opened.clone(),
+        );
+        r.register(
+            "objects_hibernated",
+            "Object databases closed after their idle timeout",
+            objects_hibernated.clone(),
+        );
+        r.register(
+            "objects_evicted",
+            "Object databases closed by the open-database cap (least recently used first)",
+            objects_evicted.clone(),
+        );
+        r.register(
+            "turns_timed_out",
+            "Turns rolled back because the app did not answer within the turn timeout",
+            turns_timed_out.clone(),
+        );
+        Self {
+            registry: Arc::new(r),
+            requests,
+            request_seconds,
+            turn_seconds,
+            commit_seconds,
+            objects_open,
+            objects_opened,
+            objects_hibernated,
+            objects_evicted,
+            turns_timed_out,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,142 @@
+//! Assembles and runs the sidecar: storage, host, ingress, app API and admin servers.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::admin::{self, AdminState};
+use crate::api::{self, ApiState};
+use crate::app::AppClient;
+use crate::config::SidecarConfig;
+use crate::host::{Host, HostConfig};
+use crate::ingress::{self, Ingress};
+use crate::metrics::Metrics;
+use crate::storage::{DbOptions, Storage, StorageConfig};
+use crate::turn::Turns;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start storage in {dir}: {source}")]
+    Storage {
+        dir: String,
+        source: crate::storage::StorageError,
+    },
+    #[error("no randomness: {0}")]
+    Random(#[from] getrandom::Error),
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+pub async fn run(
+    config: SidecarConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let metrics = Metrics::new();
+    let storage = Storage::start(
+        StorageConfig {
+            data_dir: config.data_dir.clone(),
+            threads: config.storage_threads,
+            max_open: config.max_open_objects,
+            db: DbOptions {
+                durability: config.durability,
+                max_database_bytes: config.limits.max_database_bytes,
+            },
+        },
+        metrics.clone(),
+    )
+    .map_err(|source| StartError::Storage {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let turns = Arc::new(Turns::new());
+    let app = AppClient::new(config.app.clone(), config.max_answer_bytes);
+    let host = Host::new(
+        HostConfig {
+            turn_timeout: config.turn_timeout,
+            idle_timeout: config.idle_timeout,
+            mailbox_capacity: config.mailbox_capacity,
+            max_concurrent_turns: config.max_concurrent_turns,
+            abort_at_commit: config.test_abort_at_commit,
+        },
+        storage.clone(),
+        app.clone(),
+        turns.clone(),
+        metrics.clone(),
+    )?;
+    let ingress_state = Arc::new(Ingress {
+        classes: config.classes.iter().map(|c| c.to_string()).collect(),
+        slots: config.slots,
+        max_request_bytes: config.max_request_bytes,
+        host,
+        app: app.clone(),
+        turns: turns.clone(),
+        metrics: metrics.clone(),
+    });
+    let api_state = Arc::new(ApiState {
+        storage,
+        turns,
+        limits: config.limits.clone(),
+    });
+    let admin_state = Arc::new(AdminState {
+        metrics,
+        app_addr: config.app.clone(),
+    });
+
+    let listen = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { what, addr, source })
+    };
+    let ingress_l = listen("ingress", config.ingress).await?;
+    let api_l = listen("app API", config.api).await?;
+    let admin_l = listen("admin", config.admin).await?;
+
+    tracing::info!(
+        ingress = %config.ingress,
+        api = %config.api,
+        admin = %config.admin,
+        app = %config.app,
+        data_dir = %config.data_dir.display(),
+        classes = ?config.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        durability = ?config.durability,
+        "sidecar listening"
+    );
+
+    let ingress_app = axum::Router::new()
+        .fallback(ingress::handle)
+        .with_state(ingress_state);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    // Ingress drains in-flight requests on shutdown; the app API keeps serving until the
+    // process ends so that draining turns can finish their calls.
+    let api_srv = axum::serve(api_l, api::router(api_state));
+    let admin_srv = axum::serve(admin_l, admin::router(admin_state));
+    tokio::spawn(async move {
+        if let Err(e) = api_srv.await {
+            tracing::error!(error = %e, "app API server failed");
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(e) = admin_srv.await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    axum::serve(ingress_l, ingress_app)
+        .with_graceful_shutdown(stopped(stop_rx))
+        .await
+        .map_err(StartError::Serve)?;
+    tracing::info!("sidecar stopped");
+    Ok(())
+}

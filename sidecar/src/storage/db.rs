@@ -1,0 +1,625 @@
+//! One object's SQLite database: opening and creating it, the KV table, the app's SQL, and the
+//! turn's transaction. Synchronous; only ever used on a storage worker thread.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use rusqlite::fallible_iterator::FallibleIterator as _;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{Batch, Connection, OpenFlags, StatementStatus, params};
+use serde_json::json;
+
+use super::{Durability, StorageError};
+use crate::object::ObjectRef;
+
+/// SQLite page cache per open database, in KiB: small, because a shard holds thousands.
+const CACHE_KIB: i64 = 512;
+
+/// Options that hold for every database of the shard.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    pub durability: Durability,
+    pub max_database_bytes: u64,
+}
+
+/// What the app asked the KV list call for.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub prefix: Option<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub limit: Option<u64>,
+    pub reverse: bool,
+}
+
+/// The answer to one SQL exec call.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SqlOutput {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    pub rows_read: u64,
+    pub rows_written: u64,
+}
+
+pub struct ObjectDb {
+    conn: Connection,
+    path: PathBuf,
+    /// A turn's write transaction is open.
+    in_tx: bool,
+    /// The open transaction created this database file: a rollback deletes the file again, so a
+    /// turn that never committed leaves nothing on disk.
+    created_in_tx: bool,
+    name_recorded: bool,
+}
+
+impl ObjectDb {
+    /// Opens the object's database if it exists on disk.
+    pub fn open_existing(
+        obj: &ObjectRef,
+        data_dir: &Path,
+        opts: &DbOptions,
+    ) -> Result<Option<Self>, StorageError> {
+        let path = obj.database_path(data_dir);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&conn, opts)?;
+        let name_recorded = obj.name.is_none()
+            || conn
+                .query_row("SELECT 1 FROM _stead_meta WHERE key = 'name'", [], |_| {
+                    Ok(())
+                })
+                .is_ok();
+        Ok(Some(Self {
+            conn,
+            path,
+            in_tx: false,
+            created_in_tx: false,
+            name_recorded,
+        }))
+    }
+
+    /// Creates the object's database, inside an open transaction that the turn commits.
+    pub fn create(
+        obj: &ObjectRef,
+        data_dir: &Path,
+        opts: &DbOptions,
+    ) -> Result<Self, StorageError> {
+        let path = obj.database_path(data_dir);
+        let dir = path
+            .parent()
+            .ok_or_else(|| StorageError::Internal("database path has no parent".into()))?;
+        fs::create_dir_all(dir)?;
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&conn, opts)?;
+        if opts.durability == Durability::Strict {
+            // A new file is durable only once its directory entry is.
+            fs::File::open(dir)?.sync_all()?;
+        }
+        let mut db = Self {
+            conn,
+            path,
+            in_tx: false,
+            created_in_tx: false,
+            name_recorded: true,
+        };
+        db.begin()?;
+        db.created_in_tx = true;
+        db.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS _stead_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS _stead_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
+        )?;
+        let mut meta = vec![
+            ("class", obj.class.to_string()),
+            ("id", obj.id.to_hex()),
+            ("created_ms", now_ms().to_string()),
+        ];
+        if let Some(name) = &obj.name {
+            meta.push(("name", name.to_string()));
+        }
+        for (k, v) in meta {
+            db.conn.execute(
+                "INSERT OR IGNORE INTO _stead_meta(key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )?;
+        }
+        Ok(db)
+    }
+
+    pub fn in_tx(&self) -> bool {
+        self.in_tx
+    }
+
+    fn begin(&mut self) -> Result<(), StorageError> {
+        if !self.in_tx {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.in_tx = true;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the turn's write transaction is open; records the name the object was reached
+    /// by if the database does not know it yet.
+    pub fn begin_write(&mut self, obj: &ObjectRef) -> Result<(), StorageError> {
+        self.begin()?;
+        if !self.name_recorded {
+            if let Some(name) = &obj.name {
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO _stead_meta(key, value) VALUES ('name', ?1)",
+                    params![name.as_str()],
+                )?;
+            }
+            self.name_recorded = true;
+        }
+        Ok(())
+    }
+
+    /// Commits the turn's transaction, if it wrote anything.
+    pub fn commit(&mut self) -> Result<(), StorageError> {
+        if self.in_tx {
+            self.in_tx = false;
+            self.created_in_tx = false;
+            self.conn.execute_batch("COMMIT")?;
+        }
+        Ok(())
+    }
+
+    /// Rolls the turn's transaction back. Returns false when the database must be closed and
+    /// deleted because the rolled-back turn was the one that created it.
+    pub fn rollback(&mut self) -> Result<bool, StorageError> {
+        if self.in_tx {
+            self.in_tx = false;
+            self.conn.execute_batch("ROLLBACK")?;
+            if self.created_in_tx {
+                self.created_in_tx = false;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Closes the database and deletes its files: used when the turn that created it rolled back.
+    pub fn discard(self) -> Result<(), StorageError> {
+        let path = self.path.clone();
+        drop(self.conn);
+        for suffix in ["", "-wal", "-journal"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn kv_get(&self, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT value FROM _stead_kv WHERE key = ?1")?;
+        let mut found = Vec::new();
+        for key in keys {
+            let mut rows = stmt.query(params![key])?;
+            if let Some(row) = rows.next()? {
+                found.push((key.clone(), row.get::<_, Vec<u8>>(0)?));
+            }
+        }
+        Ok(found)
+    }
+
+    pub fn kv_put(&mut self, entries: &[(String, Vec<u8>)]) -> Result<usize, StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO _stead_kv(key, value) VALUES (?1, ?2)")?;
+        for (k, v) in entries {
+            stmt.execute(params![k, v])?;
+        }
+        Ok(entries.len())
+    }
+
+    pub fn kv_delete(&mut self, keys: &[String]) -> Result<usize, StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM _stead_kv WHERE key = ?1")?;
+        let mut deleted = 0;
+        for k in keys {
+            deleted += stmt.execute(params![k])?;
+        }
+        Ok(deleted)
+    }
+
+    pub fn kv_delete_all(&mut self) -> Result<usize, StorageError> {
+        Ok(self.conn.execute("DELETE FROM _stead_kv", [])?)
+    }
+
+    pub fn kv_list(&self, q: &ListQuery) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        // Lower bound: the larger of start and prefix; upper: the smaller of end and the first
+        // string after every string with the prefix. UTF-8 byte order is code point order, which
+        // is SQLite's BINARY order for TEXT.
+        let mut lo = q.start.clone();
+        let mut hi = q.end.clone();
+        if let Some(p) = &q.prefix {
+            if lo.as_ref().is_none_or(|s| s < p) {
+                lo = Some(p.clone());
+            }
+            if let Some(succ) = prefix_successor(p)
+                && hi.as_ref().is_none_or(|e| *e > succ)
+            {
+                hi = Some(succ);
+            }
+        }
+        let order = if q.reverse { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT key, value FROM _stead_kv WHERE (?1 IS NULL OR key >= ?1) AND (?2 IS NULL OR key < ?2) ORDER BY key {order} LIMIT ?3"
+        );
+        let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![lo, hi, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Runs the app's SQL. Statements are prepared under an authorizer that refuses what would
+    /// break the turn (transaction control) or the object's isolation (ATTACH, PRAGMA).
+    pub fn sql_exec(&mut self, sql: &str, params_in: &[Value]) -> Result<SqlOutput, StorageError> {
+        self.conn.authorizer(Some(app_authorizer))?;
+        let result = run_sql(&self.conn, sql, params_in);
+        self.conn
+            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>)?;
+        result
+    }
+
+    /// Whether every statement of `sql` only reads (so that running it needs no database file).
+    pub fn sql_is_read_only(conn: &Connection, sql: &str) -> bool {
+        let mut batch = Batch::new(conn, sql);
+        loop {
+            match batch.next() {
+                Ok(Some(stmt)) => {
+                    if !stmt.readonly() {
+                        return false;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// An in-memory database to run read-only SQL of an object that has no database yet.
+pub fn scratch_connection() -> Result<Connection, StorageError> {
+    Ok(Connection::open_in_memory()?)
+}
+
+/// Runs read-only SQL on a scratch database, under the same rules as the app's SQL.
+pub fn sql_exec_scratch(
+    conn: &mut Connection,
+    sql: &str,
+    params_in: &[Value],
+) -> Result<SqlOutput, StorageError> {
+    conn.authorizer(Some(app_authorizer))?;
+    let result = run_sql(conn, sql, params_in);
+    conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)?;
+    result
+}
+
+fn run_sql(conn: &Connection, sql: &str, params_in: &[Value]) -> Result<SqlOutput, StorageError> {
+    let app_err = StorageError::from_app_sql;
+    let mut out = SqlOutput {
+        columns: vec![],
+        rows: vec![],
+        rows_read: 0,
+        rows_written: 0,
+    };
+    let mut batch = Batch::new(conn, sql);
+    let mut count = 0usize;
+    while let Some(mut stmt) = batch.next().map_err(app_err)? {
+        count += 1;
+        if !params_in.is_empty() && count > 1 {
+            return Err(StorageError::BadRequest(
+                "SQL with bound parameters must be a single statement".into(),
+            ));
+        }
+        let expected = stmt.parameter_count();
+        let given = if count == 1 { params_in.len() } else { 0 };
+        if expected != given {
+            return Err(StorageError::BadRequest(format!(
+                "statement {count} has {expected} parameters but {given} were given"
+            )));
+        }
+        for (i, v) in params_in.iter().enumerate().take(given) {
+            stmt.raw_bind_parameter(i + 1, v).map_err(app_err)?;
+        }
+        let columns: Vec<String> = stmt.column_names().map(String::from).collect();
+        let changes_before = conn.total_changes();
+        let mut rows_out = Vec::new();
+        {
+            let mut rows = stmt.raw_query();
+            while let Some(row) = rows.next().map_err(app_err)? {
+                let mut vals = Vec::with_capacity(columns.len());
+                for i in 0..columns.len() {
+                    vals.push(to_json(row.get_ref(i).map_err(app_err)?));
+                }
+                rows_out.push(vals);
+            }
+        }
+        out.rows_read += rows_out.len() as u64
+            + u64::try_from(stmt.get_status(StatementStatus::FullscanStep)).unwrap_or(0);
+        out.rows_written += conn.total_changes().saturating_sub(changes_before);
+        if !columns.is_empty() || count == 1 {
+            out.columns = columns;
+            out.rows = rows_out;
+        }
+    }
+    Ok(out)
+}
+
+fn app_authorizer(ctx: AuthContext<'_>) -> Authorization {
+    match ctx.action {
+        AuthAction::Transaction { .. }
+        | AuthAction::Savepoint { .. }
+        | AuthAction::Attach { .. }
+        | AuthAction::Detach { .. }
+        | AuthAction::Pragma { .. } => Authorization::Deny,
+        _ => Authorization::Allow,
+    }
+}
+
+/// A SQLite value as JSON: BLOBs as `{"base64": …}`, non-finite floats as null.
+fn to_json(v: ValueRef<'_>) -> serde_json::Value {
+    match v {
+        ValueRef::Null => serde_json::Value::Null,
+        ValueRef::Integer(i) => json!(i),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(b)}),
+    }
+}
+
+/// A JSON parameter as a SQLite value.
+pub fn param_from_json(v: &serde_json::Value) -> Result<Value, String> {
+    Ok(match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Integer(i64::from(*b)),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::Integer(i),
+            (None, Some(f)) => Value::Real(f),
+            _ => return Err(format!("number {n} does not fit a 64-bit integer or float")),
+        },
+        serde_json::Value::String(s) => Value::Text(s.clone()),
+        serde_json::Value::Object(o) if o.len() == 1 && o.contains_key("base64") => {
+            let s = o["base64"]
+                .as_str()
+                .ok_or("{\"base64\": …} must hold a string")?;
+            Value::Blob(
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|e| format!("invalid base64 in blob parameter: {e}"))?,
+            )
+        }
+        other => {
+            return Err(format!(
+                "unsupported parameter {other}: use null, a number, a string, a boolean or {{\"base64\": …}}"
+            ));
+        }
+    })
+}
+
+fn configure(conn: &Connection, opts: &DbOptions) -> Result<(), StorageError> {
+    // Exclusive locking before WAL: the WAL index then lives in heap memory, no -shm file.
+    conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;")?;
+    let sync = match opts.durability {
+        Durability::Strict => "FULL",
+        Durability::Relaxed => "NORMAL",
+    };
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let max_pages = opts.max_database_bytes / u64::try_from(page_size.max(512)).unwrap_or(4096);
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {sync}; PRAGMA cache_size = -{CACHE_KIB}; PRAGMA max_page_count = {max_pages}; PRAGMA foreign_keys = ON;"
+    ))?;
+    Ok(())
+}
+
+/// The least string greater than every string that starts with `prefix`, if there is one.
+fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let mut next = last as u32 + 1;
+        if next == 0xD800 {
+            next = 0xE000; // skip the surrogates, which are not chars
+        }
+        if let Some(c) = char::from_u32(next) {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stead_core::{ClassName, ObjectId, ObjectName};
+
+    fn obj(name: &str) -> ObjectRef {
+        let class = ClassName::new("Counter").unwrap();
+        let name = ObjectName::new(name).unwrap();
+        ObjectRef::new(
+            class.clone(),
+            ObjectId::named(&class, &name),
+            Some(name),
+            4096,
+        )
+    }
+
+    fn opts() -> DbOptions {
+        DbOptions {
+            durability: Durability::Strict,
+            max_database_bytes: 10 << 30,
+        }
+    }
+
+    #[test]
+    fn reading_a_never_written_object_creates_nothing() {
+        let dir = tempdir();
+        let o = obj("a");
+        assert!(
+            ObjectDb::open_existing(&o, &dir, &opts())
+                .unwrap()
+                .is_none()
+        );
+        assert!(!o.database_path(&dir).exists());
+    }
+
+    #[test]
+    fn committed_writes_survive_reopen_and_record_identity() {
+        let dir = tempdir();
+        let o = obj("a");
+        let mut db = ObjectDb::create(&o, &dir, &opts()).unwrap();
+        db.kv_put(&[("k".into(), b"v".to_vec())]).unwrap();
+        db.commit().unwrap();
+        drop(db);
+        let db = ObjectDb::open_existing(&o, &dir, &opts()).unwrap().unwrap();
+        assert_eq!(
+            db.kv_get(&["k".into()]).unwrap(),
+            vec![("k".into(), b"v".to_vec())]
+        );
+        let name: String = db
+            .conn
+            .query_row("SELECT value FROM _stead_meta WHERE key='name'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(name, "a");
+        // Exclusive locking mode: no shared-memory file next to the database.
+        let mut shm = o.database_path(&dir).into_os_string();
+        shm.push("-shm");
+        assert!(!PathBuf::from(shm).exists());
+    }
+
+    #[test]
+    fn rolling_back_the_creating_turn_leaves_no_file() {
+        let dir = tempdir();
+        let o = obj("a");
+        let mut db = ObjectDb::create(&o, &dir, &opts()).unwrap();
+        db.kv_put(&[("k".into(), b"v".to_vec())]).unwrap();
+        assert!(!db.rollback().unwrap());
+        db.discard().unwrap();
+        assert!(!o.database_path(&dir).exists());
+    }
+
+    #[test]
+    fn list_honours_prefix_bounds_limit_and_reverse() {
+        let dir = tempdir();
+        let mut db = ObjectDb::create(&obj("a"), &dir, &opts()).unwrap();
+        let keys = ["a", "b1", "b2", "b3", "c"];
+        db.kv_put(
+            &keys
+                .iter()
+                .map(|k| (k.to_string(), vec![1]))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let names = |q: ListQuery| -> Vec<String> {
+            db.kv_list(&q)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        let prefix = |p: &str| ListQuery {
+            prefix: Some(p.into()),
+            ..Default::default()
+        };
+        assert_eq!(names(prefix("b")), ["b1", "b2", "b3"]);
+        assert_eq!(
+            names(ListQuery {
+                start: Some("b2".into()),
+                end: Some("c".into()),
+                ..Default::default()
+            }),
+            ["b2", "b3"]
+        );
+        assert_eq!(
+            names(ListQuery {
+                limit: Some(2),
+                reverse: true,
+                ..prefix("b")
+            }),
+            ["b3", "b2"]
+        );
+    }
+
+    #[test]
+    fn prefix_successor_is_the_next_string() {
+        assert_eq!(prefix_successor("ab").as_deref(), Some("ac"));
+        assert_eq!(prefix_successor("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_successor("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_successor(""), None);
+    }
+
+    #[test]
+    fn sql_returns_rows_and_counts_and_refuses_transaction_control() {
+        let dir = tempdir();
+        let mut db = ObjectDb::create(&obj("a"), &dir, &opts()).unwrap();
+        let out = db
+            .sql_exec(
+                "CREATE TABLE t(k INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'one'), (2, x'00ff')",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(out.rows_written, 2);
+        let out = db
+            .sql_exec("SELECT k, v FROM t WHERE k >= ?1", &[Value::Integer(1)])
+            .unwrap();
+        assert_eq!(out.columns, ["k", "v"]);
+        assert_eq!(out.rows[0], vec![json!(1), json!("one")]);
+        assert_eq!(out.rows[1][1], json!({"base64": "AP8="}));
+        for bad in [
+            "COMMIT",
+            "BEGIN",
+            "SAVEPOINT x",
+            "PRAGMA journal_mode = DELETE",
+            "ATTACH 'x' AS y",
+        ] {
+            assert!(
+                matches!(db.sql_exec(bad, &[]), Err(StorageError::NotAllowed(_))),
+                "{bad} was allowed"
+            );
+        }
+        assert!(matches!(
+            db.sql_exec("SELECT * FROM nope", &[]),
+            Err(StorageError::Sql(_))
+        ));
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "stead-db-test-{}-{}",
+            std::process::id(),
+            ObjectId::unique().unwrap().to_hex()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,355 @@
+//! Per-object SQLite databases on a bounded pool of storage threads.
+//!
+//! Every object is pinned to one storage thread (by its id), which owns the object's open
+//! connection. The threads are the only place SQLite runs: tokio workers never block on it. The
+//! pool is bounded by `threads`, each serving many connections; the number of open databases is
+//! bounded by an LRU cap. Calls of one object run in order on its thread, which is what makes the
+//! turn check below airtight: a call runs only if its turn is still the object's active turn at
+//! the moment it executes.
+//!
+//! The commit path is one step, [`Storage::finish_turn`], that answers when the turn's writes
+//! are durable. Group commit (DESIGN §3) slots in behind it: the thread may hold the transaction
+//! open across several queued turns of the same object and answer them all after one COMMIT.
+
+mod db;
+mod error;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rusqlite::types::Value;
+use tokio::sync::oneshot;
+
+pub use db::{DbOptions, ListQuery, SqlOutput, param_from_json};
+pub use error::StorageError;
+
+use crate::metrics::Metrics;
+use crate::object::{ObjectKey, ObjectRef};
+use db::ObjectDb;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives power loss.
+    Strict,
+    /// `synchronous=NORMAL`: survives a process crash; the last commits may be lost on power loss.
+    Relaxed,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub threads: usize,
+    pub max_open: usize,
+    pub db: DbOptions,
+}
+
+/// A turn as storage sees it: its object, its number, and the object's active-turn cell.
+#[derive(Debug, Clone)]
+pub struct TurnRef {
+    pub object: Arc<ObjectRef>,
+    pub id: u64,
+    pub active: Arc<AtomicU64>,
+}
+
+impl TurnRef {
+    fn check(&self) -> Result<(), StorageError> {
+        if self.active.load(Ordering::Acquire) == self.id {
+            Ok(())
+        } else {
+            Err(StorageError::TurnFinished)
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Shelf) + Send>;
+
+#[derive(Clone)]
+pub struct Storage {
+    workers: Arc<Vec<std::sync::mpsc::Sender<Job>>>,
+}
+
+impl Storage {
+    pub fn start(config: StorageConfig, metrics: Metrics) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(config.data_dir.join("slots"))?;
+        let threads = config.threads.max(1);
+        let per_thread_open = (config.max_open / threads).max(1);
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let mut shelf = Shelf {
+                data_dir: config.data_dir.clone(),
+                opts: config.db.clone(),
+                max_open: per_thread_open,
+                open: HashMap::new(),
+                tick: 0,
+                metrics: metrics.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("stead-storage-{i}"))
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        job(&mut shelf);
+                    }
+                })?;
+            workers.push(tx);
+        }
+        Ok(Self {
+            workers: Arc::new(workers),
+        })
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        key: &ObjectKey,
+        f: impl FnOnce(&mut Shelf) -> R + Send + 'static,
+    ) -> Result<R, StorageError> {
+        let (tx, rx) = oneshot::channel();
+        let idx = worker_index(key, self.workers.len());
+        self.workers[idx]
+            .send(Box::new(move |shelf| {
+                let _ = tx.send(f(shelf));
+            }))
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)
+    }
+
+    pub async fn kv_get(
+        &self,
+        t: &TurnRef,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let t2 = t.clone();
+        self.call(&t.object.key(), move |s| {
+            t2.check()?;
+            match s.db_for_read(&t2.object)? {
+                Some(db) => db.kv_get(&keys),
+                None => Ok(vec![]),
+            }
+        })
+        .await?
+    }
+
+    pub async fn kv_put(
+        &self,
+        t: &TurnRef,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<usize, StorageError> {
+        let t2 = t.clone();
+        self.call(&t.object.key(), move |s| {
+            t2.check()?;
+            s.db_for_write(&t2.object)?.kv_put(&entries)
+        })
+        .await?
+    }
+
+    pub async fn kv_delete(&self, t: &TurnRef, keys: Vec<String>) -> Result<usize, StorageError> {
+        let t2 = t.clone();
+        self.call(&t.object.key(), move |s| {
+            t2.check()?;
+            if s.db_for_read(&t2.object)?.is_none() {
+                return Ok(0);
+            }
+            s.db_for_write(&t2.object)?.kv_delete(&keys)
+        })
+        .await?
+    }
+
+    pub async fn kv_delete_all(&self, t: &TurnRef) -> Result<usize, StorageError> {
+        let t2 = t.clone();
+        self.call(&t.object.key(), move |s| {
+            t2.check()?;
+            if s.db_for_read(&t2.object)?.is_none() {
+                return Ok(0);
+            }
+            s.db_for_write(&t2.object)?.kv_delete_all()
+        })
+        .await?
+    }
+
+    pub async fn kv_list(
+        &self,
+        t: &TurnRef,
+        query: ListQuery,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let t2 = t.clone();
+        self.call(&t.object.key(), move |s| {
+            t2.check()?;
+            match s.db_for_read(&t2.object)? {
+                Some(db) => db.kv_list(&query),
+                None => Ok(vec![]),
+            }
+        })
+        .await?
+    }
+
+    pub async fn sql_exec(
+        &self,
+        t: &TurnRef,
+        sql: String,
+        params: Vec<Value>,
+    ) -> Result<SqlOutput, StorageError> {
+        let t2 = t.clone();
+        self.call(&t.object.key(), move |s| {
+            t2.check()?;
+            if s.db_for_read(&t2.object)?.is_none() {
+                // No database yet: SQL that only reads runs on an empty scratch database, so
+                // reading creates nothing.
+                let mut scratch = db::scratch_connection()?;
+                if ObjectDb::sql_is_read_only(&scratch, &sql) {
+                    return db::sql_exec_scratch(&mut scratch, &sql, &params);
+                }
+            }
+            s.db_for_write(&t2.object)?.sql_exec(&sql, &params)
+        })
+        .await?
+    }
+
+    /// Ends a turn: commits its writes (`commit`) or rolls them back. Answers once the outcome is
+    /// durable. After this, calls with the turn's token fail with [`StorageError::TurnFinished`].
+    pub async fn finish_turn(&self, t: &TurnRef, commit: bool) -> Result<(), StorageError> {
+        let t2 = t.clone();
+        self.call(&t.object.key(), move |s| {
+            // Close the door first: calls queued behind this job find the turn over.
+            let _ = t2
+                .active
+                .compare_exchange(t2.id, 0, Ordering::AcqRel, Ordering::Acquire);
+            s.finish(&t2.object.key(), commit)
+        })
+        .await?
+    }
+
+    /// Closes the object's database (hibernation). A database inside a turn stays open.
+    pub async fn close(&self, key: ObjectKey) -> Result<bool, StorageError> {
+        self.call(&key.clone(), move |s| s.close(&key)).await
+    }
+}
+
+fn worker_index(key: &ObjectKey, n: usize) -> usize {
+    let b = key.1.as_bytes();
+    // Bytes 8..16: independent of the slot bytes, so one slot's objects spread over threads.
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[8..16]);
+    (u64::from_le_bytes(x) % n as u64) as usize
+}
+
+/// What one storage thread owns: its open databases.
+struct Shelf {
+    data_dir: PathBuf,
+    opts: DbOptions,
+    max_open: usize,
+    open: HashMap<ObjectKey, (ObjectDb, u64)>,
+    tick: u64,
+    metrics: Metrics,
+}
+
+impl Shelf {
+    fn touch(&mut self, key: &ObjectKey) -> Option<&mut ObjectDb> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.open.get_mut(key).map(|(db, t)| {
+            *t = tick;
+            db
+        })
+    }
+
+    fn insert(&mut self, key: ObjectKey, db: ObjectDb) {
+        self.evict_to(self.max_open.saturating_sub(1));
+        self.tick += 1;
+        self.open.insert(key, (db, self.tick));
+        self.metrics.objects_opened.inc();
+        self.metrics.objects_open.inc();
+    }
+
+    /// Closes least recently used databases (never one inside a turn) until at most `n` are open.
+    fn evict_to(&mut self, n: usize) {
+        while self.open.len() > n {
+            let victim = self
+                .open
+                .iter()
+                .filter(|(_, (db, _))| !db.in_tx())
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(k) => {
+                    self.open.remove(&k);
+                    self.metrics.objects_open.dec();
+                    self.metrics.objects_evicted.inc();
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn db_for_read(&mut self, obj: &ObjectRef) -> Result<Option<&mut ObjectDb>, StorageError> {
+        let key = obj.key();
+        if !self.open.contains_key(&key) {
+            match ObjectDb::open_existing(obj, &self.data_dir, &self.opts)? {
+                Some(db) => self.insert(key.clone(), db),
+                None => return Ok(None),
+            }
+        }
+        Ok(self.touch(&key))
+    }
+
+    fn db_for_write(&mut self, obj: &ObjectRef) -> Result<&mut ObjectDb, StorageError> {
+        let key = obj.key();
+        if self.db_for_read(obj)?.is_none() {
+            let db = ObjectDb::create(obj, &self.data_dir, &self.opts)?;
+            self.insert(key.clone(), db);
+        }
+        let db = self
+            .touch(&key)
+            .ok_or_else(|| StorageError::Internal("database vanished".into()))?;
+        db.begin_write(obj)?;
+        Ok(db)
+    }
+
+    fn finish(&mut self, key: &ObjectKey, commit: bool) -> Result<(), StorageError> {
+        let Some((db, _)) = self.open.get_mut(key) else {
+            return Ok(());
+        };
+        if !db.in_tx() {
+            return Ok(());
+        }
+        if commit {
+            let started = Instant::now();
+            let result = db.commit();
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = result {
+                // A failed commit leaves the connection in doubt: close it; the next event
+                // reopens the object from what is on disk.
+                tracing::error!(error = %e, "commit failed; closing the object's database");
+                if let Some((mut db, _)) = self.open.remove(key) {
+                    let _ = db.rollback();
+                    self.metrics.objects_open.dec();
+                }
+                return Err(e);
+            }
+            Ok(())
+        } else {
+            let keep = db.rollback()?;
+            if !keep && let Some((db, _)) = self.open.remove(key) {
+                self.metrics.objects_open.dec();
+                db.discard()?;
+            }
+            Ok(())
+        }
+    }
+
+    fn close(&mut self, key: &ObjectKey) -> bool {
+        match self.open.get(key) {
+            Some((db, _)) if !db.in_tx() => {
+                self.open.remove(key);
+                self.metrics.objects_open.dec();
+                self.metrics.objects_hibernated.inc();
+                true
+            }
+            _ => false,
+        }
+    }
+}
