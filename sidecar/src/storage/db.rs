@@ -51,6 +51,8 @@ pub struct ObjectDb {
     /// The open transaction created this database file: a rollback deletes the file again, so a
     /// turn that never committed leaves nothing on disk.
     created_in_tx: bool,
+    /// A call of the open transaction wrote something.
+    dirty: bool,
     name_recorded: bool,
 }
 
@@ -81,6 +83,7 @@ impl ObjectDb {
             path,
             in_tx: false,
             created_in_tx: false,
+            dirty: false,
             name_recorded,
         }))
     }
@@ -112,6 +115,7 @@ impl ObjectDb {
             path,
             in_tx: false,
             created_in_tx: false,
+            dirty: false,
             name_recorded: true,
         };
         db.begin()?;
@@ -165,14 +169,41 @@ impl ObjectDb {
         Ok(())
     }
 
-    /// Commits the turn's transaction, if it wrote anything.
-    pub fn commit(&mut self) -> Result<(), StorageError> {
+    /// Runs one app call that writes, all or nothing: inside a savepoint that is released when
+    /// the call succeeds and rolled back when it fails (a multi-statement SQL call failing at its
+    /// third statement leaves the first two undone).
+    pub fn write_call<R>(
+        &mut self,
+        call: impl FnOnce(&mut Self) -> Result<R, StorageError>,
+    ) -> Result<R, StorageError> {
+        self.conn.execute_batch("SAVEPOINT stead_call")?;
+        match call(self) {
+            Ok(r) => {
+                self.conn.execute_batch("RELEASE stead_call")?;
+                self.dirty = true;
+                Ok(r)
+            }
+            Err(e) => {
+                self.conn
+                    .execute_batch("ROLLBACK TO stead_call; RELEASE stead_call")?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits the turn's transaction, if it wrote anything. Returns false when the database
+    /// must be discarded instead: the transaction created it and no call of it succeeded.
+    pub fn commit(&mut self) -> Result<bool, StorageError> {
         if self.in_tx {
+            if self.created_in_tx && !self.dirty {
+                return self.rollback();
+            }
             self.in_tx = false;
             self.created_in_tx = false;
+            self.dirty = false;
             self.conn.execute_batch("COMMIT")?;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Rolls the turn's transaction back. Returns false when the database must be closed and
@@ -180,6 +211,7 @@ impl ObjectDb {
     pub fn rollback(&mut self) -> Result<bool, StorageError> {
         if self.in_tx {
             self.in_tx = false;
+            self.dirty = false;
             self.conn.execute_batch("ROLLBACK")?;
             if self.created_in_tx {
                 self.created_in_tx = false;
@@ -496,8 +528,9 @@ mod tests {
         let dir = tempdir();
         let o = obj("a");
         let mut db = ObjectDb::create(&o, &dir, &opts()).unwrap();
-        db.kv_put(&[("k".into(), b"v".to_vec())]).unwrap();
-        db.commit().unwrap();
+        db.write_call(|d| d.kv_put(&[("k".into(), b"v".to_vec())]))
+            .unwrap();
+        assert!(db.commit().unwrap());
         drop(db);
         let db = ObjectDb::open_existing(&o, &dir, &opts()).unwrap().unwrap();
         assert_eq!(
@@ -526,6 +559,28 @@ mod tests {
         assert!(!db.rollback().unwrap());
         db.discard().unwrap();
         assert!(!o.database_path(&dir).exists());
+    }
+
+    #[test]
+    fn a_failing_call_is_undone_alone() {
+        let dir = tempdir();
+        let mut db = ObjectDb::create(&obj("a"), &dir, &opts()).unwrap();
+        db.write_call(|d| d.sql_exec("CREATE TABLE t(x)", &[]))
+            .unwrap();
+        let failed = db.write_call(|d| {
+            d.sql_exec("INSERT INTO t VALUES (1); INSERT INTO nope VALUES (2)", &[])
+        });
+        assert!(matches!(failed, Err(StorageError::Sql(_))));
+        let out = db.sql_exec("SELECT count(*) FROM t", &[]).unwrap();
+        assert_eq!(out.rows, vec![vec![json!(0)]]);
+    }
+
+    #[test]
+    fn a_created_database_that_no_call_wrote_is_not_kept() {
+        let dir = tempdir();
+        let mut db = ObjectDb::create(&obj("a"), &dir, &opts()).unwrap();
+        assert!(db.write_call(|d| d.sql_exec("COMMIT", &[])).is_err());
+        assert!(!db.commit().unwrap());
     }
 
     #[test]

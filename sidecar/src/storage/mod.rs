@@ -140,7 +140,7 @@ impl Storage {
         let t2 = t.clone();
         self.call(&t.object.key(), move |s| {
             t2.check()?;
-            s.db_for_write(&t2.object)?.kv_put(&entries)
+            s.write(&t2.object, |db| db.kv_put(&entries))
         })
         .await?
     }
@@ -152,7 +152,7 @@ impl Storage {
             if s.db_for_read(&t2.object)?.is_none() {
                 return Ok(0);
             }
-            s.db_for_write(&t2.object)?.kv_delete(&keys)
+            s.write(&t2.object, |db| db.kv_delete(&keys))
         })
         .await?
     }
@@ -164,7 +164,7 @@ impl Storage {
             if s.db_for_read(&t2.object)?.is_none() {
                 return Ok(0);
             }
-            s.db_for_write(&t2.object)?.kv_delete_all()
+            s.write(&t2.object, |db| db.kv_delete_all())
         })
         .await?
     }
@@ -202,7 +202,7 @@ impl Storage {
                     return db::sql_exec_scratch(&mut scratch, &sql, &params);
                 }
             }
-            s.db_for_write(&t2.object)?.sql_exec(&sql, &params)
+            s.write(&t2.object, |db| db.sql_exec(&sql, &params))
         })
         .await?
     }
@@ -307,6 +307,14 @@ impl Shelf {
         Ok(db)
     }
 
+    fn write<R>(
+        &mut self,
+        obj: &ObjectRef,
+        call: impl FnOnce(&mut ObjectDb) -> Result<R, StorageError>,
+    ) -> Result<R, StorageError> {
+        self.db_for_write(obj)?.write_call(call)
+    }
+
     fn finish(&mut self, key: &ObjectKey, commit: bool) -> Result<(), StorageError> {
         let Some((db, _)) = self.open.get_mut(key) else {
             return Ok(());
@@ -317,6 +325,14 @@ impl Shelf {
         if commit {
             let started = Instant::now();
             let result = db.commit();
+            if let Ok(false) = result {
+                // The turn created the database but wrote nothing: leave nothing on disk.
+                if let Some((db, _)) = self.open.remove(key) {
+                    self.metrics.objects_open.dec();
+                    db.discard()?;
+                }
+                return Ok(());
+            }
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
