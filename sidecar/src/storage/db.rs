@@ -72,6 +72,25 @@ impl ObjectDb {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         configure(&conn, opts)?;
+        let committed: bool = conn.query_row(
+            "SELECT count(*) = 2 FROM sqlite_master WHERE name IN ('_stead_kv', '_stead_meta')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !committed {
+            // A crash between creating the file and the first commit: the object was never
+            // written. Remove the empty file so that reading it creates nothing.
+            let db = Self {
+                conn,
+                path,
+                in_tx: false,
+                created_in_tx: false,
+                dirty: false,
+                name_recorded: true,
+            };
+            db.discard()?;
+            return Ok(None);
+        }
         let name_recorded = obj.name.is_none()
             || conn
                 .query_row("SELECT 1 FROM _stead_meta WHERE key = 'name'", [], |_| {
