@@ -1,0 +1,429 @@
+//! The app server: receives events from the sidecar and dispatches them to objects.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use percent_encoding::percent_decode_str;
+use stead_core::ObjectId;
+use stead_core::protocol::{self, EventKind};
+use tokio::net::TcpListener;
+
+use crate::client::ApiClient;
+use crate::error::{Error, Result};
+use crate::message::{Request, Response, error_response};
+use crate::object::{DurableObject, StatelessHandler};
+use crate::turn::{ObjectInfo, StatelessContext, Turn};
+
+type Factory = Box<dyn Fn(&ObjectInfo) -> Box<dyn DurableObject> + Send + Sync>;
+
+/// The in-memory instance of one object for one incarnation: `None` until the first event
+/// builds it (and again after a panic in `fetch`). The mutex keeps the object's events one at a
+/// time.
+type Instance = Arc<tokio::sync::Mutex<Option<Box<dyn DurableObject>>>>;
+
+struct Entry {
+    incarnation: Option<String>,
+    instance: Instance,
+}
+
+struct Class {
+    factory: Factory,
+    /// Object id → its instance. A `std` mutex: it is held only to look up, insert or remove.
+    instances: Mutex<HashMap<String, Entry>>,
+}
+
+impl Class {
+    /// The instance of object `id` under `incarnation`. When the incarnation differs from the
+    /// one the cached instance was built under, the cached one is forgotten (an event still
+    /// running on it keeps it until it ends) and a fresh, empty one takes its place.
+    fn instance(&self, info: &ObjectInfo, incarnation: Option<String>) -> Instance {
+        let mut map = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get(&info.id) {
+            if entry.incarnation == incarnation {
+                return Arc::clone(&entry.instance);
+            }
+            tracing::debug!(class = %info.class, id = %info.id, "new incarnation; rebuilding the instance");
+        }
+        let instance = Instance::default();
+        map.insert(
+            info.id.clone(),
+            Entry {
+                incarnation,
+                instance: Arc::clone(&instance),
+            },
+        );
+        instance
+    }
+
+    fn drop_instance(&self, id: &str) -> bool {
+        let mut map = self.instances.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(id).is_some()
+    }
+}
+
+struct Shared {
+    classes: HashMap<String, Arc<Class>>,
+    stateless: Option<Arc<dyn StatelessHandler>>,
+    api: ApiClient,
+}
+
+/// An app: the classes it serves and its stateless front door.
+///
+/// ```no_run
+/// use stead_sdk::{App, DurableObject, ObjectInfo, Request, Response, Result, StatelessContext, Turn, async_trait, response};
+///
+/// struct Room;
+///
+/// #[async_trait]
+/// impl DurableObject for Room {
+///     fn new(_: &ObjectInfo) -> Self { Room }
+///     async fn fetch(&mut self, _turn: &Turn, _req: Request) -> Result<Response> {
+///         Ok(response::text("a room"))
+///     }
+/// }
+///
+/// async fn front_door(_req: Request, _ctx: StatelessContext) -> Response {
+///     response::text("try /objects/Room/name/lobby/")
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> stead_sdk::Result<()> {
+///     App::new().class::<Room>("Room").stateless(front_door).serve().await
+/// }
+/// ```
+pub struct App {
+    classes: HashMap<String, Arc<Class>>,
+    stateless: Option<Arc<dyn StatelessHandler>>,
+    api_url: Option<String>,
+}
+
+impl Default for App {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl App {
+    /// An app serving no class yet.
+    pub fn new() -> Self {
+        Self {
+            classes: HashMap::new(),
+            stateless: None,
+            api_url: None,
+        }
+    }
+
+    /// Serves the class `name` with `O`, whose instances are built with [`DurableObject::new`].
+    pub fn class<O: DurableObject>(self, name: &str) -> Self {
+        self.class_with(name, O::new)
+    }
+
+    /// Serves the class `name` with instances built by `factory`, e.g. to hand them shared
+    /// configuration.
+    pub fn class_with<O, F>(mut self, name: &str, factory: F) -> Self
+    where
+        O: DurableObject,
+        F: Fn(&ObjectInfo) -> O + Send + Sync + 'static,
+    {
+        let factory: Factory = Box::new(move |info| Box::new(factory(info)));
+        self.classes.insert(
+            name.to_owned(),
+            Arc::new(Class {
+                factory,
+                instances: Mutex::new(HashMap::new()),
+            }),
+        );
+        self
+    }
+
+    /// Answers stateless requests (those outside `/objects/`) with `handler`. Without one they
+    /// get `404`.
+    pub fn stateless<H: StatelessHandler>(mut self, handler: H) -> Self {
+        self.stateless = Some(Arc::new(handler));
+        self
+    }
+
+    /// Uses this app API base URL instead of `STEAD_API_URL`.
+    pub fn api_url(mut self, url: impl Into<String>) -> Self {
+        self.api_url = Some(url.into());
+        self
+    }
+
+    /// Listens on `STEAD_APP_ADDR` (default `127.0.0.1:3000`) and serves until SIGINT or
+    /// SIGTERM, then finishes the events in flight.
+    pub async fn serve(self) -> Result<()> {
+        let addr = env_or(protocol::ENV_APP_ADDR, protocol::DEFAULT_APP_ADDR);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::msg(format!("cannot listen on {addr}: {e}")))?;
+        tracing::info!(%addr, "stead app listening");
+        self.serve_with_shutdown(listener, shutdown_signal()).await
+    }
+
+    /// Serves on `listener` forever.
+    pub async fn serve_on(self, listener: TcpListener) -> Result<()> {
+        self.serve_with_shutdown(listener, std::future::pending())
+            .await
+    }
+
+    /// Serves on `listener` until `signal` completes, then finishes the events in flight.
+    pub async fn serve_with_shutdown<S>(self, listener: TcpListener, signal: S) -> Result<()>
+    where
+        S: Future<Output = ()> + Send + 'static,
+    {
+        use axum::serve::ListenerExt;
+        let router = self.into_router()?;
+        // Answers are small and the sidecar waits for each: do not let Nagle delay them.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, router)
+            .with_graceful_shutdown(signal)
+            .await?;
+        Ok(())
+    }
+
+    fn into_router(self) -> Result<axum::Router> {
+        let api_url = match self.api_url {
+            Some(url) => url,
+            None => env_or(protocol::ENV_API_URL, protocol::DEFAULT_API_URL),
+        };
+        let shared = Arc::new(Shared {
+            classes: self.classes,
+            stateless: self.stateless,
+            api: ApiClient::new(&api_url)?,
+        });
+        Ok(axum::Router::new().fallback(handle).with_state(shared))
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let res = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => dispatch(&shared, Request::from_parts(parts, body)).await,
+        Err(e) => bad_request(format!("cannot read the request body: {e}")).into_response(),
+    };
+    res.map(axum::body::Body::from)
+}
+
+/// An event the SDK answers itself, with a JSON error.
+struct Reject {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Reject {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn into_response(self) -> Response {
+        error_response(self.status, self.code, &self.message)
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> Reject {
+    Reject::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// A `stead-*` header as a string; `Err` if present but not visible ASCII.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Reject> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| bad_request(format!("header {name} is not visible ASCII"))),
+    }
+}
+
+async fn dispatch(shared: &Arc<Shared>, req: Request) -> Response {
+    route(shared, req)
+        .await
+        .unwrap_or_else(Reject::into_response)
+}
+
+async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, Reject> {
+    let headers = req.headers();
+    let Some(event) = header(headers, protocol::EVENT)? else {
+        return Err(bad_request(
+            "this is a Stead app: it answers events from the Stead sidecar, which carry a stead-event header",
+        ));
+    };
+    let Some(kind) = EventKind::parse(event) else {
+        return Err(Reject::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported_event",
+            format!("this app does not handle {event:?} events"),
+        ));
+    };
+    let class = header(headers, protocol::CLASS)?.map(str::to_owned);
+    match (kind, class) {
+        (EventKind::Hibernate, None) => Ok(crate::message::status(StatusCode::OK)),
+        (EventKind::Hibernate, Some(class)) => {
+            let id = header(headers, protocol::OBJECT_ID)?;
+            let dropped = match (shared.classes.get(&class), id) {
+                (Some(c), Some(id)) => c.drop_instance(id),
+                _ => false,
+            };
+            if dropped {
+                tracing::debug!(%class, id, "instance dropped on hibernate");
+            }
+            Ok(crate::message::status(StatusCode::OK))
+        }
+        (EventKind::Request, None) => stateless(shared, req).await,
+        (EventKind::Request, Some(class)) => object_request(shared, class, req).await,
+    }
+}
+
+fn turn_token(headers: &HeaderMap) -> Result<HeaderValue, Reject> {
+    match headers.get(protocol::TURN) {
+        Some(v) if v.to_str().is_ok() => Ok(v.clone()),
+        Some(_) => Err(bad_request("header stead-turn is not visible ASCII")),
+        None => Err(bad_request("a request event needs a stead-turn header")),
+    }
+}
+
+async fn stateless(shared: &Arc<Shared>, req: Request) -> Result<Response, Reject> {
+    let Some(handler) = shared.stateless.clone() else {
+        return Err(Reject::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this app has no stateless front door; objects are under /objects/{class}/",
+        ));
+    };
+    let ctx = StatelessContext::new(turn_token(req.headers())?);
+    let task = tokio::spawn(async move { handler.handle(req, ctx).await });
+    match task.await {
+        Ok(res) => Ok(res),
+        Err(e) => {
+            tracing::error!(error = %e, "stateless handler panicked");
+            Err(Reject::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "app_panic",
+                "the stateless handler panicked",
+            ))
+        }
+    }
+}
+
+async fn object_request(
+    shared: &Arc<Shared>,
+    class_name: String,
+    req: Request,
+) -> Result<Response, Reject> {
+    let headers = req.headers();
+    let Some(class) = shared.classes.get(&class_name) else {
+        return Err(Reject::new(
+            StatusCode::NOT_FOUND,
+            "unknown_class",
+            format!("this app serves no class {class_name:?}"),
+        ));
+    };
+    let Some(id) = header(headers, protocol::OBJECT_ID)? else {
+        return Err(bad_request(
+            "an object event needs a stead-object-id header",
+        ));
+    };
+    if ObjectId::parse(id).is_err() {
+        return Err(bad_request(
+            "stead-object-id must be 64 lowercase hex characters",
+        ));
+    }
+    let name = match header(headers, protocol::OBJECT_NAME)? {
+        None => None,
+        Some(raw) => Some(
+            percent_decode_str(raw)
+                .decode_utf8()
+                .map_err(|_| bad_request("stead-object-name is not percent-encoded UTF-8"))?
+                .into_owned(),
+        ),
+    };
+    let incarnation = header(headers, protocol::INCARNATION)?.map(str::to_owned);
+    let token = turn_token(headers)?;
+    let info = Arc::new(ObjectInfo {
+        class: class_name,
+        id: id.to_owned(),
+        name,
+    });
+    let instance = class.instance(&info, incarnation);
+
+    let task = {
+        let api = shared.api.clone();
+        let class = Arc::clone(class);
+        let info = Arc::clone(&info);
+        tokio::spawn(async move {
+            let mut slot = instance.lock_owned().await;
+            // Taken out while `fetch` runs: if it panics, the half-updated object is dropped
+            // with it and the next event builds a new one.
+            let mut object = match slot.take() {
+                Some(object) => object,
+                None => (class.factory)(&info),
+            };
+            let turn = Turn::new(info, token, api);
+            let result = object.fetch(&turn, req).await;
+            *slot = Some(object);
+            result
+        })
+    };
+
+    match task.await {
+        Ok(Ok(res)) => Ok(res),
+        Ok(Err(e)) => {
+            tracing::warn!(class = %info.class, id = %info.id, error = %e, "fetch failed; the turn rolls back");
+            Ok(e.to_fetch_response())
+        }
+        Err(e) => {
+            tracing::error!(class = %info.class, id = %info.id, error = %e, "fetch panicked; the turn rolls back");
+            Err(Reject::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "app_panic",
+                "the object's fetch panicked",
+            ))
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! Storage of one object: key-value and SQL, bound to the turn.
+
+use base64::prelude::*;
+use http::HeaderValue;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::client::ApiClient;
+use crate::error::{Error, Result};
+
+/// The storage of the object a turn belongs to.
+///
+/// Every call goes to the sidecar's app API under the turn's token and is part of the turn's
+/// transaction: reads see the turn's own writes, and every write commits or rolls back with the
+/// turn. A `Storage` is cheap to clone; once the turn has ended, calls fail with
+/// [`ApiError`](crate::ApiError) `410 turn_finished`.
+///
+/// Key-value values are stored as the bytes of their `serde_json` encoding, so any
+/// `Serialize`/`Deserialize` type works, and apps in other languages read them as JSON.
+///
+/// ```no_run
+/// # async fn f(turn: &stead_sdk::Turn) -> stead_sdk::Result<()> {
+/// let storage = turn.storage();
+/// storage.put("visits", &41u64).await?;
+/// let visits: Option<u64> = storage.get("visits").await?;
+/// assert_eq!(visits, Some(41));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Storage {
+    api: ApiClient,
+    token: HeaderValue,
+}
+
+/// Options of [`Storage::list`]. All are optional; `start` is inclusive, `end` exclusive, keys
+/// sort by their UTF-8 bytes.
+///
+/// ```
+/// use stead_sdk::ListOptions;
+/// let opts = ListOptions::prefix("user:").limit(10).reverse();
+/// assert_eq!(opts.limit, Some(10));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ListOptions {
+    /// Only keys starting with this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Only keys `>=` this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// Only keys `<` this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// At most this many entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Descending key order.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reverse: bool,
+}
+
+impl ListOptions {
+    /// Every key.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Keys starting with `prefix`.
+    pub fn prefix(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: Some(prefix.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Keys from `start` (inclusive).
+    pub fn start(mut self, start: impl Into<String>) -> Self {
+        self.start = Some(start.into());
+        self
+    }
+
+    /// Keys before `end` (exclusive).
+    pub fn end(mut self, end: impl Into<String>) -> Self {
+        self.end = Some(end.into());
+        self
+    }
+
+    /// At most `limit` entries.
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Descending key order.
+    pub fn reverse(mut self) -> Self {
+        self.reverse = true;
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    key: &'a str,
+    value: &'a str,
+}
+
+#[derive(Deserialize)]
+struct WireEntry {
+    key: String,
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ValueAnswer {
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EntriesAnswer {
+    entries: Vec<WireEntry>,
+}
+
+#[derive(Deserialize)]
+struct WrittenAnswer {
+    written: u64,
+}
+
+#[derive(Deserialize)]
+struct DeletedAnswer {
+    deleted: u64,
+}
+
+fn decode(b64: &str) -> Result<Vec<u8>> {
+    BASE64_STANDARD
+        .decode(b64)
+        .map_err(|e| Error::Protocol(format!("a value is not valid base64: {e}")))
+}
+
+fn decode_json<T: DeserializeOwned>(b64: &str) -> Result<T> {
+    Ok(serde_json::from_slice(&decode(b64)?)?)
+}
+
+fn decode_entries<T: DeserializeOwned>(entries: Vec<WireEntry>) -> Result<Vec<(String, T)>> {
+    entries
+        .into_iter()
+        .filter_map(|e| Some((e.key, e.value?)))
+        .map(|(k, v)| Ok((k, decode_json(&v)?)))
+        .collect()
+}
+
+impl Storage {
+    pub(crate) fn new(api: ApiClient, token: HeaderValue) -> Self {
+        Self { api, token }
+    }
+
+    async fn call<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R> {
+        self.api.call(&self.token, path, body).await
+    }
+
+    /// The value under `key`, or `None` if there is none.
+    ///
+    /// Fails with [`Error::Json`] if the stored bytes are not the JSON of a `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.get_bytes(key).await? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The raw bytes under `key`, whatever wrote them.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let answer: ValueAnswer = self
+            .call("kv/get", &serde_json::json!({ "key": key }))
+            .await?;
+        answer.value.as_deref().map(decode).transpose()
+    }
+
+    /// The values under `keys` (at most 128), for the keys that have one, in request order.
+    pub async fn get_many<K, T>(&self, keys: &[K]) -> Result<Vec<(String, T)>>
+    where
+        K: AsRef<str>,
+        T: DeserializeOwned,
+    {
+        let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+        let answer: EntriesAnswer = self
+            .call("kv/get", &serde_json::json!({ "keys": keys }))
+            .await?;
+        decode_entries(answer.entries)
+    }
+
+    /// Stores the JSON of `value` under `key`.
+    pub async fn put<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<()> {
+        self.put_bytes(key, &serde_json::to_vec(value)?).await
+    }
+
+    /// Stores raw bytes under `key`.
+    pub async fn put_bytes(&self, key: &str, value: &[u8]) -> Result<()> {
+        let value = BASE64_STANDARD.encode(value);
+        let _: WrittenAnswer = self.call("kv/put", &Entry { key, value: &value }).await?;
+        Ok(())
+    }
+
+    /// Stores several entries (at most 128) at once, all or nothing. Returns how many were
+    /// written.
+    ///
+    /// ```no_run
+    /// # async fn f(storage: stead_sdk::Storage) -> stead_sdk::Result<()> {
+    /// storage.put_many([("a", 1), ("b", 2)]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn put_many<K, T, I>(&self, entries: I) -> Result<u64>
+    where
+        I: IntoIterator<Item = (K, T)>,
+        K: AsRef<str>,
+        T: Serialize,
+    {
+        let entries: Vec<(K, String)> = entries
+            .into_iter()
+            .map(|(k, v)| Ok((k, BASE64_STANDARD.encode(serde_json::to_vec(&v)?))))
+            .collect::<Result<_>>()?;
+        let entries: Vec<Entry<'_>> = entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.as_ref(),
+                value: v,
+            })
+            .collect();
+        let answer: WrittenAnswer = self
+            .call("kv/put", &serde_json::json!({ "entries": entries }))
+            .await?;
+        Ok(answer.written)
+    }
+
+    /// Deletes `key`. Returns whether it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let answer: DeletedAnswer = self
+            .call("kv/delete", &serde_json::json!({ "key": key }))
+            .await?;
+        Ok(answer.deleted > 0)
+    }
+
+    /// Deletes `keys` (at most 128). Returns how many existed.
+    pub async fn delete_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<u64> {
+        let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+        let answer: DeletedAnswer = self
+            .call("kv/delete", &serde_json::json!({ "keys": keys }))
+            .await?;
+        Ok(answer.deleted)
+    }
+
+    /// Entries in key order (or reverse), decoded as `T`.
+    ///
+    /// ```no_run
+    /// # async fn f(storage: stead_sdk::Storage) -> stead_sdk::Result<()> {
+    /// use stead_sdk::ListOptions;
+    /// let last_ten: Vec<(String, String)> =
+    ///     storage.list(ListOptions::prefix("msg:").reverse().limit(10)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        options: ListOptions,
+    ) -> Result<Vec<(String, T)>> {
+        let answer: EntriesAnswer = self.call("kv/list", &options).await?;
+        decode_entries(answer.entries)
+    }
+
+    /// Deletes every key-value entry of the object (SQL tables are left alone). Returns how
+    /// many there were.
+    pub async fn delete_all(&self) -> Result<u64> {
+        let answer: DeletedAnswer = self.call("kv/delete-all", &serde_json::json!({})).await?;
+        Ok(answer.deleted)
+    }
+
+    /// Runs SQL on the object's own SQLite database.
+    ///
+    /// With parameters (`?1`, `?2`… or `?`), `sql` must be a single statement; without, it may
+    /// be several separated by `;`. The result describes the last statement that returned
+    /// columns. Transaction control, `ATTACH`, `PRAGMA` and names starting with `_stead_` are
+    /// refused: the turn is the transaction.
+    ///
+    /// ```no_run
+    /// # async fn f(storage: stead_sdk::Storage) -> stead_sdk::Result<()> {
+    /// use stead_sdk::SqlValue;
+    /// storage.sql("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v TEXT)", &[]).await?;
+    /// storage
+    ///     .sql("INSERT INTO t (k, v) VALUES (?, ?)", &[1.into(), "one".into()])
+    ///     .await?;
+    /// let r = storage.sql("SELECT v FROM t WHERE k = ?", &[SqlValue::from(1)]).await?;
+    /// assert_eq!(r.scalar().and_then(|v| v.as_str()), Some("one"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn sql(&self, sql: &str, params: &[SqlValue]) -> Result<SqlResult> {
+        #[derive(Serialize)]
+        struct Exec<'a> {
+            sql: &'a str,
+            params: &'a [SqlValue],
+        }
+        self.call("sql/exec", &Exec { sql, params }).await
+    }
+}
+
+/// A value bound to an SQL parameter: what SQLite stores.
+///
+/// On the wire: JSON `null`, a number, a string, or `{"base64": "…"}` for a BLOB. `bool`
+/// converts to the integers 1 and 0, `Option::None` to `NULL`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    /// `NULL`.
+    Null,
+    /// `INTEGER`.
+    Integer(i64),
+    /// `REAL`.
+    Real(f64),
+    /// `TEXT`.
+    Text(String),
+    /// `BLOB`.
+    Blob(Vec<u8>),
+}
+
+impl SqlValue {
+    /// Reads a value in the wire form of `params` and `rows`: `null`, booleans, numbers,
+    /// strings and `{"base64": "…"}`. `None` for anything else (arrays, other objects, bad
+    /// base64).
+    ///
+    /// ```
+    /// use stead_sdk::SqlValue;
+    /// let v = SqlValue::from_json(&serde_json::json!({"base64": "AAE="}));
+    /// assert_eq!(v, Some(SqlValue::Blob(vec![0, 1])));
+    /// ```
+    pub fn from_json(value: &Value) -> Option<Self> {
+        Some(match value {
+            Value::Null => SqlValue::Null,
+            Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => SqlValue::Integer(i),
+                None => SqlValue::Real(n.as_f64()?),
+            },
+            Value::String(s) => SqlValue::Text(s.clone()),
+            Value::Object(o) if o.len() == 1 => {
+                SqlValue::Blob(BASE64_STANDARD.decode(o.get("base64")?.as_str()?).ok()?)
+            }
+            _ => return None,
+        })
+    }
+
+    /// The value in its wire form.
+    pub fn to_json(&self) -> Value {
+        match self {
+            SqlValue::Null => Value::Null,
+            SqlValue::Integer(i) => Value::from(*i),
+            // Non-finite floats have no JSON form; SQLite would store NULL for NaN anyway.
+            SqlValue::Real(f) => {
+                serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number)
+            }
+            SqlValue::Text(s) => Value::String(s.clone()),
+            SqlValue::Blob(b) => {
+                let mut m = Map::new();
+                m.insert("base64".into(), Value::String(BASE64_STANDARD.encode(b)));
+                Value::Object(m)
+            }
+        }
+    }
+}
+
+impl Serialize for SqlValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SqlValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let v = Value::deserialize(deserializer)?;
+        SqlValue::from_json(&v).ok_or_else(|| {
+            serde::de::Error::custom(
+                "an SQL value must be null, a boolean, a number, a string or {\"base64\": \"...\"}",
+            )
+        })
+    }
+}
+
+macro_rules! sql_from {
+    ($($t:ty => $variant:ident as $conv:ty),* $(,)?) => {
+        $(impl From<$t> for SqlValue {
+            fn from(v: $t) -> Self {
+                SqlValue::$variant(<$conv>::from(v))
+            }
+        })*
+    };
+}
+
+sql_from!(
+    i64 => Integer as i64,
+    i32 => Integer as i64,
+    i16 => Integer as i64,
+    i8 => Integer as i64,
+    u32 => Integer as i64,
+    u16 => Integer as i64,
+    u8 => Integer as i64,
+    bool => Integer as i64,
+    f64 => Real as f64,
+    f32 => Real as f64,
+    String => Text as String,
+    &str => Text as String,
+    Vec<u8> => Blob as Vec<u8>,
+    &[u8] => Blob as Vec<u8>,
+);
+
+impl<T: Into<SqlValue>> From<Option<T>> for SqlValue {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(SqlValue::Null, Into::into)
+    }
+}
+
+/// What [`Storage::sql`] answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SqlResult {
+    /// Column names of the statement described.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// Rows, each value in the wire form of [`SqlValue`] (BLOBs are `{"base64": "…"}`; see
+    /// [`SqlValue::from_json`]).
+    #[serde(default)]
+    pub rows: Vec<Vec<Value>>,
+    /// Rows returned plus rows visited by full table scans.
+    #[serde(default)]
+    pub rows_read: u64,
+    /// Rows changed by `INSERT`, `UPDATE` and `DELETE`.
+    #[serde(default)]
+    pub rows_written: u64,
+}
+
+impl SqlResult {
+    /// The first column of the first row, e.g. the answer to `SELECT count(*) …`.
+    pub fn scalar(&self) -> Option<&Value> {
+        self.rows.first()?.first()
+    }
+
+    /// Each row as a JSON object keyed by column name, deserialized as `T`.
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize)]
+    /// struct Row { k: i64, v: String }
+    /// let r = stead_sdk::SqlResult {
+    ///     columns: vec!["k".into(), "v".into()],
+    ///     rows: vec![vec![1.into(), "one".into()]],
+    ///     ..Default::default()
+    /// };
+    /// let rows: Vec<Row> = r.rows_as().unwrap();
+    /// assert_eq!((rows[0].k, rows[0].v.as_str()), (1, "one"));
+    /// ```
+    pub fn rows_as<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.rows
+            .iter()
+            .map(|row| {
+                let obj: Map<String, Value> = self
+                    .columns
+                    .iter()
+                    .cloned()
+                    .zip(row.iter().cloned())
+                    .collect();
+                Ok(serde_json::from_value(Value::Object(obj))?)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sql_values_have_the_wire_form() {
+        let params: Vec<SqlValue> = vec![
+            SqlValue::Null,
+            7.into(),
+            1.5.into(),
+            "s".into(),
+            vec![0u8, 255].into(),
+            true.into(),
+            Option::<i64>::None.into(),
+        ];
+        assert_eq!(
+            serde_json::to_value(&params).unwrap(),
+            json!([null, 7, 1.5, "s", {"base64": "AP8="}, 1, null])
+        );
+    }
+
+    #[test]
+    fn sql_values_round_trip_through_json() {
+        for v in [
+            SqlValue::Null,
+            SqlValue::Integer(-3),
+            SqlValue::Real(0.25),
+            SqlValue::Text("x".into()),
+            SqlValue::Blob(vec![1, 2, 3]),
+        ] {
+            let back: SqlValue = serde_json::from_value(v.to_json()).unwrap();
+            assert_eq!(back, v);
+        }
+        assert!(serde_json::from_value::<SqlValue>(json!([1])).is_err());
+        assert!(serde_json::from_value::<SqlValue>(json!({"base64": "!!"})).is_err());
+        assert!(serde_json::from_value::<SqlValue>(json!({"other": "AA=="})).is_err());
+    }
+
+    #[test]
+    fn list_options_leave_out_what_is_unset() {
+        assert_eq!(serde_json::to_value(ListOptions::all()).unwrap(), json!({}));
+        assert_eq!(
+            serde_json::to_value(
+                ListOptions::prefix("p")
+                    .start("a")
+                    .end("z")
+                    .limit(3)
+                    .reverse()
+            )
+            .unwrap(),
+            json!({"prefix": "p", "start": "a", "end": "z", "limit": 3, "reverse": true})
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! A stand-in for the sidecar's app API: an in-memory KV, an echoing SQL endpoint, and a log
+//! of every call as it arrived on the wire.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, Uri};
+use serde_json::{Value, json};
+use stead_core::ErrorBody;
+
+/// One call as the fake API received it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub path: String,
+    pub turn: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    log: Vec<Call>,
+    kv: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeApi {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeApi {
+    /// Starts the fake on a free loopback port; returns it and its base URL.
+    pub async fn start() -> (Self, String) {
+        let fake = FakeApi::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let router = axum::Router::new()
+            .fallback(handle)
+            .with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (fake, format!("http://{addr}"))
+    }
+
+    pub fn log(&self) -> Vec<Call> {
+        self.inner.lock().unwrap().log.clone()
+    }
+
+    pub fn last(&self) -> Call {
+        self.log().pop().expect("no call reached the fake API")
+    }
+
+    /// The raw (base64) value stored under `key`.
+    pub fn stored(&self, key: &str) -> Option<String> {
+        self.inner.lock().unwrap().kv.get(key).cloned()
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> (StatusCode, String) {
+    (status, ErrorBody::new(code, message).to_json())
+}
+
+async fn handle(
+    State(fake): State<FakeApi>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let turn = headers
+        .get("stead-turn")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_json", "body is not JSON");
+    };
+    let path = uri.path().to_owned();
+    let mut inner = fake.inner.lock().unwrap();
+    inner.log.push(Call {
+        path: path.clone(),
+        turn: turn.clone(),
+        content_type,
+        body: body.clone(),
+    });
+    match turn.as_deref() {
+        None => return error(StatusCode::UNAUTHORIZED, "missing_turn", "no stead-turn"),
+        Some("finished") => {
+            return error(StatusCode::GONE, "turn_finished", "the turn already ended");
+        }
+        Some(_) => {}
+    }
+    let kv = &mut inner.kv;
+    let ok = |v: Value| (StatusCode::OK, v.to_string());
+    let key_ok = |k: &str| k.len() <= 2048;
+    match path.as_str() {
+        "/v1/kv/get" => {
+            if let Some(key) = body["key"].as_str() {
+                if key == "plain-error" {
+                    return (StatusCode::BAD_GATEWAY, "oops, not JSON".into());
+                }
+                if key == "bad-base64" {
+                    return ok(json!({"value": "!!!"}));
+                }
+                ok(json!({"value": kv.get(key)}))
+            } else {
+                let entries: Vec<Value> = body["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|k| {
+                        let k = k.as_str().unwrap();
+                        kv.get(k).map(|v| json!({"key": k, "value": v}))
+                    })
+                    .collect();
+                ok(json!({"entries": entries}))
+            }
+        }
+        "/v1/kv/put" => {
+            let entries: Vec<(String, String)> = if let Some(key) = body["key"].as_str() {
+                vec![(key.into(), body["value"].as_str().unwrap().into())]
+            } else {
+                body["entries"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| {
+                        (
+                            e["key"].as_str().unwrap().into(),
+                            e["value"].as_str().unwrap().into(),
+                        )
+                    })
+                    .collect()
+            };
+            if entries.len() > 128 {
+                return error(StatusCode::BAD_REQUEST, "batch_too_large", "too many");
+            }
+            if let Some((k, _)) = entries.iter().find(|(k, _)| !key_ok(k)) {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "key_too_large",
+                    &format!("key is {} bytes; the limit is 2048", k.len()),
+                );
+            }
+            let n = entries.len();
+            kv.extend(entries);
+            ok(json!({"written": n}))
+        }
+        "/v1/kv/delete" => {
+            let keys: Vec<String> = if let Some(key) = body["key"].as_str() {
+                vec![key.into()]
+            } else {
+                serde_json::from_value(body["keys"].clone()).unwrap()
+            };
+            let n = keys.iter().filter(|k| kv.remove(*k).is_some()).count();
+            ok(json!({"deleted": n}))
+        }
+        "/v1/kv/list" => {
+            let prefix = body["prefix"].as_str().unwrap_or("");
+            let mut entries: Vec<Value> = kv
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .filter(|(k, _)| body["start"].as_str().is_none_or(|s| k.as_str() >= s))
+                .filter(|(k, _)| body["end"].as_str().is_none_or(|e| k.as_str() < e))
+                .map(|(k, v)| json!({"key": k, "value": v}))
+                .collect();
+            if body["reverse"].as_bool() == Some(true) {
+                entries.reverse();
+            }
+            if let Some(limit) = body["limit"].as_u64() {
+                entries.truncate(limit as usize);
+            }
+            ok(json!({"entries": entries}))
+        }
+        "/v1/kv/delete-all" => {
+            let n = kv.len();
+            kv.clear();
+            ok(json!({"deleted": n}))
+        }
+        "/v1/sql/exec" => {
+            // Echoes the parameters back as one row, one column per parameter.
+            let params = body["params"].as_array().cloned().unwrap_or_default();
+            let columns: Vec<String> = (0..params.len()).map(|i| format!("p{i}")).collect();
+            ok(json!({"columns": columns, "rows": [params], "rows_read": 3, "rows_written": 2}))
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such API call"),
+    }
+}

@@ -1,0 +1,6 @@
+//! Tests over real loopback HTTP: a small in-test server plays the sidecar's app API, and a
+//! client plays the sidecar sending events.
+
+mod dispatch;
+mod fake_api;
+mod wire;
