@@ -5,8 +5,10 @@ pub mod duration;
 pub mod error;
 pub mod id;
 pub mod protocol;
+pub mod ring;
 
 pub use duration::{DurationError, parse_duration};
 pub use error::{ErrorBody, ErrorDetail};
 pub use id::{ClassName, IdError, ObjectId, ObjectName, Slot};
 pub use protocol::EventKind;
+pub use ring::Ring;

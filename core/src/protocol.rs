@@ -13,6 +13,15 @@ pub const INCARNATION: &str = "stead-object-incarnation";
 /// Set by the app on its answer to roll the turn back whatever the status.
 pub const ROLLBACK: &str = "stead-rollback";
 
+/// Peer port: the namespace's shared secret; without it (or with a wrong one) the answer is 401.
+pub const PEER_TOKEN: &str = "stead-peer-token";
+/// Peer port: how many sidecars forwarded this request already.
+pub const HOPS: &str = "stead-hops";
+/// Peer answer: the forwarding shard's ring is stale (the slot has moved).
+pub const RING_STALE: &str = "stead-ring-stale";
+/// The objects busy in the call chain of a request: `class/id` entries, comma separated.
+pub const CHAIN: &str = "stead-chain";
+
 /// Environment variable naming the address the app listens on.
 pub const ENV_APP_ADDR: &str = "STEAD_APP_ADDR";
 /// Environment variable naming the base URL of the sidecar's app API.

@@ -40,6 +40,8 @@ pub enum DevError {
         what: String,
         source: std::io::Error,
     },
+    #[error("{what} exited while starting ({status}); see its log above")]
+    Exited { what: String, status: String },
     #[error("{what} did not start listening on {addr} within 30 s")]
     NotReady { what: String, addr: String },
     #[error("{0}")]
@@ -98,8 +100,10 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             source,
         })?;
 
-    wait_listening("the app", &app).await?;
-    wait_listening("the sidecar", &ingress).await?;
+    wait_listening(&mut app_child, "the app", &app).await?;
+    // The admin port, not the ingress: something else may already hold the ingress port, and
+    // then the sidecar exits instead of listening.
+    wait_listening(&mut sidecar, "the sidecar", &admin).await?;
     println!(
         "stead dev: running the {example} example
   sidecar  pid {sp}  ingress http://{ingress}  metrics http://{admin}/metrics  app API http://{api}
@@ -170,8 +174,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-async fn wait_listening(what: &str, addr: &str) -> Result<(), DevError> {
+async fn wait_listening(child: &mut Child, what: &str, addr: &str) -> Result<(), DevError> {
     for _ in 0..300 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(DevError::Exited {
+                what: what.into(),
+                status: status.to_string(),
+            });
+        }
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Ok(());
         }
