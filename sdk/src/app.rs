@@ -336,7 +336,7 @@ async fn stateless(shared: &Arc<Shared>, req: Request) -> Result<Response, Rejec
             "this app has no stateless front door; objects are under /objects/{class}/",
         ));
     };
-    let ctx = StatelessContext::new(turn_token(req.headers())?);
+    let ctx = StatelessContext::new(turn_token(req.headers())?, shared.api.clone());
     let task = tokio::spawn(async move { handler.handle(req, ctx).await });
     match task.await {
         Ok(res) => Ok(res),

@@ -1,4 +1,5 @@
-//! The client of the sidecar's app API: `POST {api}/v1/...` with JSON and `stead-turn`.
+//! The client of the sidecar's app API: `POST {api}/v1/...` with JSON and `stead-turn`, and
+//! object calls, which carry a whole HTTP request to another object and its answer back.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use serde::de::DeserializeOwned;
 use stead_core::ErrorBody;
 
 use crate::error::{ApiError, Error, Result};
+use crate::message::{Request, Response};
 
 /// A shared, cheap-to-clone client with a keep-alive connection pool.
 #[derive(Clone)]
@@ -86,6 +88,81 @@ impl ApiClient {
             Err(Error::Api(api_error(status, &bytes)))
         }
     }
+
+    /// Sends `req` as `{method} {base}/v1/{path}` under `token` and returns the answer whatever
+    /// its status. `path` is what follows `/v1/`, query string included. The request's headers
+    /// go along, except `stead-*` headers (the sidecar sets those) and the headers that frame a
+    /// message on one connection (`host`, `content-length`, `connection`, …), which hyper
+    /// writes itself. The answer loses its framing headers too (its body is whole in memory),
+    /// and its `stead-*` headers.
+    pub(crate) async fn send(
+        &self,
+        token: &HeaderValue,
+        path: &str,
+        req: Request,
+    ) -> Result<Response> {
+        let (parts, body) = req.into_parts();
+        let uri: Uri = format!("{}/v1/{path}", self.inner.base)
+            .parse()
+            .map_err(|e| Error::Protocol(format!("cannot call /v1/{path}: {e}")))?;
+        let mut out = http::Request::new(Full::new(body));
+        *out.method_mut() = parts.method;
+        *out.uri_mut() = uri;
+        let headers = out.headers_mut();
+        for (name, value) in &parts.headers {
+            if !is_stead(name) && !is_framing(name) && name != header::HOST {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers.insert(
+            HeaderName::from_static(stead_core::protocol::TURN),
+            token.clone(),
+        );
+        let res = self
+            .inner
+            .client
+            .request(out)
+            .await
+            .map_err(|e| Error::Transport(format_chain(&e)))?;
+        let (mut parts, body) = res.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| Error::Transport(format_chain(&e)))?
+            .to_bytes();
+        // `stead-*` headers of the answer were meant for the sidecar (e.g. `stead-rollback`):
+        // passing the answer on as the caller's own must not roll the caller's turn back.
+        let dropped: Vec<HeaderName> = (parts.headers.keys())
+            .filter(|n| is_stead(n) || is_framing(n))
+            .cloned()
+            .collect();
+        for name in dropped {
+            parts.headers.remove(name);
+        }
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Headers about one connection or the framing of one message, not about its content
+/// (RFC 9110 §7.6.1, plus `content-length`).
+fn is_framing(name: &HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ]
+    .contains(name)
+        || name.as_str() == "keep-alive"
+}
+
+fn is_stead(name: &HeaderName) -> bool {
+    name.as_str()
+        .starts_with(stead_core::protocol::HEADER_PREFIX)
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ApiError {

@@ -40,6 +40,7 @@ mod error;
 mod message;
 mod object;
 mod storage;
+mod stub;
 mod turn;
 
 /// Helpers that build a [`Response`].
@@ -52,6 +53,7 @@ pub use error::{ApiError, Error, Result};
 pub use message::{Request, RequestExt, Response, ResponseExt};
 pub use object::{DurableObject, StatelessHandler};
 pub use storage::{ListOptions, SqlResult, SqlValue, Storage};
+pub use stub::{ObjectAddr, ObjectStub};
 pub use turn::{ObjectInfo, StatelessContext, Turn};
 
 pub use async_trait::async_trait;

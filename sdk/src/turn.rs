@@ -6,6 +6,7 @@ use http::HeaderValue;
 
 use crate::client::ApiClient;
 use crate::storage::Storage;
+use crate::stub::{ObjectAddr, ObjectStub};
 
 /// Which object an instance or a turn is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -29,15 +30,17 @@ pub struct Turn {
     object: Arc<ObjectInfo>,
     token: HeaderValue,
     storage: Storage,
+    api: ApiClient,
 }
 
 impl Turn {
     pub(crate) fn new(object: Arc<ObjectInfo>, token: HeaderValue, api: ApiClient) -> Self {
-        let storage = Storage::new(api, token.clone());
+        let storage = Storage::new(api.clone(), token.clone());
         Self {
             object,
             token,
             storage,
+            api,
         }
     }
 
@@ -70,24 +73,56 @@ impl Turn {
     pub fn storage(&self) -> Storage {
         self.storage.clone()
     }
+
+    /// A handle on the object of class `class` at `addr`, for calling it during this turn.
+    /// Its answers are its own turn's: they commit or roll back apart from this one.
+    ///
+    /// ```no_run
+    /// # async fn f(turn: &stead_sdk::Turn) -> stead_sdk::Result<()> {
+    /// use stead_sdk::ObjectAddr;
+    /// let res = turn.stub("Counter", ObjectAddr::name("b")).post("/increment", "").await?;
+    /// assert!(res.status().is_success());
+    /// # Ok(()) }
+    /// ```
+    pub fn stub(&self, class: &str, addr: ObjectAddr) -> ObjectStub {
+        ObjectStub::new(self.api.clone(), self.token.clone(), class, addr)
+    }
 }
 
 /// What a stateless (front-door) request handler gets besides the request.
 ///
 /// Stateless requests are client requests outside `/objects/`. They run concurrently and own
-/// no storage.
+/// no storage, but they can call objects.
 #[derive(Clone)]
 pub struct StatelessContext {
     token: HeaderValue,
+    api: ApiClient,
 }
 
 impl StatelessContext {
-    pub(crate) fn new(token: HeaderValue) -> Self {
-        Self { token }
+    pub(crate) fn new(token: HeaderValue, api: ApiClient) -> Self {
+        Self { token, api }
     }
 
     /// The request's turn token (`stead-turn`), for calling the app API by hand.
     pub fn token(&self) -> &str {
         self.token.to_str().unwrap_or_default()
+    }
+
+    /// A handle on the object of class `class` at `addr`, for calling it during this request.
+    ///
+    /// ```no_run
+    /// use stead_sdk::{ObjectAddr, Request, Response, StatelessContext, response};
+    /// use stead_sdk::http::StatusCode;
+    ///
+    /// async fn front_door(_req: Request, ctx: StatelessContext) -> Response {
+    ///     match ctx.stub("Counter", ObjectAddr::name("home")).get("/value").await {
+    ///         Ok(res) => res,
+    ///         Err(e) => response::error(StatusCode::BAD_GATEWAY, e.code(), &e.to_string()),
+    ///     }
+    /// }
+    /// ```
+    pub fn stub(&self, class: &str, addr: ObjectAddr) -> ObjectStub {
+        ObjectStub::new(self.api.clone(), self.token.clone(), class, addr)
     }
 }

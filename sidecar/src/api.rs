@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{FromRequest, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{any, post};
 use base64::Engine as _;
 use http::StatusCode;
 use http_body_util::{BodyExt, Limited};
@@ -15,7 +15,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value as Json, json};
 use stead_core::protocol;
 
+use crate::chain::CallChain;
 use crate::error::ApiError;
+use crate::ingress::{Target, parse_route};
+use crate::route::ObjectRouter;
 use crate::storage::{ListQuery, Storage, TurnRef, param_from_json};
 use crate::turn::{TurnKind, Turns};
 
@@ -63,6 +66,7 @@ pub struct ApiState {
     pub storage: Storage,
     pub turns: Arc<Turns>,
     pub limits: Limits,
+    pub router: Arc<ObjectRouter>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -73,6 +77,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/kv/list", post(kv_list))
         .route("/v1/kv/delete-all", post(kv_delete_all))
         .route("/v1/sql/exec", post(sql_exec))
+        .route("/v1/objects/{*target}", any(object_call))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -108,7 +113,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for Call<T> {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unknown_turn", "unreadable token")
             })?;
         let turn = match state.turns.resolve(token)? {
-            TurnKind::Object(t) => t,
+            TurnKind::Object { turn, .. } => turn,
             TurnKind::Stateless => {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -381,4 +386,56 @@ async fn sql_exec(
         .map_err(|e| ApiError::bad_request("bad_request", e))?;
     let out = s.storage.sql_exec(&call.turn, sql, params).await?;
     Ok(axum::Json(out).into_response())
+}
+
+/// An object call: `{METHOD} /v1/objects/{class}/name|id/…`, routed like a client request, with
+/// the calling turn's chain so that a call back into a busy caller is refused (508).
+async fn object_call(State(s): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
+    let token = req
+        .headers()
+        .get(protocol::TURN)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_turn",
+                "object calls need the stead-turn header of the event being handled",
+            )
+        })?
+        .to_str()
+        .map_err(|_| ApiError::new(StatusCode::UNAUTHORIZED, "unknown_turn", "unreadable token"))?;
+    let chain = match s.turns.resolve(token)? {
+        TurnKind::Object { chain, .. } => chain,
+        TurnKind::Stateless => CallChain::default(),
+    };
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path()
+        .strip_prefix("/v1")
+        .unwrap_or(parts.uri.path())
+        .to_owned();
+    let query = parts.uri.query().map(str::to_owned);
+    let target = parse_route(
+        &parts.method,
+        &path,
+        query.as_deref(),
+        s.router.slots,
+        |c| s.router.knows_class(c),
+    )?;
+    let Target::Object { object, rest } = target else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "object calls are /v1/objects/{class}/name/{name}/… or /v1/objects/{class}/id/{id}/…",
+        ));
+    };
+    let full = match &query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    parts.uri = full
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_path", "invalid object path"))?;
+    let req = Request::from_parts(parts, body);
+    Ok(s.router.object(object, rest, req, chain, 0).await)
 }

@@ -67,6 +67,20 @@ pub struct SidecarConfig {
     /// Largest app answer, in bytes.
     #[arg(long, env = "STEAD_MAX_ANSWER_BYTES", default_value_t = 32 << 20)]
     pub max_answer_bytes: usize,
+    /// This shard's ordinal (its index in --peers).
+    #[arg(long, env = "STEAD_SHARD_ORDINAL", default_value_t = 0)]
+    pub shard_ordinal: u32,
+    /// Peer-port addresses (host:port) of every shard, in ordinal order. Empty: a single shard
+    /// that owns every slot.
+    #[arg(long, env = "STEAD_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Where this sidecar listens for requests forwarded by other shards (opened only when
+    /// --peers lists two or more shards).
+    #[arg(long, env = "STEAD_PEER_ADDR", default_value = "0.0.0.0:7878")]
+    pub peer_addr: SocketAddr,
+    /// The namespace's shared secret for the peer port (required with two or more peers).
+    #[arg(long, env = "STEAD_PEER_TOKEN", hide_env_values = true)]
+    pub peer_token: Option<String>,
     #[command(flatten)]
     pub limits: Limits,
     /// Log format: `text` or `json`.

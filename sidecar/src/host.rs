@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::app::{AppClient, clean_headers, set_object_headers};
+use crate::chain::CallChain;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::object::{ObjectKey, ObjectRef};
@@ -37,6 +38,8 @@ pub struct HostConfig {
 
 struct Event {
     object: Arc<ObjectRef>,
+    /// The objects busy waiting on this event (object calls), outermost first.
+    chain: CallChain,
     request: Request<Bytes>,
     reply: oneshot::Sender<Response<Bytes>>,
 }
@@ -81,10 +84,12 @@ impl Host {
         self: &Arc<Self>,
         object: ObjectRef,
         request: Request<Bytes>,
+        chain: CallChain,
     ) -> Response<Bytes> {
         let (reply, answer) = oneshot::channel();
         let event = Event {
             object: Arc::new(object),
+            chain,
             request,
             reply,
         };
@@ -173,19 +178,21 @@ impl Host {
     async fn run_turn(&self, event: Event, active: &Arc<AtomicU64>, incarnation: &str) -> bool {
         let _permit = self.turn_permits.acquire().await;
         let started = Instant::now();
-        let (turn, token) = match self
-            .turns
-            .begin_object(event.object.clone(), active.clone())
-        {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = event.reply.send(
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                        .into_http(),
-                );
-                return false;
-            }
-        };
+        let chain = event.chain.with(event.object.key());
+        let (turn, token) =
+            match self
+                .turns
+                .begin_object(event.object.clone(), active.clone(), chain)
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = event.reply.send(
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                            .into_http(),
+                    );
+                    return false;
+                }
+            };
         let turn_id = turn.id;
         let mut request = event.request;
         set_object_headers(

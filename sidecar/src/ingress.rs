@@ -1,30 +1,28 @@
 //! The client-facing port: parses object routes, strips `stead-*` headers, and hands requests to
 //! the object host or, outside `/objects/`, to the app's stateless front door.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use stead_core::{ClassName, ObjectId, ObjectName, protocol};
 
 use crate::app::{AppClient, clean_headers};
+use crate::chain::CallChain;
 use crate::error::ApiError;
-use crate::host::Host;
 use crate::metrics::{ClassLabels, Metrics, RequestLabels};
 use crate::object::ObjectRef;
+use crate::route::ObjectRouter;
 use crate::turn::Turns;
 
 pub struct Ingress {
-    pub classes: HashSet<String>,
-    pub slots: u32,
+    pub router: Arc<ObjectRouter>,
     pub max_request_bytes: usize,
-    pub host: Arc<Host>,
     pub app: AppClient,
     pub turns: Arc<Turns>,
     pub metrics: Metrics,
@@ -32,7 +30,7 @@ pub struct Ingress {
 
 /// What a client path asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Route {
+pub enum Target {
     /// `/objects/{class}/name|id/{…}/{rest…}`: `rest` is the path (and query) the app sees.
     Object { object: ObjectRef, rest: String },
     /// `POST /objects/{class}/new-id`
@@ -48,9 +46,9 @@ pub fn parse_route(
     query: Option<&str>,
     slots: u32,
     known: impl Fn(&str) -> bool,
-) -> Result<Route, ApiError> {
+) -> Result<Target, ApiError> {
     let Some(tail) = path.strip_prefix("/objects/") else {
-        return Ok(Route::Stateless);
+        return Ok(Target::Stateless);
     };
     let mut parts = tail.splitn(4, '/');
     let class_raw = decode(parts.next().unwrap_or(""))?;
@@ -72,7 +70,7 @@ pub fn parse_route(
                 "new-id takes POST",
             ));
         }
-        return Ok(Route::NewId { class });
+        return Ok(Target::NewId { class });
     }
     let key = decode(parts.next().unwrap_or(""))?;
     let rest_path = parts.next().unwrap_or("");
@@ -100,7 +98,7 @@ pub fn parse_route(
         rest.push('?');
         rest.push_str(q);
     }
-    Ok(Route::Object {
+    Ok(Target::Object {
         object: ObjectRef::new(class, id, name, slots),
         rest,
     })
@@ -130,24 +128,24 @@ pub async fn handle(State(ingress): State<Arc<Ingress>>, req: Request) -> Respon
         .request_seconds
         .get_or_create(&ClassLabels { class: class_label })
         .observe(started.elapsed().as_secs_f64());
-    resp.map(Body::from)
+    resp
 }
 
 impl Ingress {
-    async fn route(&self, req: Request) -> (String, http::Response<Bytes>) {
+    async fn route(&self, req: Request) -> (String, Response) {
         let route = parse_route(
             req.method(),
             req.uri().path(),
             req.uri().query(),
-            self.slots,
-            |c| self.classes.contains(c),
+            self.router.slots,
+            |c| self.router.knows_class(c),
         );
         let route = match route {
             Ok(r) => r,
-            Err(e) => return ("-".into(), e.into_http()),
+            Err(e) => return ("-".into(), e.into_response()),
         };
         match route {
-            Route::NewId { class } => {
+            Target::NewId { class } => {
                 let resp = match ObjectId::unique() {
                     Ok(id) => {
                         let mut r = http::Response::new(Bytes::from(
@@ -166,26 +164,28 @@ impl Ingress {
                     )
                     .into_http(),
                 };
-                (class.to_string(), resp)
+                (class.to_string(), resp.map(Body::from))
             }
-            Route::Object { object, rest } => {
+            Target::Object { object, rest } => {
                 let class = object.class.to_string();
-                let req = match self.buffer(req, &rest).await {
-                    Ok(r) => r,
-                    Err(e) => return (class, e.into_http()),
-                };
-                (class, self.host.deliver(object, req).await)
+                let mut req = req;
+                clean_headers(req.headers_mut(), true);
+                let resp = self
+                    .router
+                    .object(object, rest, req, CallChain::default(), 0)
+                    .await;
+                (class, resp)
             }
-            Route::Stateless => {
+            Target::Stateless => {
                 let path = req
                     .uri()
                     .path_and_query()
                     .map_or("/".to_owned(), |p| p.as_str().to_owned());
                 let req = match self.buffer(req, &path).await {
                     Ok(r) => r,
-                    Err(e) => return ("-".into(), e.into_http()),
+                    Err(e) => return ("-".into(), e.into_response()),
                 };
-                ("-".into(), self.stateless(req).await)
+                ("-".into(), self.stateless(req).await.map(Body::from))
             }
         }
     }
@@ -246,14 +246,14 @@ impl Ingress {
 mod tests {
     use super::*;
 
-    fn parse(method: Method, path: &str) -> Result<Route, ApiError> {
+    fn parse(method: Method, path: &str) -> Result<Target, ApiError> {
         parse_route(&method, path, Some("x=1"), 4096, |c| c == "Counter")
     }
 
     #[test]
     fn named_route_strips_the_prefix_and_keeps_the_query() {
         match parse(Method::POST, "/objects/Counter/name/a%2Fb/increment").unwrap() {
-            Route::Object { object, rest } => {
+            Target::Object { object, rest } => {
                 assert_eq!(object.name.unwrap().as_str(), "a/b");
                 assert_eq!(rest, "/increment?x=1");
             }
@@ -265,7 +265,7 @@ mod tests {
     fn id_route_parses_the_hex_id() {
         let id = ObjectId::unique().unwrap();
         match parse(Method::GET, &format!("/objects/Counter/id/{id}")).unwrap() {
-            Route::Object { object, rest } => {
+            Target::Object { object, rest } => {
                 assert_eq!(object.id, id);
                 assert!(object.name.is_none());
                 assert_eq!(rest, "/?x=1");
@@ -303,10 +303,10 @@ mod tests {
 
     #[test]
     fn outside_objects_is_stateless() {
-        assert_eq!(parse(Method::GET, "/").unwrap(), Route::Stateless);
+        assert_eq!(parse(Method::GET, "/").unwrap(), Target::Stateless);
         assert!(matches!(
             parse(Method::POST, "/objects/Counter/new-id").unwrap(),
-            Route::NewId { .. }
+            Target::NewId { .. }
         ));
     }
 }

@@ -1,18 +1,25 @@
 //! The Stead sidecar. A request's path through it is the table of contents:
-//! [`ingress`] (parse the route, strip headers) → [`host`] (mailbox, one turn at a time) →
+//! [`ingress`] (parse the route, strip headers) → [`route`] (which shard owns the slot:
+//! [`ownership`], [`membership`]) → [`forward`] (the peer hop) or [`host`] (mailbox, one turn at
+//! a time) →
 //! [`app`] (deliver the event) → [`api`] (the app's calls back, bound to the [`turn`]) →
 //! [`storage`] (SQLite, commit, output gate) → back out. [`dev`] runs it all locally.
 
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod chain;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod forward;
 pub mod host;
 pub mod ingress;
+pub mod membership;
 pub mod metrics;
 pub mod object;
+pub mod ownership;
+pub mod route;
 pub mod sidecar;
 pub mod storage;
 pub mod turn;

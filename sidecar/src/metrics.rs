@@ -25,6 +25,13 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    /// `not_owner` (the router's hop), `stale_ring` (a shard that no longer owns the slot passed
+    /// it on), `tombstone` (after a handoff).
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -45,6 +52,9 @@ pub struct Metrics {
     pub objects_hibernated: Counter,
     pub objects_evicted: Counter,
     pub turns_timed_out: Counter,
+    pub forwards: Family<ForwardLabels, Counter>,
+    pub peer_errors: Counter,
+    pub slots_owned: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,6 +76,12 @@ impl Metrics {
         let objects_hibernated = Counter::default();
         let objects_evicted = Counter::default();
         let turns_timed_out = Counter::default();
+        let forwards = Family::<ForwardLabels, Counter>::default();
+        for reason in ["not_owner", "stale_ring", "tombstone"] {
+            let _ = forwards.get_or_create(&ForwardLabels { reason });
+        }
+        let peer_errors = Counter::default();
+        let slots_owned = Gauge::default();
 
         let mut r = Registry::with_prefix("stead");
         r.register(
@@ -113,6 +129,21 @@ impl Metrics {
             "Turns rolled back because the app did not answer within the turn timeout",
             turns_timed_out.clone(),
         );
+        r.register(
+            "forwards",
+            "Requests forwarded to the shard that owns their slot, by reason",
+            forwards.clone(),
+        );
+        r.register(
+            "peer_errors",
+            "Forwards that failed because the owning shard was unreachable or too slow",
+            peer_errors.clone(),
+        );
+        r.register(
+            "slots_owned",
+            "Slots this shard owns (recorded in shard.sqlite)",
+            slots_owned.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,
@@ -124,6 +155,9 @@ impl Metrics {
             objects_hibernated,
             objects_evicted,
             turns_timed_out,
+            forwards,
+            peer_errors,
+            slots_owned,
         }
     }
 

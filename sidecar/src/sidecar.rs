@@ -1,6 +1,7 @@
 //! Assembles and runs the sidecar: storage, host, ingress, app API and admin servers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -8,9 +9,13 @@ use crate::admin::{self, AdminState};
 use crate::api::{self, ApiState};
 use crate::app::AppClient;
 use crate::config::SidecarConfig;
+use crate::forward::{self, PeerClient, PeerServer};
 use crate::host::{Host, HostConfig};
 use crate::ingress::{self, Ingress};
+use crate::membership::{Membership, StaticMembership};
 use crate::metrics::Metrics;
+use crate::ownership::Ownership;
+use crate::route::ObjectRouter;
 use crate::storage::{DbOptions, Storage, StorageConfig};
 use crate::turn::Turns;
 
@@ -27,6 +32,10 @@ pub enum StartError {
         dir: String,
         source: crate::storage::StorageError,
     },
+    #[error("{0}")]
+    Membership(#[from] crate::membership::MembershipError),
+    #[error("{0}")]
+    Ownership(#[from] crate::ownership::OwnershipError),
     #[error("no randomness: {0}")]
     Random(#[from] getrandom::Error),
     #[error("server failed: {0}")]
@@ -38,6 +47,20 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let metrics = Metrics::new();
+    let membership =
+        StaticMembership::new(config.shard_ordinal, config.peers.clone(), config.slots)?;
+    if config.peers.len() > 1 && config.peer_token.as_deref().is_none_or(str::is_empty) {
+        return Err(crate::membership::MembershipError::MissingToken.into());
+    }
+    let ownership = {
+        let dir = config.data_dir.clone();
+        let me = config.shard_ordinal;
+        let ring = membership.ring();
+        tokio::task::spawn_blocking(move || Ownership::load(&dir, me, &ring))
+            .await
+            .map_err(|e| StartError::Serve(std::io::Error::other(e)))??
+    };
+    metrics.slots_owned.set(ownership.count() as i64);
     let storage = Storage::start(
         StorageConfig {
             data_dir: config.data_dir.clone(),
@@ -69,19 +92,35 @@ pub async fn run(
         turns.clone(),
         metrics.clone(),
     )?;
-    let ingress_state = Arc::new(Ingress {
+    let router = Arc::new(ObjectRouter {
         classes: config.classes.iter().map(|c| c.to_string()).collect(),
         slots: config.slots,
         max_request_bytes: config.max_request_bytes,
         host,
+        ownership,
+        membership: Arc::new(membership),
+        peers: PeerClient::new(
+            config.peer_token.as_deref(),
+            config.turn_timeout + Duration::from_secs(5),
+        ),
+        metrics: metrics.clone(),
+    });
+    let ingress_state = Arc::new(Ingress {
+        router: router.clone(),
+        max_request_bytes: config.max_request_bytes,
         app: app.clone(),
         turns: turns.clone(),
         metrics: metrics.clone(),
+    });
+    let peer_state = Arc::new(PeerServer {
+        token: config.peer_token.clone().filter(|t| !t.is_empty()),
+        router: router.clone(),
     });
     let api_state = Arc::new(ApiState {
         storage,
         turns,
         limits: config.limits.clone(),
+        router,
     });
     let admin_state = Arc::new(AdminState {
         metrics,
@@ -96,11 +135,20 @@ pub async fn run(
     let ingress_l = listen("ingress", config.ingress).await?;
     let api_l = listen("app API", config.api).await?;
     let admin_l = listen("admin", config.admin).await?;
+    // One shard has no peers: the peer port opens only with two or more.
+    let peer_l = if config.peers.len() > 1 {
+        Some(listen("peer", config.peer_addr).await?)
+    } else {
+        None
+    };
 
     tracing::info!(
         ingress = %config.ingress,
         api = %config.api,
         admin = %config.admin,
+        peer = %config.peer_addr,
+        shard = config.shard_ordinal,
+        shards = config.peers.len().max(1),
         app = %config.app,
         data_dir = %config.data_dir.display(),
         classes = ?config.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
@@ -128,6 +176,19 @@ pub async fn run(
             tracing::error!(error = %e, "app API server failed");
         }
     });
+    if let Some(peer_l) = peer_l {
+        let peer_srv = axum::serve(
+            peer_l,
+            axum::Router::new()
+                .fallback(forward::handle)
+                .with_state(peer_state),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = peer_srv.await {
+                tracing::error!(error = %e, "peer server failed");
+            }
+        });
+    }
     tokio::spawn(async move {
         if let Err(e) = admin_srv.await {
             tracing::error!(error = %e, "admin server failed");

@@ -8,14 +8,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::chain::CallChain;
 use crate::object::ObjectRef;
 use crate::storage::TurnRef;
 
 #[derive(Debug, Clone)]
 pub enum TurnKind {
-    /// A turn of an object: its token reaches that object's storage only.
-    Object(TurnRef),
-    /// A stateless front-door request: no storage.
+    /// A turn of an object: its token reaches that object's storage only. `chain` holds the
+    /// objects busy in this turn's call chain, this one last: the chain of its object calls.
+    Object { turn: TurnRef, chain: CallChain },
+    /// A stateless front-door request: no storage, and an empty call chain.
     Stateless,
 }
 
@@ -51,11 +53,18 @@ impl Turns {
         &self,
         object: Arc<ObjectRef>,
         active: Arc<AtomicU64>,
+        chain: CallChain,
     ) -> Result<(TurnRef, String), getrandom::Error> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let turn = TurnRef { object, id, active };
         turn.active.store(id, Ordering::Release);
-        let token = self.register(id, TurnKind::Object(turn.clone()))?;
+        let token = self.register(
+            id,
+            TurnKind::Object {
+                turn: turn.clone(),
+                chain,
+            },
+        )?;
         Ok((turn, token))
     }
 
@@ -113,10 +122,12 @@ mod tests {
         let turns = Turns::new();
         let active = Arc::new(AtomicU64::new(0));
         let obj = object();
-        let (turn, token) = turns.begin_object(obj.clone(), active.clone()).unwrap();
+        let (turn, token) = turns
+            .begin_object(obj.clone(), active.clone(), CallChain::default())
+            .unwrap();
         assert_eq!(active.load(Ordering::Acquire), turn.id);
         match turns.resolve(&token) {
-            Ok(TurnKind::Object(t)) => assert_eq!(t.object, obj),
+            Ok(TurnKind::Object { turn: t, .. }) => assert_eq!(t.object, obj),
             other => panic!("unexpected {other:?}"),
         }
         turns.end(turn.id);

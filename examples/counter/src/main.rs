@@ -18,19 +18,27 @@
 //! | `GET /get-raw?key=k` | the JSON stored under `k`, 404 if none |
 //! | `POST /sql` | `{"sql", "params"}` run as is; API refusals passed through |
 //! | `POST /late-call` | answers at once; ~300 ms later a task calls storage with this turn's token |
+//! | `POST /chain?next=b,c` | empty `next`: increments and answers the new value; else calls `Counter` `b` at `POST /chain?next=c` and answers with its status and body |
 //!
-//! Stateless routes: `GET /` (what this is) and `GET /late-call-result` (the status the late
-//! call got: `410` once the turn is over; `pending` while waiting; `none` before any).
+//! So `POST /objects/Counter/name/a/chain?next=b` is a call a → b answering b's new value, and
+//! `…/name/a/chain?next=b,a` is a → b → a, which the sidecar refuses with `508 call_cycle`
+//! (a is busy earlier in the chain); the 508 comes back through b and a to the client.
+//!
+//! Stateless routes: `GET /` (what this is), `GET /late-call-result` (the status the late
+//! call got: `410` once the turn is over; `pending` while waiting; `none` before any), and
+//! `POST /call?name=x&path=/increment` (calls `Counter` `x` with `POST path` and answers with its
+//! answer: an object call from a stateless request).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::json;
 use stead_sdk::http::{Method, StatusCode};
 use stead_sdk::{
-    App, DurableObject, Error, ObjectInfo, Request, RequestExt, Response, Result, SqlValue,
-    StatelessContext, Storage, Turn, async_trait, response,
+    App, DurableObject, Error, ObjectAddr, ObjectInfo, Request, RequestExt, Response, Result,
+    SqlValue, StatelessContext, Storage, Turn, async_trait, response,
 };
 
 /// How long the late call waits after its turn answered.
@@ -79,6 +87,33 @@ fn pass_through(result: Result<Response>) -> Result<Response> {
         Err(Error::Api(refusal)) => Ok(refusal.to_response()),
         other => other,
     }
+}
+
+/// What stays as it is in a query value: RFC 3986 unreserved characters, and `,` (which
+/// separates the names of `/chain?next=`).
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b',');
+
+/// `POST /chain?next=b,c`: with no name left, increments; otherwise calls the first name with
+/// the rest, and answers with the callee's answer (status, headers and body) as it is.
+async fn chain(turn: &Turn, req: &Request) -> Result<Response> {
+    let next = req.query_param("next").unwrap_or_default();
+    let mut names = next.split(',').filter(|n| !n.is_empty());
+    let Some(first) = names.next() else {
+        let n = increment(&turn.storage()).await?;
+        return Ok(response::text(n.to_string()));
+    };
+    let rest = names.collect::<Vec<_>>().join(",");
+    let path = format!("/chain?next={}", utf8_percent_encode(&rest, QUERY_VALUE));
+    // A 508 `call_cycle` from the sidecar, or any answer of the callee, is passed on; an answer
+    // of 500 or more also rolls this turn back (it wrote nothing).
+    turn.stub("Counter", ObjectAddr::name(first))
+        .post(&path, "")
+        .await
 }
 
 fn bad_json(e: Error) -> Response {
@@ -200,6 +235,7 @@ impl DurableObject for Counter {
                 });
                 Ok(response::text("late call scheduled"))
             }
+            (Method::POST, "/chain") => chain(turn, &req).await,
             (_, path) => Ok(response::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -209,7 +245,27 @@ impl DurableObject for Counter {
     }
 }
 
-async fn front_door(req: Request, _ctx: StatelessContext) -> Response {
+/// `POST /call?name=x&path=/increment`: calls `Counter` `x` with `POST path` (the request's body
+/// goes along) and answers with its answer.
+async fn call(req: Request, ctx: StatelessContext) -> Response {
+    let (Some(name), Some(path)) = (req.query_param("name"), req.query_param("path")) else {
+        return response::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "POST /call needs the query parameters name and path",
+        );
+    };
+    match ctx
+        .stub("Counter", ObjectAddr::name(name))
+        .post(&path, req.body().clone())
+        .await
+    {
+        Ok(res) => res,
+        Err(e) => response::error(StatusCode::BAD_GATEWAY, e.code(), &e.to_string()),
+    }
+}
+
+async fn front_door(req: Request, ctx: StatelessContext) -> Response {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => response::text(
             "Stead counter example. Try POST /objects/Counter/name/{name}/increment \
@@ -219,6 +275,7 @@ async fn front_door(req: Request, _ctx: StatelessContext) -> Response {
             let slot = LATE_CALL_RESULT.lock().unwrap_or_else(|e| e.into_inner());
             response::text(slot.as_deref().unwrap_or("none"))
         }
+        (&Method::POST, "/call") => call(req, ctx).await,
         (method, path) => response::error(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::fake_api::FakeApi;
 use crate::{
-    App, DurableObject, Error, ObjectInfo, Request, RequestExt, Response, ResponseExt, Result,
-    StatelessContext, Turn, async_trait, response,
+    App, DurableObject, Error, ObjectAddr, ObjectInfo, Request, RequestExt, Response, ResponseExt,
+    Result, StatelessContext, Turn, async_trait, response,
 };
 
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -53,6 +53,7 @@ impl DurableObject for Probe {
                 Ok(response::text("unblocked"))
             }
             "/rollback" => Ok(response::text("no").rollback()),
+            "/call" => turn.stub("Probe", ObjectAddr::name("b")).get("/x").await,
             "/echo" => Ok(response::json(&json!({
                 "method": req.method().as_str(),
                 "path": req.uri().path(),
@@ -74,6 +75,12 @@ impl DurableObject for Probe {
 }
 
 async fn front_door(req: Request, ctx: StatelessContext) -> Response {
+    if req.uri().path() == "/call" {
+        return match ctx.stub("Probe", ObjectAddr::name("c")).get("/y").await {
+            Ok(res) => res,
+            Err(e) => response::error(StatusCode::BAD_GATEWAY, e.code(), &e.to_string()),
+        };
+    }
     response::text(format!("front door {} {}", req.uri().path(), ctx.token()))
 }
 
@@ -269,6 +276,30 @@ async fn the_turn_token_goes_with_storage_calls() {
     let call = h.fake.last();
     assert_eq!(call.path, "/v1/kv/put");
     assert_eq!(call.turn.as_deref(), Some("turn-42"));
+}
+
+#[tokio::test]
+async fn objects_and_the_front_door_call_objects_with_their_event_token() {
+    let h = Harness::default().await;
+    let object = [
+        ("stead-event", "request"),
+        ("stead-class", "Probe"),
+        ("stead-object-id", ID_A),
+        ("stead-turn", "turn-obj"),
+    ];
+    let (status, _, body) = h.send(Method::GET, "/call", &object, "").await;
+    // The fake API's echo, passed on as it is.
+    assert_eq!(status, StatusCode::CREATED);
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["uri"], "/v1/objects/Probe/name/b/x");
+    assert_eq!(echo["headers"]["stead-turn"], json!(["turn-obj"]));
+
+    let stateless = [("stead-event", "request"), ("stead-turn", "turn-front")];
+    let (status, _, body) = h.send(Method::GET, "/call", &stateless, "").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["uri"], "/v1/objects/Probe/name/c/y");
+    assert_eq!(echo["headers"]["stead-turn"], json!(["turn-front"]));
 }
 
 #[tokio::test]

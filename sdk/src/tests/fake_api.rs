@@ -1,13 +1,15 @@
-//! A stand-in for the sidecar's app API: an in-memory KV, an echoing SQL endpoint, and a log
-//! of every call as it arrived on the wire.
+//! A stand-in for the sidecar's app API: an in-memory KV, an echoing SQL endpoint, an echoing
+//! object-call endpoint, and a log of every call as it arrived on the wire.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
+use axum::response::{AppendHeaders, IntoResponse};
+use base64::prelude::*;
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode, Uri};
+use http::{HeaderMap, Method, StatusCode, Uri};
 use serde_json::{Value, json};
 use stead_core::ErrorBody;
 
@@ -64,10 +66,60 @@ fn error(status: StatusCode, code: &str, message: &str) -> (StatusCode, String) 
 
 async fn handle(
     State(fake): State<FakeApi>,
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, String) {
+) -> axum::response::Response {
+    if uri.path().starts_with("/v1/objects/") {
+        object_call(method, uri, headers, body).into_response()
+    } else {
+        storage_call(fake, uri, headers, body).into_response()
+    }
+}
+
+/// An object call: echoes what arrived as JSON (`method`, raw `uri`, `headers` as a map of
+/// lists, `body` in base64) with status 201, headers `x-echo: 1` and `x-echo: 2` (repeated
+/// headers must come back) and `stead-rollback: 1` (which must not). The name `cycle` gets the sidecar's 508, and a `x-status`
+/// header sets the status of the echo.
+fn object_call(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    if uri.path().contains("/name/cycle/") {
+        let (status, body) = error(
+            StatusCode::LOOP_DETECTED,
+            "call_cycle",
+            "the call would come back to a busy object",
+        );
+        return (status, [("content-type", "application/json")], body).into_response();
+    }
+    let mut header_map = serde_json::Map::new();
+    for name in headers.keys() {
+        let values: Vec<Value> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| Value::from(v.to_str().unwrap()))
+            .collect();
+        header_map.insert(name.as_str().to_owned(), Value::Array(values));
+    }
+    let status = headers
+        .get("x-status")
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+        .map_or(StatusCode::CREATED, |s| StatusCode::from_u16(s).unwrap());
+    let echo = json!({
+        "method": method.as_str(),
+        "uri": uri.to_string(),
+        "headers": header_map,
+        "body": BASE64_STANDARD.encode(&body),
+    });
+    (
+        status,
+        [("content-type", "application/json")],
+        AppendHeaders([("x-echo", "1"), ("x-echo", "2"), ("stead-rollback", "1")]),
+        echo.to_string(),
+    )
+        .into_response()
+}
+
+fn storage_call(fake: FakeApi, uri: Uri, headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
     let turn = headers
         .get("stead-turn")
         .and_then(|v| v.to_str().ok())

@@ -1,6 +1,7 @@
 //! Tests over real loopback HTTP: a small in-test server plays the sidecar's app API, and a
 //! client plays the sidecar sending events.
 
+mod calls;
 mod dispatch;
 mod fake_api;
 mod wire;

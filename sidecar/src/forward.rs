@@ -1,0 +1,165 @@
+//! The peer hop: sending a request to the shard that owns its slot, and the peer port that
+//! receives such requests from other sidecars (authenticated with the namespace's token).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use stead_core::protocol;
+
+use crate::app::clean_headers;
+use crate::chain::CallChain;
+use crate::error::ApiError;
+use crate::ingress::{Target, parse_route};
+use crate::route::ObjectRouter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("shard {ordinal} at {addr} is unreachable: {reason}")]
+    Unreachable {
+        ordinal: u32,
+        addr: String,
+        reason: String,
+    },
+    #[error("shard {ordinal} did not answer within {timeout:?}")]
+    Timeout { ordinal: u32, timeout: Duration },
+}
+
+/// Keep-alive connections to the other shards' peer ports.
+#[derive(Clone)]
+pub struct PeerClient {
+    client: Client<HttpConnector, Body>,
+    token: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+impl PeerClient {
+    /// `timeout` bounds a whole forwarded request (the owner's turn timeout plus a margin).
+    pub fn new(token: Option<&str>, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self {
+            client,
+            token: token.and_then(|t| HeaderValue::from_str(t).ok()),
+            timeout,
+        }
+    }
+
+    /// Sends `req` (path `/objects/…`) to shard `ordinal` at `addr`.
+    pub async fn send(
+        &self,
+        ordinal: u32,
+        addr: &str,
+        mut req: Request,
+        chain: &CallChain,
+        hops: u32,
+    ) -> Result<Response, ForwardError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let unreachable = |reason: String| ForwardError::Unreachable {
+            ordinal,
+            addr: addr.to_owned(),
+            reason,
+        };
+        *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}"))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let headers = req.headers_mut();
+        clean_headers(headers, true);
+        if let Some(t) = &self.token {
+            headers.insert(protocol::PEER_TOKEN, t.clone());
+        }
+        headers.insert(protocol::HOPS, HeaderValue::from(hops));
+        if !chain.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&chain.to_header())
+        {
+            headers.insert(protocol::CHAIN, v);
+        }
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(ForwardError::Timeout {
+                ordinal,
+                timeout: self.timeout,
+            }),
+            Ok(Err(e)) => Err(unreachable(e.to_string())),
+            Ok(Ok(resp)) => Ok(resp.map(Body::new)),
+        }
+    }
+}
+
+pub struct PeerServer {
+    pub token: Option<String>,
+    pub router: Arc<ObjectRouter>,
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The peer port: object requests forwarded by other sidecars.
+pub async fn handle(State(peer): State<Arc<PeerServer>>, mut req: Request) -> Response {
+    let given = req
+        .headers()
+        .get(protocol::PEER_TOKEN)
+        .map(|v| v.as_bytes());
+    let authorized = match (&peer.token, given) {
+        (Some(t), Some(g)) => same_secret(t.as_bytes(), g),
+        _ => false,
+    };
+    if !authorized {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the peer port needs the namespace's peer token",
+        )
+        .into_response();
+    }
+    let hops = req
+        .headers()
+        .get(protocol::HOPS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1);
+    let chain = match req.headers().get(protocol::CHAIN).map(|v| v.to_str()) {
+        None => Some(CallChain::default()),
+        Some(Ok(v)) => CallChain::parse(v),
+        Some(Err(_)) => None,
+    };
+    let Some(chain) = chain else {
+        return ApiError::bad_request("invalid_chain", "malformed stead-chain header")
+            .into_response();
+    };
+    clean_headers(req.headers_mut(), true);
+    let target = parse_route(
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        peer.router.slots,
+        |c| peer.router.knows_class(c),
+    );
+    match target {
+        Ok(Target::Object { object, rest }) => {
+            peer.router.object(object, rest, req, chain, hops).await
+        }
+        Ok(_) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the peer port serves object routes only",
+        )
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
