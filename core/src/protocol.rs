@@ -22,6 +22,15 @@ pub const RING_STALE: &str = "stead-ring-stale";
 /// The objects busy in the call chain of a request: `class/id` entries, comma separated.
 pub const CHAIN: &str = "stead-chain";
 
+/// Alarm events: how many times this alarm has failed before (0 on the first attempt).
+pub const ALARM_RETRY: &str = "stead-alarm-retry";
+pub const WEBSOCKET_ID: &str = "stead-websocket-id";
+pub const WEBSOCKET_KIND: &str = "stead-websocket-kind";
+pub const WEBSOCKET_TAGS: &str = "stead-websocket-tags";
+pub const WEBSOCKET_CLOSE_CODE: &str = "stead-websocket-close-code";
+pub const WEBSOCKET_CLOSE_REASON: &str = "stead-websocket-close-reason";
+pub const WEBSOCKET_ERROR: &str = "stead-websocket-error";
+
 /// Environment variable naming the address the app listens on.
 pub const ENV_APP_ADDR: &str = "STEAD_APP_ADDR";
 /// Environment variable naming the base URL of the sidecar's app API.
@@ -36,6 +45,16 @@ pub enum EventKind {
     Request,
     /// The object was closed; the app drops its in-memory instance.
     Hibernate,
+    /// The object's alarm is due.
+    Alarm,
+    /// A client asks to open a WebSocket on the object.
+    WebSocketConnect,
+    /// A message arrived on one of the object's WebSockets.
+    WebSocketMessage,
+    /// A client closed one of the object's WebSockets.
+    WebSocketClose,
+    /// One of the object's WebSockets failed.
+    WebSocketError,
 }
 
 impl EventKind {
@@ -43,6 +62,11 @@ impl EventKind {
         match self {
             EventKind::Request => "request",
             EventKind::Hibernate => "hibernate",
+            EventKind::Alarm => "alarm",
+            EventKind::WebSocketConnect => "websocket-connect",
+            EventKind::WebSocketMessage => "websocket-message",
+            EventKind::WebSocketClose => "websocket-close",
+            EventKind::WebSocketError => "websocket-error",
         }
     }
 
@@ -50,6 +74,11 @@ impl EventKind {
         match s {
             "request" => Some(EventKind::Request),
             "hibernate" => Some(EventKind::Hibernate),
+            "alarm" => Some(EventKind::Alarm),
+            "websocket-connect" => Some(EventKind::WebSocketConnect),
+            "websocket-message" => Some(EventKind::WebSocketMessage),
+            "websocket-close" => Some(EventKind::WebSocketClose),
+            "websocket-error" => Some(EventKind::WebSocketError),
             _ => None,
         }
     }
@@ -75,7 +104,15 @@ mod tests {
 
     #[test]
     fn event_kinds_round_trip() {
-        for k in [EventKind::Request, EventKind::Hibernate] {
+        for k in [
+            EventKind::Request,
+            EventKind::Hibernate,
+            EventKind::Alarm,
+            EventKind::WebSocketConnect,
+            EventKind::WebSocketMessage,
+            EventKind::WebSocketClose,
+            EventKind::WebSocketError,
+        ] {
             assert_eq!(EventKind::parse(k.as_str()), Some(k));
         }
     }

@@ -1,1 +1,15 @@
-//! End-to-end scenarios.
+//! End-to-end scenarios against a Stead cluster.
+//!
+//! [`scenarios`] are written only against the [`Cluster`] trait, so that every kind of cluster
+//! runs the same ones: [`LocalCluster`] (real processes on this machine, on loopback or in
+//! network namespaces) today, a kind cluster later.
+
+pub mod client;
+pub mod cluster;
+pub mod local;
+pub mod netns;
+pub mod scenarios;
+
+pub use client::{Client, Reply};
+pub use cluster::{Cluster, DbFile};
+pub use local::LocalCluster;

@@ -20,7 +20,8 @@ use crate::error::ApiError;
 use crate::ingress::{Target, parse_route};
 use crate::route::ObjectRouter;
 use crate::storage::{ListQuery, Storage, TurnRef, param_from_json};
-use crate::turn::{TurnKind, Turns};
+use crate::turn::{Outbox, TurnKind, Turns};
+use crate::websocket::{MAX_ATTACHMENT_BYTES, MAX_MESSAGE_BYTES, Outgoing, Sockets, WsMessage};
 
 /// Storage limits of DESIGN §4 (defaults are Cloudflare's figures where it has them).
 #[derive(Debug, Clone, clap::Args)]
@@ -67,6 +68,7 @@ pub struct ApiState {
     pub turns: Arc<Turns>,
     pub limits: Limits,
     pub router: Arc<ObjectRouter>,
+    pub sockets: Arc<Sockets>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -77,6 +79,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/kv/list", post(kv_list))
         .route("/v1/kv/delete-all", post(kv_delete_all))
         .route("/v1/sql/exec", post(sql_exec))
+        .route("/v1/alarm/set", post(alarm_set))
+        .route("/v1/alarm/get", post(alarm_get))
+        .route("/v1/alarm/delete", post(alarm_delete))
+        .route("/v1/websockets/list", post(ws_list))
+        .route("/v1/websockets/send", post(ws_send))
+        .route("/v1/websockets/broadcast", post(ws_broadcast))
+        .route("/v1/websockets/close", post(ws_close))
+        .route("/v1/websockets/attachment", post(ws_attachment))
+        .route("/v1/websockets/auto-response", post(ws_auto_response))
         .route("/v1/objects/{*target}", any(object_call))
         .fallback(|| async {
             ApiError::new(
@@ -91,6 +102,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// One app API call: the turn it belongs to and its parsed JSON body.
 struct Call<T> {
     turn: TurnRef,
+    outbox: Outbox,
     body: T,
 }
 
@@ -112,8 +124,8 @@ impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for Call<T> {
             .map_err(|_| {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unknown_turn", "unreadable token")
             })?;
-        let turn = match state.turns.resolve(token)? {
-            TurnKind::Object { turn, .. } => turn,
+        let (turn, outbox) = match state.turns.resolve(token)? {
+            TurnKind::Object { turn, outbox, .. } => (turn, outbox),
             TurnKind::Stateless => {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -136,7 +148,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for Call<T> {
         let body = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}"))
         })?;
-        Ok(Call { turn, body })
+        Ok(Call { turn, outbox, body })
     }
 }
 
@@ -438,4 +450,215 @@ async fn object_call(State(s): State<Arc<ApiState>>, req: Request) -> Result<Res
         .map_err(|_| ApiError::bad_request("invalid_path", "invalid object path"))?;
     let req = Request::from_parts(parts, body);
     Ok(s.router.object(object, rest, req, chain, 0).await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlarmSetBody {
+    time_ms: i64,
+}
+
+async fn alarm_set(
+    State(s): State<Arc<ApiState>>,
+    call: Call<AlarmSetBody>,
+) -> Result<Response, ApiError> {
+    s.storage.alarm_set(&call.turn, call.body.time_ms).await?;
+    Ok(axum::Json(json!({})).into_response())
+}
+
+async fn alarm_get(
+    State(s): State<Arc<ApiState>>,
+    call: Call<Empty>,
+) -> Result<Response, ApiError> {
+    let t = s.storage.alarm_get(&call.turn).await?;
+    Ok(axum::Json(json!({ "time_ms": t })).into_response())
+}
+
+async fn alarm_delete(
+    State(s): State<Arc<ApiState>>,
+    call: Call<Empty>,
+) -> Result<Response, ApiError> {
+    let deleted = s.storage.alarm_delete(&call.turn).await?;
+    Ok(axum::Json(json!({ "deleted": deleted })).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WsListBody {
+    tag: Option<String>,
+}
+
+/// A message in a send or broadcast call: `"text"` or `"binary"` (base64), exactly one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WsSendBody {
+    id: Option<String>,
+    text: Option<String>,
+    binary: Option<String>,
+    tag: Option<String>,
+    #[serde(default)]
+    except: Vec<String>,
+}
+
+impl WsSendBody {
+    fn message(&self) -> Result<WsMessage, ApiError> {
+        let msg = match (&self.text, &self.binary) {
+            (Some(t), None) => WsMessage::Text(t.clone()),
+            (None, Some(b)) => WsMessage::Binary(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|e| {
+                        ApiError::bad_request("bad_request", format!("binary is not base64: {e}"))
+                    })?
+                    .into(),
+            ),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_request",
+                    "give exactly one of \"text\" and \"binary\"",
+                ));
+            }
+        };
+        let len = match &msg {
+            WsMessage::Text(t) => t.len(),
+            WsMessage::Binary(b) => b.len(),
+        };
+        if len > MAX_MESSAGE_BYTES {
+            return Err(ApiError::too_large(
+                "message_too_large",
+                format!("message is {len} bytes; the limit is {MAX_MESSAGE_BYTES}"),
+            ));
+        }
+        Ok(msg)
+    }
+}
+
+async fn ws_list(
+    State(s): State<Arc<ApiState>>,
+    call: Call<WsListBody>,
+) -> Result<Response, ApiError> {
+    let sockets = s
+        .sockets
+        .list(&call.turn.object.key(), call.body.tag.as_deref());
+    Ok(axum::Json(json!({ "sockets": sockets })).into_response())
+}
+
+async fn ws_send(
+    State(s): State<Arc<ApiState>>,
+    call: Call<WsSendBody>,
+) -> Result<Response, ApiError> {
+    let msg = call.body.message()?;
+    let id = call
+        .body
+        .id
+        .clone()
+        .ok_or_else(|| ApiError::bad_request("bad_request", "send needs the socket \"id\""))?;
+    let sent = s
+        .sockets
+        .count(&call.turn.object.key(), Some(&id), None, &[]);
+    call.outbox.push(Outgoing::Send { id, msg });
+    Ok(axum::Json(json!({ "sent": sent })).into_response())
+}
+
+async fn ws_broadcast(
+    State(s): State<Arc<ApiState>>,
+    call: Call<WsSendBody>,
+) -> Result<Response, ApiError> {
+    let msg = call.body.message()?;
+    let WsSendBody { tag, except, .. } = call.body;
+    let sent = s
+        .sockets
+        .count(&call.turn.object.key(), None, tag.as_deref(), &except);
+    call.outbox.push(Outgoing::Broadcast { tag, except, msg });
+    Ok(axum::Json(json!({ "sent": sent })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WsCloseBody {
+    id: String,
+    #[serde(default = "normal_close")]
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+fn normal_close() -> u16 {
+    1000
+}
+
+async fn ws_close(
+    State(s): State<Arc<ApiState>>,
+    call: Call<WsCloseBody>,
+) -> Result<Response, ApiError> {
+    let WsCloseBody { id, code, reason } = call.body;
+    if reason.len() > 123 {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "a close reason is at most 123 bytes",
+        ));
+    }
+    let closed = s
+        .sockets
+        .count(&call.turn.object.key(), Some(&id), None, &[])
+        > 0;
+    call.outbox.push(Outgoing::Close { id, code, reason });
+    Ok(axum::Json(json!({ "closed": closed })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WsAttachmentBody {
+    id: String,
+    attachment: Json,
+}
+
+async fn ws_attachment(
+    State(s): State<Arc<ApiState>>,
+    call: Call<WsAttachmentBody>,
+) -> Result<Response, ApiError> {
+    let WsAttachmentBody { id, attachment } = call.body;
+    let len = attachment.to_string().len();
+    if len > MAX_ATTACHMENT_BYTES {
+        return Err(ApiError::too_large(
+            "attachment_too_large",
+            format!("attachment is {len} bytes serialized; the limit is {MAX_ATTACHMENT_BYTES}"),
+        ));
+    }
+    if !s
+        .sockets
+        .set_attachment(&call.turn.object.key(), &id, attachment)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_socket",
+            format!("the object has no socket {id}"),
+        ));
+    }
+    Ok(axum::Json(json!({})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoResponseBody {
+    request: Option<String>,
+    response: Option<String>,
+}
+
+async fn ws_auto_response(
+    State(s): State<Arc<ApiState>>,
+    call: Call<AutoResponseBody>,
+) -> Result<Response, ApiError> {
+    let pair = match (call.body.request, call.body.response) {
+        (Some(q), Some(a)) => Some((q, a)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                "give both \"request\" and \"response\", or neither to remove the pair",
+            ));
+        }
+    };
+    s.sockets.set_auto_response(&call.turn.object.key(), pair);
+    Ok(axum::Json(json!({})).into_response())
 }

@@ -41,6 +41,18 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+/// Removes every `stead-*` header: clients cannot forge what the sidecar sets.
+pub fn strip_stead_headers(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| protocol::is_reserved_header(k.as_str()))
+        .cloned()
+        .collect();
+    for k in doomed {
+        headers.remove(k);
+    }
+}
+
 /// Removes hop-by-hop headers, and every `stead-*` header when `strip_stead` is set.
 pub fn clean_headers(headers: &mut HeaderMap, strip_stead: bool) {
     let doomed: Vec<HeaderName> = headers

@@ -49,6 +49,9 @@ pub struct SidecarConfig {
     /// Roll a turn back and answer 504 when the app takes longer than this.
     #[arg(long, env = "STEAD_TURN_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub turn_timeout: Duration,
+    /// Delay before the first retry of a failed alarm; each next retry waits twice as long.
+    #[arg(long, env = "STEAD_ALARM_FIRST_RETRY", default_value = "2s", value_parser = duration)]
+    pub alarm_first_retry: Duration,
     /// Most object databases open at once (each holds 2 file descriptors).
     #[arg(long, env = "STEAD_MAX_OPEN_OBJECTS", default_value_t = 4096)]
     pub max_open_objects: usize,

@@ -15,6 +15,7 @@
 //! Ingress ports stay below `p + 1000` because `--shards` is at most [`MAX_SHARDS`], and each
 //! shard's other ports sit in their own block of ten, so no two ports of a cluster collide.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -267,6 +268,10 @@ fn spawn_child(mut cmd: Command, prefix: Option<String>) -> std::io::Result<Chil
     cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
     if prefix.is_some() {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if !std::io::stdout().is_terminal() {
+            // The children see a pipe either way; colours only help a terminal.
+            cmd.env("NO_COLOR", "1");
+        }
     }
     let mut child = cmd.spawn()?;
     if let Some(prefix) = prefix {

@@ -99,6 +99,85 @@ impl PeerClient {
     }
 }
 
+impl PeerClient {
+    /// Tunnels a WebSocket handshake to shard `ordinal`: the owner answers the handshake, and on
+    /// 101 the two upgraded connections are spliced together. Any other answer (a refusal) is
+    /// passed back as it is.
+    pub async fn tunnel(
+        &self,
+        ordinal: u32,
+        addr: &str,
+        mut req: Request,
+        hops: u32,
+    ) -> Result<Response, ForwardError> {
+        let unreachable = |reason: String| ForwardError::Unreachable {
+            ordinal,
+            addr: addr.to_owned(),
+            reason,
+        };
+        let client_side = hyper::upgrade::on(&mut req);
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let mut out = http::Request::new(Body::empty());
+        *out.method_mut() = req.method().clone();
+        *out.uri_mut() = Uri::try_from(path).map_err(|e| unreachable(e.to_string()))?;
+        for (k, v) in req.headers() {
+            if !protocol::is_reserved_header(k.as_str()) {
+                out.headers_mut().append(k.clone(), v.clone());
+            }
+        }
+        if let Ok(host) = HeaderValue::from_str(addr) {
+            out.headers_mut().insert(http::header::HOST, host);
+        }
+        if let Some(t) = &self.token {
+            out.headers_mut().insert(protocol::PEER_TOKEN, t.clone());
+        }
+        out.headers_mut()
+            .insert(protocol::HOPS, HeaderValue::from(hops));
+
+        let connect = tokio::net::TcpStream::connect(addr);
+        let stream = tokio::time::timeout(Duration::from_secs(2), connect)
+            .await
+            .map_err(|_| unreachable("connect timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "tunnel connection ended");
+            }
+        });
+        let mut resp = tokio::time::timeout(self.timeout, sender.send_request(out))
+            .await
+            .map_err(|_| ForwardError::Timeout {
+                ordinal,
+                timeout: self.timeout,
+            })?
+            .map_err(|e| unreachable(e.to_string()))?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(resp.map(Body::new));
+        }
+        let owner_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_side, owner_side) {
+                Ok((a, b)) => {
+                    let mut a = hyper_util::rt::TokioIo::new(a);
+                    let mut b = hyper_util::rt::TokioIo::new(b);
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "WebSocket tunnel failed to upgrade"),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        Ok(Response::from_parts(parts, Body::empty()))
+    }
+}
+
 pub struct PeerServer {
     pub token: Option<String>,
     pub router: Arc<ObjectRouter>,

@@ -12,18 +12,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use stead_core::{EventKind, protocol};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
+use crate::alarms::{Alarms, DueAlarm, now_ms};
 use crate::app::{AppClient, clean_headers, set_object_headers};
 use crate::chain::CallChain;
 use crate::error::ApiError;
-use crate::metrics::{Metrics, OutcomeLabels};
+use crate::metrics::{Metrics, OutcomeLabels, ResultLabels};
 use crate::object::{ObjectKey, ObjectRef};
 use crate::storage::Storage;
-use crate::turn::Turns;
+use crate::turn::{ObjectTurn, Turns};
+use crate::websocket::Sockets;
 
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -36,12 +38,24 @@ pub struct HostConfig {
     pub abort_at_commit: bool,
 }
 
+/// What an event is, beyond its HTTP request.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// A client request or an object call.
+    Request,
+    /// The object's alarm (due at `due_ms`), attempt `retry`.
+    Alarm { due_ms: i64, retry: u32 },
+    /// A WebSocket event; `ws_id` names the socket.
+    WebSocket { kind: EventKind, ws_id: String },
+}
+
 struct Event {
     object: Arc<ObjectRef>,
     /// The objects busy waiting on this event (object calls), outermost first.
     chain: CallChain,
+    work: Work,
     request: Request<Bytes>,
-    reply: oneshot::Sender<Response<Bytes>>,
+    reply: Option<oneshot::Sender<Response<Bytes>>>,
 }
 
 pub struct Host {
@@ -54,6 +68,8 @@ pub struct Host {
     config: HostConfig,
     boot: String,
     mailbox_seq: AtomicU64,
+    alarms: Alarms,
+    sockets: Arc<Sockets>,
 }
 
 impl Host {
@@ -63,6 +79,8 @@ impl Host {
         app: AppClient,
         turns: Arc<Turns>,
         metrics: Metrics,
+        alarms: Alarms,
+        sockets: Arc<Sockets>,
     ) -> Result<Arc<Self>, getrandom::Error> {
         let mut boot = [0u8; 4];
         getrandom::fill(&mut boot)?;
@@ -76,6 +94,8 @@ impl Host {
             config,
             boot: hex::encode(boot),
             mailbox_seq: AtomicU64::new(0),
+            alarms,
+            sockets,
         }))
     }
 
@@ -86,12 +106,25 @@ impl Host {
         request: Request<Bytes>,
         chain: CallChain,
     ) -> Response<Bytes> {
+        self.deliver_work(object, Work::Request, request, chain)
+            .await
+    }
+
+    /// Queues an event of any kind and waits for the turn's answer.
+    pub async fn deliver_work(
+        self: &Arc<Self>,
+        object: ObjectRef,
+        work: Work,
+        request: Request<Bytes>,
+        chain: CallChain,
+    ) -> Response<Bytes> {
         let (reply, answer) = oneshot::channel();
         let event = Event {
             object: Arc::new(object),
             chain,
+            work,
             request,
-            reply,
+            reply: Some(reply),
         };
         if let Err(e) = self.enqueue(event) {
             return e.into_http();
@@ -106,35 +139,91 @@ impl Host {
         })
     }
 
-    fn enqueue(self: &Arc<Self>, event: Event) -> Result<(), ApiError> {
-        let key = event.object.key();
-        let mut mailboxes = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = match mailboxes.get(&key) {
-            Some(tx) => tx.clone(),
-            None => {
-                let (tx, rx) = mpsc::channel(self.config.mailbox_capacity.max(1));
-                mailboxes.insert(key.clone(), tx.clone());
-                let host = self.clone();
-                let span = tracing::info_span!("object", class = %key.0, object_id = %key.1);
-                tokio::spawn(host.run_mailbox(key, rx).instrument(span));
-                tx
-            }
+    /// Queues an event without waiting for its turn, but waiting for room in the mailbox: a
+    /// client that sends faster than its object keeps up is slowed down, not dropped.
+    pub async fn post(self: &Arc<Self>, object: ObjectRef, work: Work, request: Request<Bytes>) {
+        let mut event = Event {
+            object: Arc::new(object),
+            chain: CallChain::default(),
+            work,
+            request,
+            reply: None,
         };
-        tx.try_send(event).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "object_overloaded",
-                format!(
-                    "the object has {} events queued; retry later",
-                    self.config.mailbox_capacity
-                ),
-            ),
-            mpsc::error::TrySendError::Closed(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "object_closing",
-                "the object is closing; retry",
-            ),
-        })
+        // A mailbox can close between lookup and send (it hibernated): then take the new one.
+        for _ in 0..3 {
+            let tx = self.mailbox(&event.object.key());
+            match tx.send(event).await {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(e)) => event = e,
+            }
+        }
+        tracing::warn!("a WebSocket event could not be queued");
+    }
+
+    /// The sender of the object's mailbox, started if needed.
+    fn mailbox(self: &Arc<Self>, key: &ObjectKey) -> mpsc::Sender<Event> {
+        let mut mailboxes = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = mailboxes.get(key)
+            && !tx.is_closed()
+        {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(self.config.mailbox_capacity.max(1));
+        mailboxes.insert(key.clone(), tx.clone());
+        let host = self.clone();
+        let span = tracing::info_span!("object", class = %key.0, object_id = %key.1);
+        tokio::spawn(host.run_mailbox(key.clone(), rx).instrument(span));
+        tx
+    }
+
+    /// Delivers a due alarm (called by the alarm schedule) and waits until its turn ended.
+    pub async fn deliver_alarm(self: &Arc<Self>, due: DueAlarm) {
+        if due.retry == 0 {
+            let lag = (now_ms() - due.due_ms).max(0) as f64 / 1000.0;
+            self.metrics.alarm_lag_seconds.observe(lag);
+        }
+        let mut request = Request::new(Bytes::new());
+        *request.method_mut() = Method::POST;
+        request
+            .headers_mut()
+            .insert(protocol::ALARM_RETRY, HeaderValue::from(due.retry));
+        let work = Work::Alarm {
+            due_ms: due.due_ms,
+            retry: due.retry,
+        };
+        let resp = self
+            .deliver_work(due.object.clone(), work, request, CallChain::default())
+            .await;
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // The mailbox is full: try again shortly.
+            self.alarms.reschedule(&due.object, now_ms() + 1000);
+        }
+    }
+
+    fn enqueue(self: &Arc<Self>, mut event: Event) -> Result<(), ApiError> {
+        // A mailbox can close between lookup and send (it hibernated): then take the new one.
+        for _ in 0..3 {
+            let tx = self.mailbox(&event.object.key());
+            match tx.try_send(event) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "object_overloaded",
+                        format!(
+                            "the object has {} events queued; retry later",
+                            self.config.mailbox_capacity
+                        ),
+                    ));
+                }
+                Err(mpsc::error::TrySendError::Closed(e)) => event = e,
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "object_closing",
+            "the object is closing; retry",
+        ))
     }
 
     async fn run_mailbox(self: Arc<Self>, key: ObjectKey, mut rx: mpsc::Receiver<Event>) {
@@ -145,6 +234,9 @@ impl Host {
             match tokio::time::timeout(self.config.idle_timeout, rx.recv()).await {
                 Ok(Some(event)) => {
                     last_object = Some(event.object.clone());
+                    let Some(event) = self.check_alarm(event).await else {
+                        continue;
+                    };
                     let incarnation = format!("{}.{generation}", self.boot);
                     let rolled_back = self.run_turn(event, &active, &incarnation).await;
                     if rolled_back {
@@ -174,33 +266,65 @@ impl Host {
         }
     }
 
+    /// An alarm event whose alarm the object's database no longer has (deleted or moved by a
+    /// later turn) is not delivered: the index entry was stale.
+    async fn check_alarm(&self, event: Event) -> Option<Event> {
+        let Work::Alarm { .. } = event.work else {
+            return Some(event);
+        };
+        let now = now_ms();
+        match self.storage.alarm_time(&event.object).await {
+            Ok(Some(t)) if t <= now => return Some(event),
+            Ok(Some(t)) => self.alarms.reschedule(&event.object, t),
+            Ok(None) => self.alarms.forget(&event.object.key()),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the alarm failed; retrying soon");
+                self.alarms.reschedule(&event.object, now + 1000);
+            }
+        }
+        if let Some(reply) = event.reply {
+            let _ = reply.send(Response::new(Bytes::new()));
+        }
+        None
+    }
+
     /// Runs one event as a turn. Returns whether the turn rolled back.
     async fn run_turn(&self, event: Event, active: &Arc<AtomicU64>, incarnation: &str) -> bool {
         let _permit = self.turn_permits.acquire().await;
         let started = Instant::now();
         let chain = event.chain.with(event.object.key());
-        let (turn, token) =
-            match self
-                .turns
-                .begin_object(event.object.clone(), active.clone(), chain)
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = event.reply.send(
+        let ObjectTurn {
+            turn,
+            token,
+            outbox,
+        } = match self
+            .turns
+            .begin_object(event.object.clone(), active.clone(), chain)
+        {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(reply) = event.reply {
+                    let _ = reply.send(
                         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
                             .into_http(),
                     );
-                    return false;
                 }
-            };
+                return false;
+            }
+        };
         let turn_id = turn.id;
         let mut request = event.request;
-        set_object_headers(
-            request.headers_mut(),
-            EventKind::Request,
-            &event.object,
-            incarnation,
-        );
+        let kind = match &event.work {
+            Work::Request => EventKind::Request,
+            Work::Alarm { .. } => EventKind::Alarm,
+            Work::WebSocket { kind, ws_id } => {
+                if let Ok(v) = HeaderValue::from_str(ws_id) {
+                    request.headers_mut().insert(protocol::WEBSOCKET_ID, v);
+                }
+                *kind
+            }
+        };
+        set_object_headers(request.headers_mut(), kind, &event.object, incarnation);
         if let Ok(v) = HeaderValue::from_str(&token) {
             request.headers_mut().insert(protocol::TURN, v);
         }
@@ -243,11 +367,44 @@ impl Host {
             tokio::time::sleep(Duration::from_millis(300)).await;
             std::process::abort();
         }
-        let outcome = self.storage.finish_turn(&turn, commit).await;
+        let alarm_turn = matches!(event.work, Work::Alarm { .. });
+        let outcome = self.storage.finish_turn(&turn, commit, alarm_turn).await;
         let committed = commit && outcome.is_ok();
-        if let Err(e) = outcome {
-            tracing::error!(turn_id, error = %e, "ending the turn failed");
-            response = ApiError::from(e).into_http();
+        match outcome {
+            Ok(Some(change)) if committed => self.alarms.committed(&event.object, change),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(turn_id, error = %e, "ending the turn failed");
+                response = ApiError::from(e).into_http();
+            }
+        }
+        if let Work::Alarm { retry, .. } = event.work {
+            self.alarm_outcome(&event.object, retry, committed).await;
+        }
+        if let Work::WebSocket {
+            kind: EventKind::WebSocketConnect,
+            ws_id,
+        } = &event.work
+        {
+            let accepted = committed && response.status().is_success();
+            let tags = response
+                .headers()
+                .get(protocol::WEBSOCKET_TAGS)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            if accepted {
+                if let Err(e) = self.sockets.accept(&event.object.key(), ws_id, &tags) {
+                    response = e.into_http();
+                }
+            } else {
+                self.sockets.refuse(&event.object.key(), ws_id);
+            }
+        }
+        // The output gate for WebSockets: what the turn sent leaves only if it committed.
+        let outgoing = outbox.take();
+        if committed {
+            self.sockets.flush(&event.object.key(), outgoing);
         }
         clean_headers(response.headers_mut(), true);
         self.metrics
@@ -258,7 +415,36 @@ impl Host {
             .observe(started.elapsed().as_secs_f64());
         tracing::debug!(turn_id, committed, "turn ended");
         // The output gate: the answer leaves only now, after the commit.
-        let _ = event.reply.send(response);
+        if let Some(reply) = event.reply {
+            let _ = reply.send(response);
+        }
         !committed
+    }
+
+    async fn alarm_outcome(&self, object: &ObjectRef, retry: u32, committed: bool) {
+        let result = if committed { "success" } else { "failure" };
+        self.metrics
+            .alarms_fired
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if committed {
+            return;
+        }
+        match self.alarms.retry_after_failure(object, retry) {
+            Some(delay) => {
+                tracing::warn!(retry, ?delay, "alarm failed; retrying");
+            }
+            None => {
+                tracing::error!(
+                    retries = retry,
+                    "alarm failed after its last retry; dropping it"
+                );
+                self.metrics.alarms_dropped.inc();
+                if let Err(e) = self.storage.alarm_drop(object).await {
+                    tracing::error!(error = %e, "deleting the dropped alarm failed");
+                }
+                self.alarms.forget(&object.key());
+            }
+        }
     }
 }

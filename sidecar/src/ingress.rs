@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use stead_core::{ClassName, ObjectId, ObjectName, protocol};
 
-use crate::app::{AppClient, clean_headers};
+use crate::app::{AppClient, clean_headers, strip_stead_headers};
 use crate::chain::CallChain;
 use crate::error::ApiError;
 use crate::metrics::{ClassLabels, Metrics, RequestLabels};
@@ -169,7 +169,8 @@ impl Ingress {
             Target::Object { object, rest } => {
                 let class = object.class.to_string();
                 let mut req = req;
-                clean_headers(req.headers_mut(), true);
+                // Hop-by-hop headers stay for now: a WebSocket handshake needs them.
+                strip_stead_headers(req.headers_mut());
                 let resp = self
                     .router
                     .object(object, rest, req, CallChain::default(), 0)

@@ -6,6 +6,7 @@
 //! [`storage`] (SQLite, commit, output gate) → back out. [`dev`] runs it all locally.
 
 pub mod admin;
+pub mod alarms;
 pub mod api;
 pub mod app;
 pub mod chain;
@@ -23,3 +24,4 @@ pub mod route;
 pub mod sidecar;
 pub mod storage;
 pub mod turn;
+pub mod websocket;

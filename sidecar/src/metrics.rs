@@ -32,6 +32,12 @@ pub struct ForwardLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -55,6 +61,15 @@ pub struct Metrics {
     pub forwards: Family<ForwardLabels, Counter>,
     pub peer_errors: Counter,
     pub slots_owned: Gauge,
+    pub alarms_pending: Gauge,
+    pub alarms_fired: Family<ResultLabels, Counter>,
+    pub alarms_retried: Counter,
+    pub alarms_dropped: Counter,
+    pub alarm_lag_seconds: Histogram,
+    pub websockets_open: Gauge,
+    pub websocket_messages_in: Counter,
+    pub websocket_messages_out: Counter,
+    pub websockets_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -82,6 +97,15 @@ impl Metrics {
         }
         let peer_errors = Counter::default();
         let slots_owned = Gauge::default();
+        let alarms_pending = Gauge::default();
+        let alarms_fired = Family::<ResultLabels, Counter>::default();
+        let alarms_retried = Counter::default();
+        let alarms_dropped = Counter::default();
+        let alarm_lag_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let websockets_open = Gauge::default();
+        let websocket_messages_in = Counter::default();
+        let websocket_messages_out = Counter::default();
+        let websockets_refused = Counter::default();
 
         let mut r = Registry::with_prefix("stead");
         r.register(
@@ -144,6 +168,51 @@ impl Metrics {
             "Slots this shard owns (recorded in shard.sqlite)",
             slots_owned.clone(),
         );
+        r.register(
+            "alarms_pending",
+            "Alarms scheduled on this shard",
+            alarms_pending.clone(),
+        );
+        r.register(
+            "alarms_fired",
+            "Alarm events delivered, by result",
+            alarms_fired.clone(),
+        );
+        r.register(
+            "alarms_retried",
+            "Alarms scheduled again after a failed attempt",
+            alarms_retried.clone(),
+        );
+        r.register(
+            "alarms_dropped",
+            "Alarms deleted after their last retry failed",
+            alarms_dropped.clone(),
+        );
+        r.register(
+            "alarm_lag_seconds",
+            "Delay from an alarm's time to the delivery of its first attempt",
+            alarm_lag_seconds.clone(),
+        );
+        r.register(
+            "websockets_open",
+            "WebSockets held by this sidecar",
+            websockets_open.clone(),
+        );
+        r.register(
+            "websocket_messages_in",
+            "WebSocket messages received from clients",
+            websocket_messages_in.clone(),
+        );
+        r.register(
+            "websocket_messages_out",
+            "WebSocket messages sent to clients",
+            websocket_messages_out.clone(),
+        );
+        r.register(
+            "websockets_refused",
+            "WebSocket handshakes refused because the object holds too many sockets",
+            websockets_refused.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,
@@ -158,6 +227,15 @@ impl Metrics {
             forwards,
             peer_errors,
             slots_owned,
+            alarms_pending,
+            alarms_fired,
+            alarms_retried,
+            alarms_dropped,
+            alarm_lag_seconds,
+            websockets_open,
+            websocket_messages_in,
+            websocket_messages_out,
+            websockets_refused,
         }
     }
 

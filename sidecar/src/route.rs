@@ -20,6 +20,7 @@ use crate::membership::Membership;
 use crate::metrics::{ForwardLabels, Metrics};
 use crate::object::ObjectRef;
 use crate::ownership::Ownership;
+use crate::websocket::{self, Sockets};
 
 /// Most sidecars a request may pass through: the router's hop, and one more from a shard that
 /// handed the slot away. More is a routing loop.
@@ -34,6 +35,7 @@ pub struct ObjectRouter {
     pub membership: Arc<dyn Membership>,
     pub peers: PeerClient,
     pub metrics: Metrics,
+    pub sockets: Arc<Sockets>,
 }
 
 impl ObjectRouter {
@@ -91,6 +93,20 @@ impl ObjectRouter {
             )
             .into_response();
         };
+        if websocket::is_upgrade(&req) {
+            return match self.peers.tunnel(owner, &addr, req, hops + 1).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    self.metrics.peer_errors.inc();
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "shard_unavailable",
+                        e.to_string(),
+                    )
+                    .into_response()
+                }
+            };
+        }
         match self.peers.send(owner, &addr, req, &chain, hops + 1).await {
             Ok(mut resp) => {
                 if resp.headers().contains_key(protocol::RING_STALE) {
@@ -134,6 +150,17 @@ impl ObjectRouter {
                 ),
             )
             .into_response();
+        }
+        if websocket::is_upgrade(&req) {
+            return websocket::connect(
+                self.host.clone(),
+                self.sockets.clone(),
+                object,
+                rest,
+                req,
+                chain,
+            )
+            .await;
         }
         if chain.len() >= MAX_DEPTH {
             return ApiError::new(

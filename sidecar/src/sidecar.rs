@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
+use crate::alarms::Alarms;
 use crate::api::{self, ApiState};
 use crate::app::AppClient;
 use crate::config::SidecarConfig;
@@ -18,6 +19,7 @@ use crate::ownership::Ownership;
 use crate::route::ObjectRouter;
 use crate::storage::{DbOptions, Storage, StorageConfig};
 use crate::turn::Turns;
+use crate::websocket::Sockets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -36,6 +38,8 @@ pub enum StartError {
     Membership(#[from] crate::membership::MembershipError),
     #[error("{0}")]
     Ownership(#[from] crate::ownership::OwnershipError),
+    #[error("{0}")]
+    Alarms(#[from] crate::alarms::AlarmError),
     #[error("no randomness: {0}")]
     Random(#[from] getrandom::Error),
     #[error("server failed: {0}")]
@@ -61,6 +65,16 @@ pub async fn run(
             .map_err(|e| StartError::Serve(std::io::Error::other(e)))??
     };
     metrics.slots_owned.set(ownership.count() as i64);
+    let alarms = {
+        let dir = config.data_dir.clone();
+        let slots = config.slots;
+        let first_retry = config.alarm_first_retry;
+        let m = metrics.clone();
+        tokio::task::spawn_blocking(move || Alarms::start(&dir, slots, first_retry, m))
+            .await
+            .map_err(|e| StartError::Serve(std::io::Error::other(e)))??
+    };
+    let sockets = Arc::new(Sockets::new(metrics.clone()));
     let storage = Storage::start(
         StorageConfig {
             data_dir: config.data_dir.clone(),
@@ -72,6 +86,7 @@ pub async fn run(
             },
         },
         metrics.clone(),
+        alarms.clone(),
     )
     .map_err(|source| StartError::Storage {
         dir: config.data_dir.display().to_string(),
@@ -91,7 +106,16 @@ pub async fn run(
         app.clone(),
         turns.clone(),
         metrics.clone(),
+        alarms.clone(),
+        sockets.clone(),
     )?;
+    {
+        let host = host.clone();
+        tokio::spawn(alarms.run(move |due| {
+            let host = host.clone();
+            async move { host.deliver_alarm(due).await }
+        }));
+    }
     let router = Arc::new(ObjectRouter {
         classes: config.classes.iter().map(|c| c.to_string()).collect(),
         slots: config.slots,
@@ -104,6 +128,7 @@ pub async fn run(
             config.turn_timeout + Duration::from_secs(5),
         ),
         metrics: metrics.clone(),
+        sockets: sockets.clone(),
     });
     let ingress_state = Arc::new(Ingress {
         router: router.clone(),
@@ -121,6 +146,7 @@ pub async fn run(
         turns,
         limits: config.limits.clone(),
         router,
+        sockets: sockets.clone(),
     });
     let admin_state = Arc::new(AdminState {
         metrics,
@@ -162,6 +188,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
+        // Sockets first: clients reconnect (1012) while in-flight requests drain.
+        sockets.close_all();
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

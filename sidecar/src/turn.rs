@@ -11,12 +11,17 @@ use std::sync::{Arc, Mutex};
 use crate::chain::CallChain;
 use crate::object::ObjectRef;
 use crate::storage::TurnRef;
+use crate::websocket::Outgoing;
 
 #[derive(Debug, Clone)]
 pub enum TurnKind {
     /// A turn of an object: its token reaches that object's storage only. `chain` holds the
     /// objects busy in this turn's call chain, this one last: the chain of its object calls.
-    Object { turn: TurnRef, chain: CallChain },
+    Object {
+        turn: TurnRef,
+        chain: CallChain,
+        outbox: Outbox,
+    },
     /// A stateless front-door request: no storage, and an empty call chain.
     Stateless,
 }
@@ -27,6 +32,27 @@ pub enum TurnError {
     Unknown,
     #[error("the turn of this token has ended; storage calls must happen before the app answers")]
     Finished,
+}
+
+/// WebSocket output of a turn, held back until the turn commits (the output gate).
+#[derive(Debug, Clone, Default)]
+pub struct Outbox(Arc<Mutex<Vec<Outgoing>>>);
+
+impl Outbox {
+    pub fn push(&self, out: Outgoing) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(out);
+    }
+
+    pub fn take(&self) -> Vec<Outgoing> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// A started object turn: storage's view of it, its token, and its outbox.
+pub struct ObjectTurn {
+    pub turn: TurnRef,
+    pub token: String,
+    pub outbox: Outbox,
 }
 
 pub struct Turns {
@@ -54,18 +80,24 @@ impl Turns {
         object: Arc<ObjectRef>,
         active: Arc<AtomicU64>,
         chain: CallChain,
-    ) -> Result<(TurnRef, String), getrandom::Error> {
+    ) -> Result<ObjectTurn, getrandom::Error> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let turn = TurnRef { object, id, active };
         turn.active.store(id, Ordering::Release);
+        let outbox = Outbox::default();
         let token = self.register(
             id,
             TurnKind::Object {
                 turn: turn.clone(),
                 chain,
+                outbox: outbox.clone(),
             },
         )?;
-        Ok((turn, token))
+        Ok(ObjectTurn {
+            turn,
+            token,
+            outbox,
+        })
     }
 
     /// Starts a stateless request; returns its number and token.
@@ -122,7 +154,7 @@ mod tests {
         let turns = Turns::new();
         let active = Arc::new(AtomicU64::new(0));
         let obj = object();
-        let (turn, token) = turns
+        let ObjectTurn { turn, token, .. } = turns
             .begin_object(obj.clone(), active.clone(), CallChain::default())
             .unwrap();
         assert_eq!(active.load(Ordering::Acquire), turn.id);

@@ -12,6 +12,7 @@ use rusqlite::{Batch, Connection, OpenFlags, StatementStatus, params};
 use serde_json::json;
 
 use super::{Durability, StorageError};
+use crate::alarms::AlarmChange;
 use crate::object::ObjectRef;
 
 /// SQLite page cache per open database, in KiB: small, because a shard holds thousands.
@@ -53,6 +54,8 @@ pub struct ObjectDb {
     created_in_tx: bool,
     /// A call of the open transaction wrote something.
     dirty: bool,
+    /// What the open transaction did to the object's alarm.
+    alarm_change: Option<AlarmChange>,
     name_recorded: bool,
 }
 
@@ -86,6 +89,7 @@ impl ObjectDb {
                 in_tx: false,
                 created_in_tx: false,
                 dirty: false,
+                alarm_change: None,
                 name_recorded: true,
             };
             db.discard()?;
@@ -103,6 +107,7 @@ impl ObjectDb {
             in_tx: false,
             created_in_tx: false,
             dirty: false,
+            alarm_change: None,
             name_recorded,
         }))
     }
@@ -135,13 +140,15 @@ impl ObjectDb {
             in_tx: false,
             created_in_tx: false,
             dirty: false,
+            alarm_change: None,
             name_recorded: true,
         };
         db.begin()?;
         db.created_in_tx = true;
         db.conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS _stead_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS _stead_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
+             CREATE TABLE IF NOT EXISTS _stead_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS _stead_alarm(one INTEGER PRIMARY KEY CHECK (one = 1), time_ms INTEGER NOT NULL);",
         )?;
         let mut meta = vec![
             ("class", obj.class.to_string()),
@@ -210,6 +217,39 @@ impl ObjectDb {
         }
     }
 
+    /// The object's alarm, as the database (and the open transaction) has it.
+    pub fn alarm_get(&self) -> Result<Option<i64>, StorageError> {
+        match self
+            .conn
+            .query_row("SELECT time_ms FROM _stead_alarm WHERE one = 1", [], |r| {
+                r.get(0)
+            }) {
+            Ok(t) => Ok(Some(t)),
+            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn alarm_set(&mut self, time_ms: i64) -> Result<(), StorageError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO _stead_alarm(one, time_ms) VALUES (1, ?1)",
+            params![time_ms],
+        )?;
+        self.alarm_change = Some(AlarmChange::Set(time_ms));
+        Ok(())
+    }
+
+    pub fn alarm_delete(&mut self) -> Result<bool, StorageError> {
+        let n = self.conn.execute("DELETE FROM _stead_alarm", [])?;
+        self.alarm_change = Some(AlarmChange::Deleted);
+        Ok(n > 0)
+    }
+
+    /// What the open transaction did to the alarm.
+    pub fn alarm_change(&self) -> Option<AlarmChange> {
+        self.alarm_change
+    }
+
     /// Commits the turn's transaction, if it wrote anything. Returns false when the database
     /// must be discarded instead: the transaction created it and no call of it succeeded.
     pub fn commit(&mut self) -> Result<bool, StorageError> {
@@ -220,6 +260,7 @@ impl ObjectDb {
             self.in_tx = false;
             self.created_in_tx = false;
             self.dirty = false;
+            self.alarm_change = None;
             self.conn.execute_batch("COMMIT")?;
         }
         Ok(true)
@@ -231,6 +272,7 @@ impl ObjectDb {
         if self.in_tx {
             self.in_tx = false;
             self.dirty = false;
+            self.alarm_change = None;
             self.conn.execute_batch("ROLLBACK")?;
             if self.created_in_tx {
                 self.created_in_tx = false;

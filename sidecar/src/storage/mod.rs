@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 pub use db::{DbOptions, ListQuery, SqlOutput, param_from_json};
 pub use error::StorageError;
 
+use crate::alarms::{AlarmChange, Alarms};
 use crate::metrics::Metrics;
 use crate::object::{ObjectKey, ObjectRef};
 use db::ObjectDb;
@@ -72,7 +73,11 @@ pub struct Storage {
 }
 
 impl Storage {
-    pub fn start(config: StorageConfig, metrics: Metrics) -> Result<Self, StorageError> {
+    pub fn start(
+        config: StorageConfig,
+        metrics: Metrics,
+        alarms: Alarms,
+    ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(config.data_dir.join("slots"))?;
         let threads = config.threads.max(1);
         let per_thread_open = (config.max_open / threads).max(1);
@@ -86,6 +91,7 @@ impl Storage {
                 open: HashMap::new(),
                 tick: 0,
                 metrics: metrics.clone(),
+                alarms: alarms.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("stead-storage-{i}"))
@@ -207,16 +213,79 @@ impl Storage {
         .await?
     }
 
+    pub async fn alarm_get(&self, t: &TurnRef) -> Result<Option<i64>, StorageError> {
+        let t2 = t.clone();
+        self.call(&t.object.key(), move |s| {
+            t2.check()?;
+            match s.db_for_read(&t2.object)? {
+                Some(db) => db.alarm_get(),
+                None => Ok(None),
+            }
+        })
+        .await?
+    }
+
+    pub async fn alarm_set(&self, t: &TurnRef, time_ms: i64) -> Result<(), StorageError> {
+        let t2 = t.clone();
+        self.call(&t.object.key(), move |s| {
+            t2.check()?;
+            s.write(&t2.object, |db| db.alarm_set(time_ms))
+        })
+        .await?
+    }
+
+    pub async fn alarm_delete(&self, t: &TurnRef) -> Result<bool, StorageError> {
+        let t2 = t.clone();
+        self.call(&t.object.key(), move |s| {
+            t2.check()?;
+            if s.db_for_read(&t2.object)?.is_none() {
+                return Ok(false);
+            }
+            s.write(&t2.object, |db| db.alarm_delete())
+        })
+        .await?
+    }
+
+    /// The object's alarm, read between turns (to check an index entry before waking it).
+    pub async fn alarm_time(&self, object: &ObjectRef) -> Result<Option<i64>, StorageError> {
+        let o = object.clone();
+        self.call(&object.key(), move |s| match s.db_for_read(&o)? {
+            Some(db) => db.alarm_get(),
+            None => Ok(None),
+        })
+        .await?
+    }
+
+    /// Deletes the object's alarm between turns: its retries are exhausted.
+    pub async fn alarm_drop(&self, object: &ObjectRef) -> Result<(), StorageError> {
+        let o = object.clone();
+        self.call(&object.key(), move |s| {
+            if s.db_for_read(&o)?.is_none() {
+                return Ok(());
+            }
+            s.write(&o, |db| db.alarm_delete().map(|_| ()))?;
+            s.finish(&o, true, false).map(|_| ())
+        })
+        .await?
+    }
+
     /// Ends a turn: commits its writes (`commit`) or rolls them back. Answers once the outcome is
-    /// durable. After this, calls with the turn's token fail with [`StorageError::TurnFinished`].
-    pub async fn finish_turn(&self, t: &TurnRef, commit: bool) -> Result<(), StorageError> {
+    /// durable, with what the committed turn did to the object's alarm. An alarm turn
+    /// (`alarm_turn`) that commits without touching the alarm clears it. After this, calls with
+    /// the turn's token fail with [`StorageError::TurnFinished`].
+    pub async fn finish_turn(
+        &self,
+        t: &TurnRef,
+        commit: bool,
+        alarm_turn: bool,
+    ) -> Result<Option<AlarmChange>, StorageError> {
         let t2 = t.clone();
         self.call(&t.object.key(), move |s| {
             // Close the door first: calls queued behind this job find the turn over.
             let _ = t2
                 .active
                 .compare_exchange(t2.id, 0, Ordering::AcqRel, Ordering::Acquire);
-            s.finish(&t2.object.key(), commit)
+            s.finish(&t2.object, commit, alarm_turn)
         })
         .await?
     }
@@ -243,6 +312,7 @@ struct Shelf {
     open: HashMap<ObjectKey, (ObjectDb, u64)>,
     tick: u64,
     metrics: Metrics,
+    alarms: Alarms,
 }
 
 impl Shelf {
@@ -315,46 +385,73 @@ impl Shelf {
         self.db_for_write(obj)?.write_call(call)
     }
 
-    fn finish(&mut self, key: &ObjectKey, commit: bool) -> Result<(), StorageError> {
-        let Some((db, _)) = self.open.get_mut(key) else {
-            return Ok(());
+    fn finish(
+        &mut self,
+        obj: &ObjectRef,
+        commit: bool,
+        alarm_turn: bool,
+    ) -> Result<Option<AlarmChange>, StorageError> {
+        let key = obj.key();
+        if commit && alarm_turn {
+            let untouched = self
+                .open
+                .get(&key)
+                .is_none_or(|(db, _)| db.alarm_change().is_none());
+            if untouched && self.db_for_read(obj)?.is_some() {
+                // The alarm ran and the handler set no new one: it is done.
+                self.write(obj, |db| db.alarm_delete())?;
+            }
+        }
+        let Some((db, _)) = self.open.get_mut(&key) else {
+            return Ok(None);
         };
         if !db.in_tx() {
-            return Ok(());
+            return Ok(None);
         }
-        if commit {
-            let started = Instant::now();
-            let result = db.commit();
-            if let Ok(false) = result {
-                // The turn created the database but wrote nothing: leave nothing on disk.
-                if let Some((db, _)) = self.open.remove(key) {
-                    self.metrics.objects_open.dec();
-                    db.discard()?;
-                }
-                return Ok(());
-            }
-            self.metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            if let Err(e) = result {
-                // A failed commit leaves the connection in doubt: close it; the next event
-                // reopens the object from what is on disk.
-                tracing::error!(error = %e, "commit failed; closing the object's database");
-                if let Some((mut db, _)) = self.open.remove(key) {
-                    let _ = db.rollback();
-                    self.metrics.objects_open.dec();
-                }
-                return Err(e);
-            }
-            Ok(())
-        } else {
+        if !commit {
             let keep = db.rollback()?;
-            if !keep && let Some((db, _)) = self.open.remove(key) {
+            if !keep && let Some((db, _)) = self.open.remove(&key) {
                 self.metrics.objects_open.dec();
                 db.discard()?;
             }
-            Ok(())
+            return Ok(None);
         }
+        let change = db.alarm_change();
+        if let Some(AlarmChange::Set(t)) = change {
+            // Write-ahead: the index learns of the alarm before the object commits it, so a
+            // crash in between leaves an extra index entry (checked before waking), never a lost
+            // alarm.
+            self.alarms
+                .write_ahead(obj, t)
+                .map_err(|e| StorageError::Internal(e.to_string()))?;
+        }
+        let Some((db, _)) = self.open.get_mut(&key) else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let result = db.commit();
+        if let Ok(false) = result {
+            // The turn created the database but wrote nothing: leave nothing on disk.
+            if let Some((db, _)) = self.open.remove(&key) {
+                self.metrics.objects_open.dec();
+                db.discard()?;
+            }
+            return Ok(None);
+        }
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            // A failed commit leaves the connection in doubt: close it; the next event reopens
+            // the object from what is on disk.
+            tracing::error!(error = %e, "commit failed; closing the object's database");
+            if let Some((mut db, _)) = self.open.remove(&key) {
+                let _ = db.rollback();
+                self.metrics.objects_open.dec();
+            }
+            return Err(e);
+        }
+        Ok(change)
     }
 
     fn close(&mut self, key: &ObjectKey) -> bool {

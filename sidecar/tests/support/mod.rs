@@ -133,6 +133,16 @@ impl Shard {
         }
     }
 
+    /// SIGTERM to the sidecar (graceful stop), without waiting.
+    pub fn stop_sidecar(&mut self) {
+        if let Some(c) = &self.sidecar {
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+    }
+
     /// Waits for the sidecar to exit on its own (e.g. a test hook aborted it).
     pub fn wait_sidecar_exit(&mut self) -> std::process::ExitStatus {
         let mut c = self.sidecar.take().expect("sidecar running");

@@ -5,6 +5,11 @@
 //!   200 with `{"status": …, "body": …}` (so the turn commits); `/call?rollback=1` answers 500;
 //! - object event `/calls` with a JSON array of such calls: makes them in order, answers the array;
 //! - object event `/hold?ms=N`: keeps the turn open N ms, then answers 200;
+//! - `alarm` events: answered 200, or 500 while [`ProxyApp::fail_alarms`] is set;
+//! - `websocket-connect`: accepted (tags from `?tags=`), refused with 403 when `?refuse=1`;
+//! - `websocket-message`: the room's message number (KV `seq`) is incremented and
+//!   `"{seq}:{text}"` broadcast to every socket; a message `rollback` is broadcast and then
+//!   answered 500, so the turn rolls back;
 //! - every event's `stead-*` headers are recorded in [`ProxyApp::events`].
 #![allow(dead_code)]
 
@@ -27,6 +32,7 @@ pub struct ProxyApp {
     pub port: u16,
     pub api: u16,
     pub events: Arc<Mutex<Vec<HashMap<String, String>>>>,
+    pub fail_alarms: Arc<std::sync::atomic::AtomicBool>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -38,6 +44,7 @@ impl ProxyApp {
             port,
             api,
             events: Arc::default(),
+            fail_alarms: Arc::default(),
             client: Client::builder(TokioExecutor::new()).build_http(),
         };
         let router = axum::Router::new().fallback(handle).with_state(app.clone());
@@ -64,6 +71,17 @@ impl ProxyApp {
         let v = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| json!({"not_json": String::from_utf8_lossy(&bytes)}));
         (status, v)
+    }
+
+    /// The recorded events of kind `kind` (the `stead-event` header).
+    pub fn events_of(&self, kind: &str) -> Vec<HashMap<String, String>> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.get("stead-event").map(String::as_str) == Some(kind))
+            .cloned()
+            .collect()
     }
 
     /// The `stead-*` headers of the last event whose path was `path`.
@@ -100,6 +118,60 @@ async fn handle(State(app): State<ProxyApp>, req: Request) -> Response {
             .body(Body::from(v.to_string()))
             .unwrap()
     };
+    let kind = app
+        .events
+        .lock()
+        .unwrap()
+        .last()
+        .and_then(|e| e.get("stead-event").cloned());
+    match kind.as_deref() {
+        Some("alarm") => {
+            let failing = app.fail_alarms.load(std::sync::atomic::Ordering::SeqCst);
+            return answer(if failing { 500 } else { 200 }, json!({}));
+        }
+        Some("websocket-connect") => {
+            if query.contains("refuse=1") {
+                return answer(403, json!({"refused": true}));
+            }
+            let tags = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("tags="))
+                .unwrap_or("")
+                .to_owned();
+            return Response::builder()
+                .status(200)
+                .header("stead-websocket-tags", tags)
+                .body(Body::empty())
+                .unwrap();
+        }
+        Some("websocket-message") => {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let t = token.as_deref();
+            let (_, got) = app
+                .api_call(t, "/v1/kv/get", &json!({"key": "seq"}).to_string())
+                .await;
+            let seq = got["value"]
+                .as_str()
+                .and_then(base64_decode)
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                + 1;
+            let put = json!({"key": "seq", "value": base64_encode(seq.to_string().as_bytes())});
+            app.api_call(t, "/v1/kv/put", &put.to_string()).await;
+            let (s, _) = app
+                .api_call(
+                    t,
+                    "/v1/websockets/broadcast",
+                    &json!({"text": format!("{seq}:{text}")}).to_string(),
+                )
+                .await;
+            assert_eq!(s, 200);
+            return answer(if text == "rollback" { 500 } else { 200 }, json!({}));
+        }
+        Some("websocket-close" | "websocket-error" | "hibernate") => return answer(200, json!({})),
+        _ => {}
+    }
     match path.as_str() {
         "/call" => {
             let call: Value = serde_json::from_slice(&body).unwrap();
@@ -142,4 +214,14 @@ async fn one_call(app: &ProxyApp, token: Option<&str>, call: &Value) -> Value {
     };
     let (status, body) = app.api_call(token, path, &body).await;
     json!({"status": status, "body": body})
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
 }

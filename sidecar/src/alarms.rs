@@ -1,0 +1,334 @@
+//! Alarms: the shard's durable index of due alarms and the schedule that turns them into `alarm`
+//! events in the objects' mailboxes.
+//!
+//! Each object's own database holds the truth (`_stead_alarm`, written in the turn's
+//! transaction). The index in `shard.sqlite` says which objects may have an alarm and when, so
+//! that a restarted shard knows what to wake without opening every database. It is written
+//! *ahead* of the object's commit when a turn sets an alarm (so a crash between the two can only
+//! leave an extra entry, never lose an alarm), and an entry is checked against the object's
+//! database before its event is delivered: stale entries are dropped there.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, params};
+use stead_core::{ClassName, ObjectId, ObjectName};
+use tokio::sync::{Notify, Semaphore};
+
+use crate::metrics::Metrics;
+use crate::object::{ObjectKey, ObjectRef};
+
+/// Retries after a failed alarm: 2 s, then doubling, at most this many.
+pub const MAX_RETRIES: u32 = 6;
+/// Alarm events in flight at once, across all objects.
+const MAX_IN_FLIGHT: usize = 64;
+/// Alarms found overdue at start-up are spread over at most this long.
+const STARTUP_SPREAD: Duration = Duration::from_secs(10);
+
+/// What a committed turn did to its object's alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlarmChange {
+    Set(i64),
+    Deleted,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+enum IndexOp {
+    Upsert(ObjectRef, i64, Option<SyncSender<()>>),
+    Delete(ObjectKey),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    due_ms: i64,
+    retry: u32,
+    object: ObjectRef,
+}
+
+#[derive(Default)]
+struct Schedule {
+    by_time: BTreeSet<(i64, ObjectKey)>,
+    by_key: HashMap<ObjectKey, Entry>,
+}
+
+impl Schedule {
+    fn put(&mut self, e: Entry) {
+        let key = e.object.key();
+        self.remove(&key);
+        self.by_time.insert((e.due_ms, key.clone()));
+        self.by_key.insert(key, e);
+    }
+
+    fn remove(&mut self, key: &ObjectKey) -> Option<Entry> {
+        let old = self.by_key.remove(key)?;
+        self.by_time.remove(&(old.due_ms, key.clone()));
+        Some(old)
+    }
+
+    fn next_due(&self) -> Option<i64> {
+        self.by_time.iter().next().map(|(t, _)| *t)
+    }
+
+    fn pop_due(&mut self, now: i64) -> Option<Entry> {
+        let (t, key) = self.by_time.iter().next()?.clone();
+        if t > now {
+            return None;
+        }
+        self.remove(&key)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlarmError {
+    #[error("alarm index (shard.sqlite): {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("alarm index: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the alarm index thread stopped")]
+    Stopped,
+}
+
+#[derive(Clone)]
+pub struct Alarms {
+    index: std::sync::mpsc::Sender<IndexOp>,
+    schedule: Arc<Mutex<Schedule>>,
+    changed: Arc<Notify>,
+    metrics: Metrics,
+    first_retry: Duration,
+}
+
+/// What the schedule hands to the host when an alarm is due.
+#[derive(Debug, Clone)]
+pub struct DueAlarm {
+    pub object: ObjectRef,
+    pub due_ms: i64,
+    pub retry: u32,
+}
+
+impl Alarms {
+    /// Opens the index in `{data}/shard.sqlite`, loads it, and starts its writer thread. Alarms
+    /// already overdue are spread over the next seconds rather than fired at once.
+    pub fn start(
+        data_dir: &Path,
+        slots: u32,
+        first_retry: Duration,
+        metrics: Metrics,
+    ) -> Result<Self, AlarmError> {
+        std::fs::create_dir_all(data_dir)?;
+        let conn = Connection::open(data_dir.join("shard.sqlite"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;
+             CREATE TABLE IF NOT EXISTS alarms(
+                 class TEXT NOT NULL, id TEXT NOT NULL, name TEXT, time_ms INTEGER NOT NULL,
+                 PRIMARY KEY (class, id)) WITHOUT ROWID;",
+        )?;
+        let mut loaded = vec![];
+        {
+            let mut stmt =
+                conn.prepare("SELECT class, id, name, time_ms FROM alarms ORDER BY time_ms")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (class, id, name, t) = row?;
+                let (Ok(class), Ok(id)) = (ClassName::new(&class), ObjectId::parse(&id)) else {
+                    continue;
+                };
+                let name = name.and_then(|n| ObjectName::new(&n).ok());
+                loaded.push((ObjectRef::new(class, id, name, slots), t));
+            }
+        }
+        let now = now_ms();
+        let overdue = loaded.iter().filter(|(_, t)| *t <= now).count().max(1);
+        let step = (STARTUP_SPREAD.as_millis() as i64 / overdue as i64).min(20);
+        let mut schedule = Schedule::default();
+        let mut i = 0;
+        for (object, t) in loaded {
+            let due_ms = if t <= now {
+                i += 1;
+                now + step * i
+            } else {
+                t
+            };
+            schedule.put(Entry {
+                due_ms,
+                retry: 0,
+                object,
+            });
+        }
+        metrics.alarms_pending.set(schedule.by_key.len() as i64);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("stead-alarm-index".into())
+            .spawn(move || index_writer(conn, rx))?;
+        Ok(Self {
+            index: tx,
+            schedule: Arc::new(Mutex::new(schedule)),
+            changed: Arc::new(Notify::new()),
+            metrics,
+            first_retry,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `object`'s alarm at `time_ms` in the index and waits until it is durable.
+    /// Blocking: called on a storage thread just before the object's commit.
+    pub fn write_ahead(&self, object: &ObjectRef, time_ms: i64) -> Result<(), AlarmError> {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        self.index
+            .send(IndexOp::Upsert(object.clone(), time_ms, Some(ack)))
+            .map_err(|_| AlarmError::Stopped)?;
+        done.recv().map_err(|_| AlarmError::Stopped)
+    }
+
+    /// A turn of `object` committed `change`.
+    pub fn committed(&self, object: &ObjectRef, change: AlarmChange) {
+        match change {
+            AlarmChange::Set(t) => self.schedule(object, t, 0),
+            AlarmChange::Deleted => self.forget(&object.key()),
+        }
+    }
+
+    fn schedule(&self, object: &ObjectRef, due_ms: i64, retry: u32) {
+        {
+            let mut s = self.lock();
+            s.put(Entry {
+                due_ms,
+                retry,
+                object: object.clone(),
+            });
+            self.metrics.alarms_pending.set(s.by_key.len() as i64);
+        }
+        self.changed.notify_one();
+    }
+
+    /// The object has no alarm (any more): drop it from the schedule and the index.
+    pub fn forget(&self, key: &ObjectKey) {
+        {
+            let mut s = self.lock();
+            s.remove(key);
+            self.metrics.alarms_pending.set(s.by_key.len() as i64);
+        }
+        let _ = self.index.send(IndexOp::Delete(key.clone()));
+    }
+
+    /// The object's alarm is at `due_ms` (found when checking a stale entry): wait for it.
+    pub fn reschedule(&self, object: &ObjectRef, due_ms: i64) {
+        self.schedule(object, due_ms, 0);
+    }
+
+    /// The alarm failed on attempt `retry`: try again later, or report that it must be dropped.
+    /// Returns the delay of the next attempt, or `None` when retries are exhausted.
+    pub fn retry_after_failure(&self, object: &ObjectRef, retry: u32) -> Option<Duration> {
+        if retry >= MAX_RETRIES {
+            return None;
+        }
+        let delay = self.first_retry * 2u32.pow(retry);
+        self.metrics.alarms_retried.inc();
+        self.schedule(object, now_ms() + delay.as_millis() as i64, retry + 1);
+        Some(delay)
+    }
+
+    /// Runs the schedule: waits for the next due alarm and hands it to `deliver`, at most
+    /// `MAX_IN_FLIGHT` at a time.
+    pub async fn run<F, Fut>(self, deliver: F)
+    where
+        F: Fn(DueAlarm) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let deliver = Arc::new(deliver);
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        loop {
+            let now = now_ms();
+            let due = self.lock().pop_due(now);
+            if let Some(e) = due {
+                self.metrics
+                    .alarms_pending
+                    .set(self.lock().by_key.len() as i64);
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let deliver = deliver.clone();
+                tokio::spawn(async move {
+                    deliver(DueAlarm {
+                        object: e.object,
+                        due_ms: e.due_ms,
+                        retry: e.retry,
+                    })
+                    .await;
+                    drop(permit);
+                });
+                continue;
+            }
+            let wait = self
+                .lock()
+                .next_due()
+                .map(|t| Duration::from_millis((t - now).clamp(0, 60_000) as u64))
+                .unwrap_or(Duration::from_secs(60));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+/// Applies index changes in batches: one transaction (and one fsync) for everything queued.
+fn index_writer(mut conn: Connection, rx: Receiver<IndexOp>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut acks = vec![];
+        let result = (|| -> Result<(), rusqlite::Error> {
+            let tx = conn.transaction()?;
+            for op in batch {
+                match op {
+                    IndexOp::Upsert(o, t, ack) => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO alarms(class, id, name, time_ms) VALUES (?1, ?2, ?3, ?4)",
+                            params![o.class.as_str(), o.id.to_hex(), o.name.as_ref().map(|n| n.as_str()), t],
+                        )?;
+                        acks.extend(ack);
+                    }
+                    IndexOp::Delete((class, id)) => {
+                        tx.execute(
+                            "DELETE FROM alarms WHERE class = ?1 AND id = ?2",
+                            params![class.as_str(), id.to_hex()],
+                        )?;
+                    }
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "alarm index write failed");
+            // Dropping the acks makes the waiting commits fail rather than lose an alarm.
+            continue;
+        }
+        for a in acks {
+            let _ = a.send(());
+        }
+    }
+}
