@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use stead_core::protocol;
 
-use crate::app::clean_headers;
+use crate::app::{clean_headers, strip_stead_headers};
 use crate::chain::CallChain;
 use crate::error::ApiError;
 use crate::ingress::{Target, parse_route};
@@ -221,7 +221,8 @@ pub async fn handle(State(peer): State<Arc<PeerServer>>, mut req: Request) -> Re
         return ApiError::bad_request("invalid_chain", "malformed stead-chain header")
             .into_response();
     };
-    clean_headers(req.headers_mut(), true);
+    // Hop-by-hop headers stay: a tunnelled WebSocket handshake needs them.
+    strip_stead_headers(req.headers_mut());
     let target = parse_route(
         req.method(),
         req.uri().path(),
