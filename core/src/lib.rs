@@ -12,3 +12,6 @@ pub use error::{ErrorBody, ErrorDetail};
 pub use id::{ClassName, IdError, ObjectId, ObjectName, Slot};
 pub use protocol::EventKind;
 pub use ring::Ring;
+
+#[cfg(feature = "crd")]
+pub mod crd;

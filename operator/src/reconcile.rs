@@ -1,0 +1,182 @@
+//! One reconcile of one DurableNamespace: validate → build → apply → status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use stead_core::crd::{DurableNamespace, DurableNamespaceStatus};
+
+use crate::apply::{apply, apply_dynamic, apply_status, get, list};
+use crate::build::{self, names};
+use crate::context::Context;
+use crate::error::Error;
+use crate::events;
+use crate::status::{self, Observed};
+use crate::validate::{ValidatedSpec, validate};
+
+/// Look again this soon while shards are starting or failing.
+pub const REQUEUE_NOT_READY: Duration = Duration::from_secs(15);
+
+/// Bring the children of `dns` to what its spec asks for, and publish its status.
+pub async fn reconcile(dns: Arc<DurableNamespace>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&dns, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed());
+    if let Err(e) = &result {
+        ctx.metrics.failed(e);
+    }
+    result
+}
+
+/// What the controller does after a failed reconcile.
+pub fn error_policy(dns: Arc<DurableNamespace>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(namespace = ?dns.namespace(), name = %dns.name_any(), %error, "reconcile failed");
+    Action::requeue(REQUEUE_NOT_READY)
+}
+
+async fn reconcile_inner(dns: &DurableNamespace, ctx: &Context) -> Result<Action, Error> {
+    // Children carry owner references: the garbage collector removes them (PVCs excepted, by
+    // the retention policy). Nothing to do here.
+    if dns.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = dns.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let client = &ctx.client;
+    let existing: Option<StatefulSet> =
+        get(client, &namespace, &names::shards(&dns.name_any())).await?;
+
+    let spec = match validate(dns) {
+        Ok(spec) => spec,
+        Err(e) if e.is_user_error() => return refuse(dns, ctx, existing.as_ref(), e).await,
+        Err(e) => return Err(e),
+    };
+    if let Some(current) = running_shards(dns, existing.as_ref())
+        && current != spec.shards
+    {
+        let e = Error::ShardChangeNeedsMigration {
+            current,
+            requested: spec.shards,
+        };
+        return refuse(dns, ctx, existing.as_ref(), e).await;
+    }
+
+    let secret_name = names::token_secret(&spec.name);
+    let existing_secret: Option<Secret> = get(client, &namespace, &secret_name).await?;
+    let fresh = match build::secret::existing_token(existing_secret.as_ref()) {
+        Some(_) => ByteString(Vec::new()),
+        None => build::secret::generate_token()?,
+    };
+    apply(
+        client,
+        &namespace,
+        &build::secret::peer_token_secret(&spec, existing_secret.as_ref(), fresh),
+    )
+    .await?;
+    apply(client, &namespace, &build::rbac::service_account(&spec)).await?;
+    apply(client, &namespace, &build::rbac::role(&spec)).await?;
+    apply(client, &namespace, &build::rbac::role_binding(&spec)).await?;
+    apply(client, &namespace, &build::service::peers_service(&spec)).await?;
+    apply(client, &namespace, &build::service::client_service(&spec)).await?;
+    apply(
+        client,
+        &namespace,
+        &build::pdb::pod_disruption_budget(&spec),
+    )
+    .await?;
+    let mut desired = build::statefulset::statefulset(&spec, &ctx.config.sidecar_image);
+    if build::statefulset::keep_volume_claims(&mut desired, existing.as_ref()) {
+        tracing::info!(namespace = %namespace, name = %spec.name,
+            "spec.storage changed; existing volumes keep their size and class (expand PVCs directly)");
+    }
+    let applied = apply(client, &namespace, &desired).await?;
+    if ctx.service_monitors_available().await? {
+        let resource = build::servicemonitor::api_resource();
+        apply_dynamic(
+            client,
+            &namespace,
+            &resource,
+            &build::servicemonitor::service_monitor(&spec),
+        )
+        .await?;
+    }
+
+    let pods: Vec<Pod> = list(client, &namespace, &selector(&spec)).await?;
+    let status = status::compute(Observed {
+        generation: dns.metadata.generation,
+        previous: dns.status.as_ref(),
+        statefulset: Some(&applied),
+        pods: &pods,
+        problem: None,
+        now: Timestamp::now(),
+    });
+    let mut to_publish = Vec::new();
+    if existing.is_none() {
+        to_publish.push(events::created(spec.shards, spec.slots));
+    }
+    to_publish.extend(events::transitions(dns.status.as_ref(), &status));
+    write_status(dns, ctx, &status).await?;
+    events::publish(ctx, dns, &to_publish).await;
+
+    Ok(if status::is_ready(Some(&status)) {
+        Action::requeue(ctx.config.resync)
+    } else {
+        Action::requeue(REQUEUE_NOT_READY)
+    })
+}
+
+/// The shard count the namespace runs now: the StatefulSet's, or the last published one.
+pub fn running_shards(dns: &DurableNamespace, existing: Option<&StatefulSet>) -> Option<i32> {
+    existing
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .or_else(|| dns.status.as_ref().and_then(|s| s.shards))
+}
+
+/// The spec cannot be applied as it is: publish why, change nothing else.
+async fn refuse(
+    dns: &DurableNamespace,
+    ctx: &Context,
+    existing: Option<&StatefulSet>,
+    problem: Error,
+) -> Result<Action, Error> {
+    tracing::info!(namespace = ?dns.namespace(), name = %dns.name_any(), %problem, "spec refused");
+    ctx.metrics.failed(&problem);
+    let status = status::compute(Observed {
+        generation: dns.metadata.generation,
+        previous: dns.status.as_ref(),
+        statefulset: existing,
+        pods: &[],
+        problem: Some(&problem),
+        now: Timestamp::now(),
+    });
+    let to_publish = events::transitions(dns.status.as_ref(), &status);
+    write_status(dns, ctx, &status).await?;
+    events::publish(ctx, dns, &to_publish).await;
+    // A spec change triggers the next reconcile; the resync catches the StatefulSet's progress.
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Write the status only when it changed, so a steady namespace causes no writes.
+async fn write_status(
+    dns: &DurableNamespace,
+    ctx: &Context,
+    status: &DurableNamespaceStatus,
+) -> Result<(), Error> {
+    if dns.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    apply_status(&ctx.client, dns, status).await
+}
+
+fn selector(spec: &ValidatedSpec) -> String {
+    build::selector_labels(spec)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
