@@ -70,9 +70,13 @@ pub struct SidecarConfig {
     /// Largest app answer, in bytes.
     #[arg(long, env = "STEAD_MAX_ANSWER_BYTES", default_value_t = 32 << 20)]
     pub max_answer_bytes: usize,
-    /// This shard's ordinal (its index in --peers).
-    #[arg(long, env = "STEAD_SHARD_ORDINAL", default_value_t = 0)]
-    pub shard_ordinal: u32,
+    /// This shard's ordinal (its index in --peers). Without it, the ordinal is the number at
+    /// the end of the pod name (`chat-2` → 2), as in a StatefulSet; else 0.
+    #[arg(long, env = "STEAD_SHARD_ORDINAL")]
+    pub shard_ordinal: Option<u32>,
+    /// The pod's name (from the downward API in Kubernetes).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
     /// Peer-port addresses (host:port) of every shard, in ordinal order. Empty: a single shard
     /// that owns every slot.
     #[arg(long, env = "STEAD_PEERS", value_delimiter = ',')]
@@ -97,4 +101,31 @@ pub struct SidecarConfig {
         hide = true
     )]
     pub test_abort_at_commit: bool,
+}
+
+impl SidecarConfig {
+    /// This shard's ordinal: `--shard-ordinal`, else the StatefulSet ordinal of the pod name.
+    pub fn ordinal(&self) -> u32 {
+        self.shard_ordinal
+            .or_else(|| self.pod_name.as_deref().and_then(ordinal_of_pod))
+            .unwrap_or(0)
+    }
+}
+
+/// The ordinal a StatefulSet gives its pod: the number after the last `-`.
+fn ordinal_of_pod(name: &str) -> Option<u32> {
+    name.rsplit_once('-').and_then(|(_, n)| n.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ordinal_comes_from_the_pod_name_unless_given() {
+        assert_eq!(ordinal_of_pod("chat-2"), Some(2));
+        assert_eq!(ordinal_of_pod("my-app-10"), Some(10));
+        assert_eq!(ordinal_of_pod("nodash"), None);
+        assert_eq!(ordinal_of_pod("chat-x"), None);
+    }
 }

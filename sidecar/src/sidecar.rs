@@ -52,13 +52,13 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let metrics = Metrics::new();
     let membership =
-        StaticMembership::new(config.shard_ordinal, config.peers.clone(), config.slots)?;
+        StaticMembership::new(config.ordinal(), config.peers.clone(), config.slots)?;
     if config.peers.len() > 1 && config.peer_token.as_deref().is_none_or(str::is_empty) {
         return Err(crate::membership::MembershipError::MissingToken.into());
     }
     let ownership = {
         let dir = config.data_dir.clone();
-        let me = config.shard_ordinal;
+        let me = config.ordinal();
         let ring = membership.ring();
         tokio::task::spawn_blocking(move || Ownership::load(&dir, me, &ring))
             .await
@@ -173,7 +173,7 @@ pub async fn run(
         api = %config.api,
         admin = %config.admin,
         peer = %config.peer_addr,
-        shard = config.shard_ordinal,
+        shard = config.ordinal(),
         shards = config.peers.len().max(1),
         app = %config.app,
         data_dir = %config.data_dir.display(),
