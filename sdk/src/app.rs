@@ -11,11 +11,129 @@ use stead_core::ObjectId;
 use stead_core::protocol::{self, EventKind};
 use tokio::net::TcpListener;
 
+use crate::alarm::AlarmInfo;
 use crate::client::ApiClient;
 use crate::error::{Error, Result};
 use crate::message::{Request, Response, error_response};
 use crate::object::{DurableObject, StatelessHandler};
 use crate::turn::{ObjectInfo, StatelessContext, Turn};
+use crate::websocket::{Message, WebSocketInfo};
+
+/// An object event, decoded from its headers and body, ready for its hook.
+enum ObjectEvent {
+    Request(Request),
+    Alarm(AlarmInfo),
+    Connect(Request, WebSocketInfo),
+    Message(String, Message),
+    Close(String, u16, String),
+    Error(String, String),
+}
+
+impl ObjectEvent {
+    fn name(&self) -> &'static str {
+        match self {
+            ObjectEvent::Request(_) => "fetch",
+            ObjectEvent::Alarm(_) => "alarm",
+            ObjectEvent::Connect(..) => "websocket_connect",
+            ObjectEvent::Message(..) => "websocket_message",
+            ObjectEvent::Close(..) => "websocket_close",
+            ObjectEvent::Error(..) => "websocket_error",
+        }
+    }
+
+    /// Decodes the event of kind `kind` (an object event other than `hibernate`).
+    fn decode(kind: EventKind, req: Request) -> Result<Self, Reject> {
+        let headers = req.headers();
+        let socket_id = |headers: &HeaderMap| -> Result<String, Reject> {
+            match header(headers, protocol::WEBSOCKET_ID)? {
+                Some(id) if !id.is_empty() => Ok(id.to_owned()),
+                _ => Err(bad_request(format!(
+                    "a WebSocket event needs a {} header",
+                    protocol::WEBSOCKET_ID
+                ))),
+            }
+        };
+        Ok(match kind {
+            EventKind::Request | EventKind::Hibernate => ObjectEvent::Request(req),
+            EventKind::Alarm => {
+                let retry = match header(headers, protocol::ALARM_RETRY)? {
+                    None => 0,
+                    Some(v) => v.parse().map_err(|_| {
+                        bad_request(format!(
+                            "{} must be a whole number, not {v:?}",
+                            protocol::ALARM_RETRY
+                        ))
+                    })?,
+                };
+                ObjectEvent::Alarm(AlarmInfo::new(retry))
+            }
+            EventKind::WebSocketConnect => {
+                let ws = WebSocketInfo::new(socket_id(headers)?);
+                ObjectEvent::Connect(req, ws)
+            }
+            EventKind::WebSocketMessage => {
+                let id = socket_id(headers)?;
+                let msg = match header(headers, protocol::WEBSOCKET_KIND)? {
+                    None | Some("text") => {
+                        let body = req.into_body();
+                        match String::from_utf8(body.to_vec()) {
+                            Ok(text) => Message::Text(text),
+                            Err(_) => return Err(bad_request("a text message is not UTF-8")),
+                        }
+                    }
+                    Some("binary") => Message::Binary(req.into_body()),
+                    Some(other) => {
+                        return Err(bad_request(format!(
+                            "{} must be text or binary, not {other:?}",
+                            protocol::WEBSOCKET_KIND
+                        )));
+                    }
+                };
+                ObjectEvent::Message(id, msg)
+            }
+            EventKind::WebSocketClose => {
+                let id = socket_id(headers)?;
+                let code = match header(headers, protocol::WEBSOCKET_CLOSE_CODE)? {
+                    None | Some("") => 1005,
+                    Some(v) => v.parse().map_err(|_| {
+                        bad_request(format!(
+                            "{} must be a number, not {v:?}",
+                            protocol::WEBSOCKET_CLOSE_CODE
+                        ))
+                    })?,
+                };
+                let reason = decoded(header(headers, protocol::WEBSOCKET_CLOSE_REASON)?);
+                ObjectEvent::Close(id, code, reason)
+            }
+            EventKind::WebSocketError => {
+                let id = socket_id(headers)?;
+                let error = decoded(header(headers, protocol::WEBSOCKET_ERROR)?);
+                ObjectEvent::Error(id, error)
+            }
+        })
+    }
+
+    /// Runs the event's hook. Hooks that answer nothing answer `200` with an empty body.
+    async fn run(self, object: &mut dyn DurableObject, turn: &Turn) -> Result<Response> {
+        let done = |r: Result<()>| r.map(|()| crate::message::status(StatusCode::OK));
+        match self {
+            ObjectEvent::Request(req) => object.fetch(turn, req).await,
+            ObjectEvent::Alarm(info) => done(object.alarm(turn, info).await),
+            ObjectEvent::Connect(req, ws) => object.websocket_connect(turn, req, ws).await,
+            ObjectEvent::Message(id, msg) => done(object.websocket_message(turn, &id, msg).await),
+            ObjectEvent::Close(id, code, reason) => {
+                done(object.websocket_close(turn, &id, code, reason).await)
+            }
+            ObjectEvent::Error(id, error) => done(object.websocket_error(turn, &id, error).await),
+        }
+    }
+}
+
+/// A percent-encoded header value, decoded (invalid UTF-8 replaced); empty if absent.
+fn decoded(raw: Option<&str>) -> String {
+    raw.map(|r| percent_decode_str(r).decode_utf8_lossy().into_owned())
+        .unwrap_or_default()
+}
 
 type Factory = Box<dyn Fn(&ObjectInfo) -> Box<dyn DurableObject> + Send + Sync>;
 
@@ -316,7 +434,10 @@ async fn route(shared: &Arc<Shared>, req: Request) -> Result<Response, Reject> {
             Ok(crate::message::status(StatusCode::OK))
         }
         (EventKind::Request, None) => stateless(shared, req).await,
-        (EventKind::Request, Some(class)) => object_request(shared, class, req).await,
+        (_, None) => Err(bad_request(format!(
+            "a {event} event is for an object and needs a stead-class header"
+        ))),
+        (kind, Some(class)) => object_event(shared, class, kind, req).await,
     }
 }
 
@@ -324,7 +445,7 @@ fn turn_token(headers: &HeaderMap) -> Result<HeaderValue, Reject> {
     match headers.get(protocol::TURN) {
         Some(v) if v.to_str().is_ok() => Ok(v.clone()),
         Some(_) => Err(bad_request("header stead-turn is not visible ASCII")),
-        None => Err(bad_request("a request event needs a stead-turn header")),
+        None => Err(bad_request("an event needs a stead-turn header")),
     }
 }
 
@@ -351,9 +472,10 @@ async fn stateless(shared: &Arc<Shared>, req: Request) -> Result<Response, Rejec
     }
 }
 
-async fn object_request(
+async fn object_event(
     shared: &Arc<Shared>,
     class_name: String,
+    kind: EventKind,
     req: Request,
 ) -> Result<Response, Reject> {
     let headers = req.headers();
@@ -390,6 +512,8 @@ async fn object_request(
         id: id.to_owned(),
         name,
     });
+    let event = ObjectEvent::decode(kind, req)?;
+    let hook = event.name();
     let instance = class.instance(&info, incarnation);
 
     let task = {
@@ -398,14 +522,14 @@ async fn object_request(
         let info = Arc::clone(&info);
         tokio::spawn(async move {
             let mut slot = instance.lock_owned().await;
-            // Taken out while `fetch` runs: if it panics, the half-updated object is dropped
+            // Taken out while the hook runs: if it panics, the half-updated object is dropped
             // with it and the next event builds a new one.
             let mut object = match slot.take() {
                 Some(object) => object,
                 None => (class.factory)(&info),
             };
             let turn = Turn::new(info, token, api);
-            let result = object.fetch(&turn, req).await;
+            let result = event.run(object.as_mut(), &turn).await;
             *slot = Some(object);
             result
         })
@@ -414,15 +538,15 @@ async fn object_request(
     match task.await {
         Ok(Ok(res)) => Ok(res),
         Ok(Err(e)) => {
-            tracing::warn!(class = %info.class, id = %info.id, error = %e, "fetch failed; the turn rolls back");
+            tracing::warn!(class = %info.class, id = %info.id, error = %e, "{hook} failed; the turn rolls back");
             Ok(e.to_fetch_response())
         }
         Err(e) => {
-            tracing::error!(class = %info.class, id = %info.id, error = %e, "fetch panicked; the turn rolls back");
+            tracing::error!(class = %info.class, id = %info.id, error = %e, "{hook} panicked; the turn rolls back");
             Err(Reject::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "app_panic",
-                "the object's fetch panicked",
+                format!("the object's {hook} panicked"),
             ))
         }
     }

@@ -33,7 +33,13 @@
 //!
 //! A turn is atomic: if `fetch` answers with a status of 500 or more, or returns an error, every
 //! write it made is rolled back. (Cloudflare keeps writes made before a throw; Stead does not.)
+//!
+//! Objects can also wake themselves with an alarm ([`Turn::alarm`],
+//! [`DurableObject::alarm`]) and hold WebSockets that survive hibernation
+//! ([`Turn::websockets`], [`DurableObject::websocket_connect`] and the other `websocket_*`
+//! hooks).
 
+mod alarm;
 mod app;
 mod client;
 mod error;
@@ -42,12 +48,17 @@ mod object;
 mod storage;
 mod stub;
 mod turn;
+mod websocket;
 
 /// Helpers that build a [`Response`].
 pub mod response {
     pub use crate::message::{error, json, status, text};
+    pub use crate::websocket::{
+        accept as accept_websocket, accept_with_tags as accept_websocket_with_tags,
+    };
 }
 
+pub use alarm::{Alarm, AlarmInfo, now_ms};
 pub use app::App;
 pub use error::{ApiError, Error, Result};
 pub use message::{Request, RequestExt, Response, ResponseExt};
@@ -55,6 +66,7 @@ pub use object::{DurableObject, StatelessHandler};
 pub use storage::{ListOptions, SqlResult, SqlValue, Storage};
 pub use stub::{ObjectAddr, ObjectStub};
 pub use turn::{ObjectInfo, StatelessContext, Turn};
+pub use websocket::{MAX_TAG_BYTES, MAX_TAGS, Message, WebSocket, WebSocketInfo, WebSockets};
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;

@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use crate::alarm::Alarm;
 use crate::client::ApiClient;
 use crate::storage::Storage;
 use crate::stub::{ObjectAddr, ObjectStub};
+use crate::websocket::WebSockets;
 
 /// Which object an instance or a turn is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,6 +74,31 @@ impl Turn {
     /// The object's storage, bound to this turn. Cheap: a clone of a handle.
     pub fn storage(&self) -> Storage {
         self.storage.clone()
+    }
+
+    /// The object's alarm, bound to this turn: setting and deleting it are part of the turn's
+    /// transaction.
+    ///
+    /// ```no_run
+    /// # async fn f(turn: &stead_sdk::Turn) -> stead_sdk::Result<()> {
+    /// turn.alarm().set_in(std::time::Duration::from_secs(30)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn alarm(&self) -> Alarm {
+        Alarm::new(self.api.clone(), self.token.clone())
+    }
+
+    /// The object's open WebSockets, bound to this turn: what is sent leaves once the turn
+    /// commits.
+    ///
+    /// ```no_run
+    /// # async fn f(turn: &stead_sdk::Turn) -> stead_sdk::Result<()> {
+    /// let sent = turn.websockets().broadcast_all("tick").await?;
+    /// # let _ = sent;
+    /// # Ok(()) }
+    /// ```
+    pub fn websockets(&self) -> WebSockets {
+        WebSockets::new(self.api.clone(), self.token.clone())
     }
 
     /// A handle on the object of class `class` at `addr`, for calling it during this turn.

@@ -45,8 +45,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
-    /// Example app to run.
-    #[arg(long, default_value = "counter", value_parser = ["counter"])]
+    /// Example app to run: `life` (multiplayer Game of Life), `chat` or `counter`.
+    #[arg(long, default_value = "life", value_parser = ["life", "chat", "counter"])]
     pub example: String,
     /// Port of shard 0's ingress on 127.0.0.1; shard i's ingress is port+i. Shard i's app API,
     /// admin, app and peer ports are port+1000+10*i, +1001, +1002 and +1003.
@@ -93,7 +93,24 @@ pub enum DevError {
 
 /// The classes each example app serves.
 fn classes_of(example: &str) -> &'static str {
-    if example == "counter" { "Counter" } else { "" }
+    match example {
+        "life" => "Lobby,GameRoom",
+        "chat" => "ChatRoom",
+        _ => "Counter",
+    }
+}
+
+/// What to try first with each example, given the ingress address.
+fn try_lines(example: &str, ingress: &str) -> String {
+    match example {
+        "life" => format!(
+            "  open http://{ingress}/ in two browser windows, join the same room, click cells"
+        ),
+        "chat" => format!("  open http://{ingress}/ in two browser windows and chat"),
+        _ => format!(
+            "  curl -X POST http://{ingress}/objects/Counter/name/demo/increment\n  curl http://{ingress}/objects/Counter/name/demo/value"
+        ),
+    }
 }
 
 /// The loopback ports of one shard.
@@ -445,10 +462,10 @@ fn print_single_banner(launch: &Launch, shard: &Shard, data_dir: &Path) {
   app      pid {ap}  {bin} on {app}
   data     {data}
 try:
-  curl -X POST http://{ingress}/objects/Counter/name/demo/increment
-  curl http://{ingress}/objects/Counter/name/demo/value
+{try_lines}
 Ctrl-C stops both.",
         example = launch.example,
+        try_lines = try_lines(&launch.example, &local(p.ingress)),
         sp = shard.sidecar.pid(),
         ingress = local(p.ingress),
         admin = local(p.admin),

@@ -19,6 +19,15 @@
 //! | `POST /sql` | `{"sql", "params"}` run as is; API refusals passed through |
 //! | `POST /late-call` | answers at once; ~300 ms later a task calls storage with this turn's token |
 //! | `POST /chain?next=b,c` | empty `next`: increments and answers the new value; else calls `Counter` `b` at `POST /chain?next=c` and answers with its status and body |
+//! | `POST /alarm?in_ms=N` | sets the alarm N ms ahead (default 0); when it fires, its handler increments `n`; answers `{"time_ms"}` |
+//! | `POST /alarm?in_ms=N&fail=1` | sets the alarm, then answers 500: the turn rolls back, so the alarm never fires |
+//! | `POST /alarm-fail?in_ms=N` | sets an alarm whose handler always fails (500): the sidecar retries it, then drops it |
+//! | `GET /alarm` | `{"time_ms": t}` or `{"time_ms": null}` |
+//! | `DELETE /alarm` | deletes the alarm; `{"deleted": true or false}` |
+//! | `GET /alarm-attempts` | the `stead-alarm-retry` numbers the alarm handler saw since the last `POST /alarm…`, e.g. `[0,1,2]`; `?detail=1` adds the time of each (`[{"retry", "at_ms"}]`) |
+//!
+//! The attempts are kept in the app's memory, outside the object (a failed alarm turn rolls
+//! back its writes, and the instance is rebuilt after a rollback), keyed by object id.
 //!
 //! So `POST /objects/Counter/name/a/chain?next=b` is a call a → b answering b's new value, and
 //! `…/name/a/chain?next=b,a` is a → b → a, which the sidecar refuses with `508 call_cycle`
@@ -29,6 +38,7 @@
 //! `POST /call?name=x&path=/increment` (calls `Counter` `x` with `POST path` and answers with its
 //! answer: an object call from a stateless request).
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -37,8 +47,8 @@ use serde::Deserialize;
 use serde_json::json;
 use stead_sdk::http::{Method, StatusCode};
 use stead_sdk::{
-    App, DurableObject, Error, ObjectAddr, ObjectInfo, Request, RequestExt, Response, Result,
-    SqlValue, StatelessContext, Storage, Turn, async_trait, response,
+    AlarmInfo, App, DurableObject, Error, ObjectAddr, ObjectInfo, Request, RequestExt, Response,
+    Result, SqlValue, StatelessContext, Storage, Turn, async_trait, now_ms, response,
 };
 
 /// How long the late call waits after its turn answered.
@@ -50,6 +60,51 @@ static LATE_CALL_RESULT: Mutex<Option<String>> = Mutex::new(None);
 fn set_late_call_result(value: &str) {
     let mut slot = LATE_CALL_RESULT.lock().unwrap_or_else(|e| e.into_inner());
     *slot = Some(value.to_owned());
+}
+
+/// One run of the alarm handler: the retry number it was given, and when.
+#[derive(Clone, Copy, serde::Serialize)]
+struct Attempt {
+    retry: u32,
+    at_ms: i64,
+}
+
+/// Object id → the alarm handler runs since the object's last `POST /alarm…`. In memory,
+/// outside the object: a failed alarm turn rolls back every write, and the instance is rebuilt
+/// after a rollback.
+static ALARM_ATTEMPTS: Mutex<Option<HashMap<String, Vec<Attempt>>>> = Mutex::new(None);
+
+fn with_attempts<R>(f: impl FnOnce(&mut HashMap<String, Vec<Attempt>>) -> R) -> R {
+    let mut slot = ALARM_ATTEMPTS.lock().unwrap_or_else(|e| e.into_inner());
+    f(slot.get_or_insert_with(HashMap::new))
+}
+
+/// KV key of what the pending alarm does when it fires: `increment` or `fail`.
+const ALARM_MODE: &str = "alarm_mode";
+
+/// `POST /alarm` and `POST /alarm-fail`: sets the alarm `in_ms` ahead with `mode`.
+async fn set_alarm(turn: &Turn, req: &Request, mode: &str) -> Result<Response> {
+    let Some(in_ms) = req
+        .query_param("in_ms")
+        .map_or(Some(0), |ms| ms.parse::<u64>().ok())
+    else {
+        return Ok(response::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "in_ms must be a whole number of milliseconds",
+        ));
+    };
+    let time_ms = turn.alarm().set_in(Duration::from_millis(in_ms)).await?;
+    turn.storage().put(ALARM_MODE, mode).await?;
+    with_attempts(|a| a.remove(turn.id()));
+    if req.query_param("fail").as_deref() == Some("1") {
+        return Ok(response::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed_on_purpose",
+            "set the alarm, then failed: the turn rolls back and the alarm never fires",
+        ));
+    }
+    Ok(response::json(&json!({ "time_ms": time_ms })))
 }
 
 struct Counter {
@@ -236,12 +291,55 @@ impl DurableObject for Counter {
                 Ok(response::text("late call scheduled"))
             }
             (Method::POST, "/chain") => chain(turn, &req).await,
+            (Method::POST, "/alarm") => set_alarm(turn, &req, "increment").await,
+            (Method::POST, "/alarm-fail") => set_alarm(turn, &req, "fail").await,
+            (Method::GET, "/alarm") => {
+                let time_ms = turn.alarm().get().await?;
+                Ok(response::json(&json!({ "time_ms": time_ms })))
+            }
+            (Method::DELETE, "/alarm") => {
+                let deleted = turn.alarm().delete().await?;
+                Ok(response::json(&json!({ "deleted": deleted })))
+            }
+            (Method::GET, "/alarm-attempts") => {
+                let attempts = with_attempts(|a| a.get(turn.id()).cloned().unwrap_or_default());
+                if req.query_param("detail").as_deref() == Some("1") {
+                    Ok(response::json(&attempts))
+                } else {
+                    let retries: Vec<u32> = attempts.iter().map(|a| a.retry).collect();
+                    Ok(response::json(&retries))
+                }
+            }
             (_, path) => Ok(response::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 &format!("the counter has no route {} {path}", req.method()),
             )),
         }
+    }
+
+    /// The alarm set by `POST /alarm` increments the counter; the one set by
+    /// `POST /alarm-fail` fails every time. Both record the attempt first.
+    async fn alarm(&mut self, turn: &Turn, info: AlarmInfo) -> Result<()> {
+        self.events += 1;
+        with_attempts(|a| {
+            a.entry(turn.id().to_owned()).or_default().push(Attempt {
+                retry: info.retry,
+                at_ms: now_ms(),
+            });
+        });
+        let storage = turn.storage();
+        let mode = storage.get::<String>(ALARM_MODE).await?;
+        if mode.as_deref() == Some("fail") {
+            tracing::info!(id = %turn.id(), retry = info.retry, "the failing alarm fails on purpose");
+            return Err(Error::msg(format!(
+                "this alarm fails on purpose (retry {})",
+                info.retry
+            )));
+        }
+        let n = increment(&storage).await?;
+        tracing::debug!(id = %turn.id(), retry = info.retry, n, "alarm incremented the counter");
+        Ok(())
     }
 }
 
@@ -268,8 +366,9 @@ async fn call(req: Request, ctx: StatelessContext) -> Response {
 async fn front_door(req: Request, ctx: StatelessContext) -> Response {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => response::text(
-            "Stead counter example. Try POST /objects/Counter/name/{name}/increment \
-             and GET /objects/Counter/name/{name}/value.\n",
+            "Stead counter example. Try POST /objects/Counter/name/{name}/increment, \
+             GET /objects/Counter/name/{name}/value, and \
+             POST /objects/Counter/name/{name}/alarm?in_ms=1000 (the alarm increments).\n",
         ),
         (&Method::GET, "/late-call-result") => {
             let slot = LATE_CALL_RESULT.lock().unwrap_or_else(|e| e.into_inner());

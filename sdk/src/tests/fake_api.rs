@@ -26,6 +26,10 @@ pub struct Call {
 struct Inner {
     log: Vec<Call>,
     kv: BTreeMap<String, String>,
+    alarm: Option<i64>,
+    /// Open sockets as `/v1/websockets/list` answers them: `{"id", "tags", "attachment"}`.
+    sockets: Vec<Value>,
+    auto_response: Option<(String, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -52,6 +56,25 @@ impl FakeApi {
 
     pub fn last(&self) -> Call {
         self.log().pop().expect("no call reached the fake API")
+    }
+
+    /// Adds an open socket with `tags` and no attachment.
+    pub fn add_socket(&self, id: &str, tags: &[&str]) {
+        self.inner
+            .lock()
+            .unwrap()
+            .sockets
+            .push(json!({"id": id, "tags": tags, "attachment": null}));
+    }
+
+    /// The alarm as the fake keeps it.
+    pub fn alarm(&self) -> Option<i64> {
+        self.inner.lock().unwrap().alarm
+    }
+
+    /// The auto-response pair as the fake keeps it.
+    pub fn auto_response(&self) -> Option<(String, String)> {
+        self.inner.lock().unwrap().auto_response.clone()
     }
 
     /// The raw (base64) value stored under `key`.
@@ -146,8 +169,14 @@ fn storage_call(fake: FakeApi, uri: Uri, headers: HeaderMap, body: Bytes) -> (St
         }
         Some(_) => {}
     }
-    let kv = &mut inner.kv;
     let ok = |v: Value| (StatusCode::OK, v.to_string());
+    if path.starts_with("/v1/alarm/") || path.starts_with("/v1/websockets/") {
+        return alarm_or_socket_call(&mut inner, &path, &body).map_or_else(
+            |(status, code)| error(status, code, "refused by the fake"),
+            ok,
+        );
+    }
+    let kv = &mut inner.kv;
     let key_ok = |k: &str| k.len() <= 2048;
     match path.as_str() {
         "/v1/kv/get" => {
@@ -241,4 +270,85 @@ fn storage_call(fake: FakeApi, uri: Uri, headers: HeaderMap, body: Bytes) -> (St
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such API call"),
     }
+}
+
+/// The alarm and WebSocket calls, on the fake's state.
+fn alarm_or_socket_call(
+    inner: &mut Inner,
+    path: &str,
+    body: &Value,
+) -> Result<Value, (StatusCode, &'static str)> {
+    let bad = (StatusCode::BAD_REQUEST, "bad_request");
+    let known = |inner: &Inner, id: &Value| inner.sockets.iter().any(|s| &s["id"] == id);
+    // A message has exactly one of `text` and `binary` (base64).
+    let check_message = |body: &Value| match (body.get("text"), body.get("binary")) {
+        (Some(t), None) if t.is_string() => Ok(()),
+        (None, Some(b))
+            if b.as_str()
+                .is_some_and(|b| BASE64_STANDARD.decode(b).is_ok()) =>
+        {
+            Ok(())
+        }
+        _ => Err(bad),
+    };
+    Ok(match path {
+        "/v1/alarm/set" => {
+            inner.alarm = Some(body["time_ms"].as_i64().ok_or(bad)?);
+            json!({})
+        }
+        "/v1/alarm/get" => json!({"time_ms": inner.alarm}),
+        "/v1/alarm/delete" => json!({"deleted": inner.alarm.take().is_some()}),
+        "/v1/websockets/list" => {
+            let sockets: Vec<&Value> = match body.get("tag") {
+                Some(tag) => inner
+                    .sockets
+                    .iter()
+                    .filter(|s| s["tags"].as_array().unwrap().contains(tag))
+                    .collect(),
+                None => inner.sockets.iter().collect(),
+            };
+            json!({"sockets": sockets})
+        }
+        "/v1/websockets/send" => {
+            check_message(body)?;
+            json!({"sent": u64::from(known(inner, &body["id"]))})
+        }
+        "/v1/websockets/broadcast" => {
+            check_message(body)?;
+            let except = body["except"].as_array().cloned().unwrap_or_default();
+            let sent = inner
+                .sockets
+                .iter()
+                .filter(|s| {
+                    body.get("tag")
+                        .is_none_or(|t| s["tags"].as_array().unwrap().contains(t))
+                })
+                .filter(|s| !except.contains(&s["id"]))
+                .count();
+            json!({"sent": sent})
+        }
+        "/v1/websockets/close" => {
+            body["code"].as_u64().ok_or(bad)?;
+            let before = inner.sockets.len();
+            inner.sockets.retain(|s| s["id"] != body["id"]);
+            json!({"closed": inner.sockets.len() < before})
+        }
+        "/v1/websockets/attachment" => {
+            let socket = inner
+                .sockets
+                .iter_mut()
+                .find(|s| s["id"] == body["id"])
+                .ok_or((StatusCode::NOT_FOUND, "unknown_socket"))?;
+            socket["attachment"] = body["attachment"].clone();
+            json!({})
+        }
+        "/v1/websockets/auto-response" => {
+            inner.auto_response = match (body["request"].as_str(), body["response"].as_str()) {
+                (Some(req), Some(res)) => Some((req.into(), res.into())),
+                _ => None,
+            };
+            json!({})
+        }
+        _ => return Err((StatusCode::NOT_FOUND, "not_found")),
+    })
 }

@@ -3,5 +3,6 @@
 
 mod calls;
 mod dispatch;
+mod events;
 mod fake_api;
 mod wire;
