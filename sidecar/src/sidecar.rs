@@ -51,8 +51,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let metrics = Metrics::new();
-    let membership =
-        StaticMembership::new(config.ordinal(), config.peers.clone(), config.slots)?;
+    let membership = StaticMembership::new(config.ordinal(), config.peers.clone(), config.slots)?;
     if config.peers.len() > 1 && config.peer_token.as_deref().is_none_or(str::is_empty) {
         return Err(crate::membership::MembershipError::MissingToken.into());
     }
