@@ -7,4 +7,9 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
+# The operator's envtest tier (operator/tests/envtest.rs) needs kube-apiserver and etcd: built
+# from Go modules once and cached; a failed build stops here, loudly.
+scripts/envtest.sh >/dev/null
 cargo test --workspace
+# The Helm chart and the example manifests: helm lint, helm template | kubeconform -strict.
+scripts/helm-check.sh

@@ -2,10 +2,11 @@
 //!
 //! [`scenarios`] are written only against the [`Cluster`] trait, so that every kind of cluster
 //! runs the same ones: [`LocalCluster`] (real processes on this machine, on loopback or in
-//! network namespaces) today, a kind cluster later.
+//! network namespaces) and [`kube::KubeCluster`] (a kind cluster, where Docker exists).
 
 pub mod client;
 pub mod cluster;
+pub mod kube;
 pub mod local;
 pub mod netns;
 pub mod scenarios;

@@ -99,6 +99,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
+/// The turn of the `stead-turn` token in `headers`.
+fn turn_of(headers: &http::HeaderMap, turns: &Turns) -> Result<TurnKind, ApiError> {
+    let token = headers
+        .get(protocol::TURN)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_turn",
+                "app API calls need the stead-turn header of the event being handled",
+            )
+        })?
+        .to_str()
+        .map_err(|_| ApiError::new(StatusCode::UNAUTHORIZED, "unknown_turn", "unreadable token"))?;
+    Ok(turns.resolve(token)?)
+}
+
 /// One app API call: the turn it belongs to and its parsed JSON body.
 struct Call<T> {
     turn: TurnRef,
@@ -110,21 +126,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<ApiState>> for Call<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<ApiState>) -> Result<Self, ApiError> {
-        let token = req
-            .headers()
-            .get(protocol::TURN)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing_turn",
-                    "app API calls need the stead-turn header of the event being handled",
-                )
-            })?
-            .to_str()
-            .map_err(|_| {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unknown_turn", "unreadable token")
-            })?;
-        let (turn, outbox) = match state.turns.resolve(token)? {
+        let (turn, outbox) = match turn_of(req.headers(), &state.turns)? {
             TurnKind::Object { turn, outbox, .. } => (turn, outbox),
             TurnKind::Stateless => {
                 return Err(ApiError::new(
@@ -403,19 +405,7 @@ async fn sql_exec(
 /// An object call: `{METHOD} /v1/objects/{class}/name|id/…`, routed like a client request, with
 /// the calling turn's chain so that a call back into a busy caller is refused (508).
 async fn object_call(State(s): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
-    let token = req
-        .headers()
-        .get(protocol::TURN)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_turn",
-                "object calls need the stead-turn header of the event being handled",
-            )
-        })?
-        .to_str()
-        .map_err(|_| ApiError::new(StatusCode::UNAUTHORIZED, "unknown_turn", "unreadable token"))?;
-    let chain = match s.turns.resolve(token)? {
+    let chain = match turn_of(req.headers(), &s.turns)? {
         TurnKind::Object { chain, .. } => chain,
         TurnKind::Stateless => CallChain::default(),
     };

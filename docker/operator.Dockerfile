@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1.7
+# The Stead operator (crate `stead-operator`). Build from the repository root:
+#
+#   docker build -f docker/operator.Dockerfile -t stead-operator:dev .
+#
+# Runtime: distroless cc (glibc + libgcc, no shell), user 65532 (nonroot); the chart runs it with
+# a read-only root filesystem and every capability dropped.
+
+ARG RUST_VERSION=1.95
+ARG DEBIAN=bookworm
+
+FROM rust:${RUST_VERSION}-${DEBIAN} AS builder
+# cmake and clang for the TLS stack's C parts (aws-lc-rs / ring).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake clang \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+ARG OPERATOR_BIN=stead-operator
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p stead-operator --bin "${OPERATOR_BIN}" \
+ && mkdir -p /out \
+ && cp "target/release/${OPERATOR_BIN}" /out/stead-operator
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /out/stead-operator /usr/local/bin/stead-operator
+USER 65532:65532
+# Metrics, /healthz and /readyz (the chart's metrics.port).
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/stead-operator"]

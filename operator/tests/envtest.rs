@@ -1,0 +1,630 @@
+//! The operator against a real API server (etcd + kube-apiserver built by `scripts/envtest.sh`;
+//! see `support_envtest`): the CRD as generated into `crds/`, the server's own validation, and
+//! what a reconcile leaves in the cluster. No kubelet or controller-manager runs, so pods never
+//! start and owner references are checked rather than garbage collection.
+//!
+//! Without the binaries these tests fail and say to run `scripts/envtest.sh`; with
+//! `STEAD_SKIP_ENVTEST=1` they print that they were skipped and pass.
+
+mod support_envtest;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use stead_operator::{Context, DurableNamespace, OperatorConfig};
+use tokio::sync::OnceCell;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+macro_rules! plane {
+    ($test:expr) => {
+        match support_envtest::control_plane($test) {
+            Some(plane) => plane,
+            None => return,
+        }
+    };
+}
+
+/// The generated CRD files, `crds/*.yaml`.
+fn crd_files() -> Vec<(String, String)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| {
+            panic!("read {dir}: {e} (generate it: cargo run -p stead-operator --bin crdgen)")
+        })
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).expect("read CRD file"),
+            )
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no YAML in {dir}");
+    files
+}
+
+/// Creates `yaml` (one or more documents) by POSTing it, as YAML, to `collection`: the API
+/// server parses it, so the test needs no YAML library and sees exactly what kubectl would send.
+/// Returns the created objects; an object that already exists is returned as found.
+async fn create_yaml(
+    client: &Client,
+    collection: &str,
+    yaml: &str,
+) -> Result<Vec<serde_json::Value>, kube::Error> {
+    let mut created = Vec::new();
+    for doc in yaml
+        .split("\n---")
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+    {
+        let req = http::Request::post(collection)
+            .header("content-type", "application/yaml")
+            .body(doc.as_bytes().to_vec())
+            .expect("request");
+        match client.request::<serde_json::Value>(req).await {
+            Ok(obj) => created.push(obj),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let name = doc
+                    .lines()
+                    .skip_while(|l| !l.starts_with("metadata:"))
+                    .find_map(|l| l.trim().strip_prefix("name:"))
+                    .map(|n| n.trim().trim_matches('"').to_owned())
+                    .expect("metadata.name");
+                let req = http::Request::get(format!("{collection}/{name}"))
+                    .body(Vec::new())
+                    .expect("request");
+                created.push(client.request::<serde_json::Value>(req).await?);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(created)
+}
+
+/// Installs `crds/*.yaml` once per test process and waits until each is Established.
+async fn install_crds(client: &Client) -> Vec<String> {
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    let mut names = Vec::new();
+    for (path, yaml) in crd_files() {
+        let objs = create_yaml(
+            client,
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            &yaml,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server refused {path}: {e}"));
+        names.extend(
+            objs.iter()
+                .map(|o| o["metadata"]["name"].as_str().expect("name").to_owned()),
+        );
+    }
+    INSTALLED
+        .get_or_init(|| async {
+            let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+            for name in &names {
+                tokio::time::timeout(
+                    TIMEOUT,
+                    await_condition(crds.clone(), name, conditions::is_crd_established()),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("CRD {name} not Established within {TIMEOUT:?}"))
+                .expect("watch the CRD");
+            }
+        })
+        .await;
+    names
+}
+
+/// A fresh Kubernetes namespace for one test, and the client.
+async fn setup(test: &str, plane: &support_envtest::ControlPlane) -> (Client, String) {
+    let client = plane.client().await;
+    install_crds(&client).await;
+    let ns = test.replace('_', "-").chars().take(50).collect::<String>();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let obj = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match namespaces.create(&PostParams::default(), &obj).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create namespace {ns}: {e}"),
+    }
+    (client, ns)
+}
+
+fn counter(name: &str, shards: i32) -> DurableNamespace {
+    serde_json::from_value(json!({
+        "apiVersion": "stead.dev/v1alpha1",
+        "kind": "DurableNamespace",
+        "metadata": {"name": name},
+        "spec": {
+            "shards": shards,
+            "classes": ["Counter"],
+            "app": {"image": "stead-counter:dev"},
+        }
+    }))
+    .expect("DurableNamespace")
+}
+
+/// Creates the namespace `name` (retrying while the new CRD's endpoint is not served yet).
+async fn create(api: &Api<DurableNamespace>, dn: &DurableNamespace) -> DurableNamespace {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        match api.create(&PostParams::default(), dn).await {
+            Ok(created) => return created,
+            Err(kube::Error::Api(s)) if s.code == 404 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("create DurableNamespace {}: {e}", dn.name_any()),
+        }
+    }
+}
+
+async fn reconcile(api: &Api<DurableNamespace>, name: &str, ctx: &Arc<Context>) -> String {
+    reconcile_object(api.get(name).await.expect("get the DurableNamespace"), ctx).await
+}
+
+async fn reconcile_object(dn: DurableNamespace, ctx: &Arc<Context>) -> String {
+    let name = dn.name_any();
+    let result = tokio::time::timeout(
+        TIMEOUT,
+        stead_operator::reconcile::reconcile(Arc::new(dn), ctx.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("reconcile of {name} did not finish within {TIMEOUT:?}"));
+    // No kubelet runs, so the shards never become ready: "not ready yet" may come back as an
+    // error with a requeue. What matters is what the reconcile left in the cluster.
+    format!("{result:?}")
+}
+
+/// The children of `dn` of one kind: objects in its namespace whose controller owner is `dn`.
+async fn owned<K>(client: &Client, ns: &str, dn: &DurableNamespace) -> Vec<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let uid = dn.uid().expect("uid");
+    Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter(|o| {
+            o.owner_references()
+                .iter()
+                .any(|r| r.uid == uid && r.controller == Some(true))
+        })
+        .collect()
+}
+
+/// `kind/name → resourceVersion` of every child, checked to be applied by the operator.
+async fn children(client: &Client, ns: &str, dn: &DurableNamespace) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    macro_rules! collect {
+        ($kind:ty, $label:literal, $min:expr) => {{
+            let objs = owned::<$kind>(client, ns, dn).await;
+            assert!(
+                objs.len() >= $min,
+                "expected at least {} {} owned by {}, found {}",
+                $min,
+                $label,
+                dn.name_any(),
+                objs.len()
+            );
+            for o in objs {
+                let applied = o.managed_fields().iter().any(|m| {
+                    m.operation.as_deref() == Some("Apply")
+                        && m.manager.as_deref() == Some(stead_operator::FIELD_MANAGER)
+                });
+                assert!(
+                    applied,
+                    "{} {} was not server-side applied by {}",
+                    $label,
+                    o.name_any(),
+                    stead_operator::FIELD_MANAGER
+                );
+                out.insert(
+                    format!("{}/{}", $label, o.name_any()),
+                    o.resource_version().expect("resourceVersion"),
+                );
+            }
+        }};
+    }
+    collect!(StatefulSet, "StatefulSet", 1);
+    collect!(Service, "Service", 2); // headless (peers) + client
+    collect!(PodDisruptionBudget, "PodDisruptionBudget", 1);
+    collect!(ServiceAccount, "ServiceAccount", 1);
+    collect!(Role, "Role", 1);
+    collect!(RoleBinding, "RoleBinding", 1);
+    collect!(Secret, "Secret", 1); // the peer token
+    out
+}
+
+fn context(client: &Client) -> Arc<Context> {
+    Context::new(
+        client.clone(),
+        OperatorConfig {
+            sidecar_image: "stead:envtest".to_owned(),
+            ..OperatorConfig::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn the_generated_crd_is_installed_and_established() {
+    let plane = plane!("the_generated_crd_is_installed_and_established");
+    let (client, _) = setup("crd-established", plane).await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let crd = crds
+        .get("durablenamespaces.stead.dev")
+        .await
+        .expect("the DurableNamespace CRD is installed");
+    assert_eq!(crd.spec.group, "stead.dev");
+    let v = crd
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.name == "v1alpha1")
+        .expect("v1alpha1");
+    assert!(v.served && v.storage);
+    assert!(
+        v.subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some(),
+        "status subresource"
+    );
+}
+
+#[tokio::test]
+async fn the_counter_example_is_accepted_by_the_api_server() {
+    let plane = plane!("the_counter_example_is_accepted_by_the_api_server");
+    let (client, ns) = setup("example-accepted", plane).await;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/counter/k8s/counter.yaml"
+    );
+    let yaml = std::fs::read_to_string(path).expect("read the counter example");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let created = loop {
+        match create_yaml(
+            &client,
+            &format!("/apis/stead.dev/v1alpha1/namespaces/{ns}/durablenamespaces"),
+            &yaml,
+        )
+        .await
+        {
+            Ok(c) => break c,
+            Err(kube::Error::Api(s)) if s.code == 404 && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("the API server refused {path}: {e}"),
+        }
+    };
+    assert_eq!(created.len(), 1);
+    let dn: DurableNamespace =
+        serde_json::from_value(created[0].clone()).expect("the operator's type reads the example");
+    assert_eq!(dn.spec.classes, ["Counter"]);
+}
+
+#[tokio::test]
+async fn the_api_server_refuses_zero_shards_and_a_slots_change() {
+    let plane = plane!("the_api_server_refuses_zero_shards_and_a_slots_change");
+    let (client, ns) = setup("refusals", plane).await;
+    let api: Api<DurableNamespace> = Api::namespaced(client, &ns);
+
+    create(&api, &counter("warmup", 1)).await; // the endpoint is served from here on
+    match api
+        .create(&PostParams::default(), &counter("zero", 0))
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "shards 0: {s:?}");
+            assert!(
+                s.message.contains("spec.shards"),
+                "the refusal names the field: {}",
+                s.message
+            );
+        }
+        other => panic!("shards 0 was accepted: {other:?}"),
+    }
+
+    let created = create(&api, &counter("fixed-slots", 1)).await;
+    assert_eq!(created.spec.slots, 4096, "slots defaults to 4096");
+    let patch = json!({"spec": {"slots": 1024}});
+    match api
+        .patch(
+            "fixed-slots",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 422, "slots change: {s:?}");
+            assert!(
+                s.message.contains("immutable"),
+                "the refusal says why: {}",
+                s.message
+            );
+        }
+        other => panic!("a slots change was accepted: {other:?}"),
+    }
+    assert_eq!(api.get("fixed-slots").await.expect("get").spec.slots, 4096);
+}
+
+#[tokio::test]
+async fn reconcile_applies_the_children_with_owner_references_and_writes_status() {
+    let plane = plane!("reconcile_applies_the_children_with_owner_references_and_writes_status");
+    let (client, ns) = setup("reconcile-children", plane).await;
+    let api: Api<DurableNamespace> = Api::namespaced(client.clone(), &ns);
+    create(&api, &counter("counter", 3)).await;
+    let ctx = context(&client);
+
+    let result = reconcile(&api, "counter", &ctx).await;
+    let dn = api.get("counter").await.expect("get");
+    let kids = children(&client, &ns, &dn).await;
+    eprintln!("reconcile: {result}; children: {kids:?}");
+
+    let sts = owned::<StatefulSet>(&client, &ns, &dn).await.remove(0);
+    let spec = sts.spec.as_ref().expect("StatefulSet spec");
+    assert_eq!(spec.replicas, Some(3), "one pod per shard");
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    assert!(
+        pod.containers
+            .iter()
+            .any(|c| c.image.as_deref() == Some("stead-counter:dev")),
+        "the app container"
+    );
+    assert!(
+        pod.containers
+            .iter()
+            .any(|c| c.image.as_deref() == Some("stead:envtest")),
+        "the injected sidecar"
+    );
+    assert!(
+        !spec
+            .volume_claim_templates
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty(),
+        "a PVC per shard"
+    );
+
+    let status = dn
+        .status
+        .as_ref()
+        .expect("status written through the status subresource");
+    assert_eq!(
+        status.observed_generation, dn.metadata.generation,
+        "observedGeneration: {status:?}"
+    );
+    for t in ["Ready", "Progressing", "Degraded"] {
+        assert!(
+            status.condition(t).is_some(),
+            "condition {t} missing: {status:?}"
+        );
+    }
+    let ring = status.ring.as_ref().expect("the ring is published");
+    assert_eq!(ring.shards, 3);
+}
+
+#[tokio::test]
+async fn a_second_reconcile_writes_nothing() {
+    let plane = plane!("a_second_reconcile_writes_nothing");
+    let (client, ns) = setup("reconcile-no-op", plane).await;
+    let api: Api<DurableNamespace> = Api::namespaced(client.clone(), &ns);
+    create(&api, &counter("counter", 2)).await;
+    let ctx = context(&client);
+
+    reconcile(&api, "counter", &ctx).await;
+    let dn = api.get("counter").await.expect("get");
+    let before = children(&client, &ns, &dn).await;
+    let token = owned::<Secret>(&client, &ns, &dn).await.remove(0).data;
+
+    let result = reconcile(&api, "counter", &ctx).await;
+    let again = api.get("counter").await.expect("get");
+    let after = children(&client, &ns, &again).await;
+    assert_eq!(
+        before, after,
+        "a reconcile with nothing to change wrote children ({result})"
+    );
+    assert_eq!(
+        dn.resource_version(),
+        again.resource_version(),
+        "a reconcile with nothing to change wrote the DurableNamespace (status?): {:?} -> {:?}",
+        dn.status,
+        again.status
+    );
+    assert_eq!(
+        token,
+        owned::<Secret>(&client, &ns, &again).await.remove(0).data,
+        "the peer token was rotated"
+    );
+}
+
+#[tokio::test]
+async fn a_shard_count_change_is_refused_and_changes_nothing() {
+    let plane = plane!("a_shard_count_change_is_refused_and_changes_nothing");
+    let (client, ns) = setup("shard-change", plane).await;
+    let api: Api<DurableNamespace> = Api::namespaced(client.clone(), &ns);
+    create(&api, &counter("counter", 3)).await;
+    let ctx = context(&client);
+    reconcile(&api, "counter", &ctx).await;
+
+    let patch = json!({"spec": {"shards": 4}});
+    api.patch("counter", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("the server accepts a shards change");
+    let result = reconcile(&api, "counter", &ctx).await;
+    let dn = api.get("counter").await.expect("get");
+    let sts = owned::<StatefulSet>(&client, &ns, &dn).await.remove(0);
+    assert_eq!(
+        sts.spec.and_then(|s| s.replicas),
+        Some(3),
+        "the StatefulSet was resized ({result})"
+    );
+    let status = dn.status.expect("status");
+    let degraded = status.condition("Degraded").expect("Degraded condition");
+    assert_eq!(degraded.status, "True", "{degraded:?}");
+    assert!(
+        degraded.message.contains("shards"),
+        "the message says what to do: {}",
+        degraded.message
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_durable_namespace_completes() {
+    let plane = plane!("deleting_a_durable_namespace_completes");
+    let (client, ns) = setup("delete", plane).await;
+    let api: Api<DurableNamespace> = Api::namespaced(client.clone(), &ns);
+    create(&api, &counter("counter", 1)).await;
+    let ctx = context(&client);
+    reconcile(&api, "counter", &ctx).await;
+    let dn = api.get("counter").await.expect("get");
+    let uid = dn.uid().expect("uid");
+    // Every child points at the namespace, so the garbage collector (absent here) removes them.
+    assert!(!children(&client, &ns, &dn).await.is_empty());
+
+    api.delete("counter", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        match api.get_opt("counter").await.expect("get") {
+            None => break,
+            // A finalizer, if the operator sets one, is the reconcile's to remove.
+            Some(d)
+                if d.uid().as_deref() == Some(&uid) && tokio::time::Instant::now() < deadline =>
+            {
+                if d.metadata.deletion_timestamp.is_some() {
+                    reconcile_object(d, &ctx).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(d) => panic!(
+                "DurableNamespace still there after {TIMEOUT:?}: finalizers {:?}",
+                d.finalizers()
+            ),
+        }
+    }
+}
+
+/// The rules of the operator's ClusterRole in the Helm chart (`charts/stead/templates/rbac.yaml`:
+/// its first document; the rules themselves hold no template expressions).
+fn chart_cluster_role_rules() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/stead/templates/rbac.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("read the chart's RBAC template");
+    let doc = text.split("\n---").next().expect("first document");
+    assert!(
+        doc.contains("\nkind: ClusterRole\n"),
+        "{path}: the first document is not the ClusterRole"
+    );
+    let rules = doc.split_once("\nrules:\n").expect("ClusterRole rules").1;
+    let rules = rules
+        .lines()
+        .take_while(|l| !l.starts_with("{{"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !rules.contains("{{"),
+        "{path}: the ClusterRole's rules must be plain YAML"
+    );
+    rules
+}
+
+/// The operator's reconcile works with exactly the permissions the chart grants it, under RBAC:
+/// among others, creating the sidecars' Role needs no `escalate` verb because the operator
+/// holds what that Role grants.
+#[tokio::test]
+async fn the_charts_cluster_role_is_enough_for_a_reconcile() {
+    let plane = plane!("the_charts_cluster_role_is_enough_for_a_reconcile");
+    let (admin, ns) = setup("chart-rbac", plane).await;
+    let role = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: envtest-chart-operator\nrules:\n{}\n",
+        chart_cluster_role_rules()
+    );
+    create_yaml(
+        &admin,
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        &role,
+    )
+    .await
+    .expect("the chart's ClusterRole is accepted");
+    let binding = ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some("envtest-chart-operator".into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "envtest-chart-operator".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "stead-operator".into(),
+            namespace: Some("stead-system".into()),
+            ..Default::default()
+        }]),
+    };
+    match Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create the ClusterRoleBinding: {e}"),
+    }
+
+    let operator = plane
+        .client_as(Some("system:serviceaccount:stead-system:stead-operator"))
+        .await;
+    // RBAC is in force: the operator may not, say, read ConfigMaps.
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(operator.clone(), &ns);
+    match configmaps.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+        other => panic!("the operator's account may list ConfigMaps: {other:?}"),
+    }
+
+    let api: Api<DurableNamespace> = Api::namespaced(admin.clone(), &ns);
+    create(&api, &counter("counter", 2)).await;
+    let as_operator: Api<DurableNamespace> = Api::namespaced(operator.clone(), &ns);
+    let result = reconcile(&as_operator, "counter", &context(&operator)).await;
+    assert!(
+        result.starts_with("Ok("),
+        "reconcile with the chart's permissions: {result}"
+    );
+    let dn = api.get("counter").await.expect("get");
+    children(&admin, &ns, &dn).await;
+    assert!(
+        dn.status.is_some(),
+        "status written with the chart's permissions"
+    );
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The kind e2e tier: a throwaway kind cluster, the images built and loaded, the chart installed,
+# the counter example applied, the shared scenarios run against it through port-forwards
+# (e2e/src/kube.rs: routing, the peer token, calls across shards, a pod killed and its data
+# kept across the restart), then the cluster deleted.
+#
+# Needs docker (with a running engine), kind, kubectl and helm (helm is built by
+# scripts/helm-check.sh when missing). Where any is missing it says so and exits 0.
+#   STEAD_KIND_KEEP=1   keep the cluster afterwards (for debugging)
+#   STEAD_KIND_NAME     cluster name (default stead-e2e)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLUSTER="${STEAD_KIND_NAME:-stead-e2e}"
+NS_OPERATOR=stead-system
+NS_APPS=apps
+TOOLS_BIN="${STEAD_TOOLS_DIR:-$HOME/.cache/stead-tools}/bin"
+export PATH="$TOOLS_BIN:$PATH"
+
+skip() {
+  echo "kind e2e: skipped: $*"
+  exit 0
+}
+
+command -v docker >/dev/null 2>&1 || skip "docker is not installed"
+docker info >/dev/null 2>&1 || skip "no Docker engine is running (docker info failed)"
+command -v kind >/dev/null 2>&1 || skip "kind is not installed (go install sigs.k8s.io/kind@latest)"
+command -v kubectl >/dev/null 2>&1 || skip "kubectl is not installed"
+if ! command -v helm >/dev/null 2>&1; then
+  scripts/helm-check.sh >/dev/null || true
+  command -v helm >/dev/null 2>&1 || skip "helm is not installed and could not be built"
+fi
+
+KUBECONFIG="$(mktemp)"
+export KUBECONFIG
+cleanup() {
+  status=$?
+  if ((status != 0)); then
+    echo "kind e2e: FAILED; state of the cluster:" >&2
+    kubectl get all,durablenamespaces,pvc -A -o wide >&2 || true
+    kubectl -n "$NS_APPS" describe durablenamespaces >&2 || true
+    kubectl -n "$NS_OPERATOR" logs deployment/stead-operator --tail=200 >&2 || true
+    kubectl -n "$NS_APPS" logs -l app.kubernetes.io/part-of=stead --all-containers --tail=100 >&2 || true
+  fi
+  if [[ "${STEAD_KIND_KEEP:-}" == 1 ]]; then
+    echo "kind e2e: keeping cluster $CLUSTER (KUBECONFIG=$KUBECONFIG)" >&2
+  else
+    kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+    rm -f "$KUBECONFIG"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+
+step() { echo "kind e2e: $*" >&2; }
+
+step "building images"
+docker build -f docker/stead.Dockerfile --target stead -t stead:dev .
+docker build -f docker/stead.Dockerfile --target counter -t stead-counter:dev .
+docker build -f docker/operator.Dockerfile -t stead-operator:dev .
+
+step "creating kind cluster $CLUSTER"
+kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
+kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG" --wait 120s
+for image in stead:dev stead-counter:dev stead-operator:dev; do
+  kind load docker-image --name "$CLUSTER" "$image"
+done
+
+step "installing the chart"
+helm install stead charts/stead --namespace "$NS_OPERATOR" --create-namespace --wait --timeout 5m \
+  --set image.repository=stead-operator --set image.tag=dev --set image.pullPolicy=Never \
+  --set sidecar.image.repository=stead --set sidecar.image.tag=dev \
+  --set operator.logLevel=debug
+kubectl wait --for=condition=Established crd/durablenamespaces.stead.dev --timeout=60s
+
+step "applying the counter example"
+kubectl create namespace "$NS_APPS"
+kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml
+kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter --timeout=5m
+kubectl -n "$NS_APPS" get durablenamespaces
+
+step "running the scenarios"
+STEAD_KUBE_NAMESPACE="$NS_APPS" STEAD_KUBE_NAME=counter \
+  cargo test -p stead-e2e --lib kube::kind -- --ignored --test-threads=1
+
+step "helm upgrade keeps the namespace (CRD updated in place)"
+helm upgrade stead charts/stead --namespace "$NS_OPERATOR" --reuse-values --wait --timeout 5m
+kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter --timeout=5m
+
+step "deleting the DurableNamespace"
+kubectl -n "$NS_APPS" delete durablenamespace counter --wait --timeout=2m
+kubectl -n "$NS_APPS" wait --for=delete statefulset -l app.kubernetes.io/instance=counter --timeout=2m || true
+echo "kind e2e: passed"
