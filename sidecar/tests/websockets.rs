@@ -218,3 +218,13 @@ async fn sockets_close_with_1012_when_the_sidecar_stops() {
         }
     }
 }
+
+#[tokio::test]
+async fn large_messages_cross_the_small_read_buffer_whole() {
+    let (shard, _app) = setup(&[]).await;
+    let mut ws = connect(&shard, "big").await;
+    let big = "x".repeat(3 << 20);
+    ws.send(Message::Text(big.clone().into())).await.unwrap();
+    let got = read_n(&mut ws, 1).await;
+    assert_eq!(got[0], format!("1:{big}"));
+}
