@@ -188,6 +188,14 @@ impl Alarms {
         self.schedule.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Changes the schedule and keeps the pending-alarms gauge in step with it.
+    fn update<R>(&self, change: impl FnOnce(&mut Schedule) -> R) -> R {
+        let mut s = self.lock();
+        let r = change(&mut s);
+        self.metrics.alarms_pending.set(s.by_key.len() as i64);
+        r
+    }
+
     /// Records `object`'s alarm at `time_ms` in the index and waits until it is durable.
     /// Blocking: called on a storage thread just before the object's commit.
     pub fn write_ahead(&self, object: &ObjectRef, time_ms: i64) -> Result<(), AlarmError> {
@@ -207,25 +215,19 @@ impl Alarms {
     }
 
     fn schedule(&self, object: &ObjectRef, due_ms: i64, retry: u32) {
-        {
-            let mut s = self.lock();
+        self.update(|s| {
             s.put(Entry {
                 due_ms,
                 retry,
                 object: object.clone(),
-            });
-            self.metrics.alarms_pending.set(s.by_key.len() as i64);
-        }
+            })
+        });
         self.changed.notify_one();
     }
 
     /// The object has no alarm (any more): drop it from the schedule and the index.
     pub fn forget(&self, key: &ObjectKey) {
-        {
-            let mut s = self.lock();
-            s.remove(key);
-            self.metrics.alarms_pending.set(s.by_key.len() as i64);
-        }
+        self.update(|s| s.remove(key));
         let _ = self.index.send(IndexOp::Delete(key.clone()));
     }
 
@@ -257,11 +259,8 @@ impl Alarms {
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         loop {
             let now = now_ms();
-            let due = self.lock().pop_due(now);
+            let due = self.update(|s| s.pop_due(now));
             if let Some(e) = due {
-                self.metrics
-                    .alarms_pending
-                    .set(self.lock().by_key.len() as i64);
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     return;
                 };

@@ -405,7 +405,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         .into_iter()
         .map(|shard| tokio::spawn(supervise(launch.clone(), shard, stop_rx.clone())))
         .collect();
-    shutdown_signal().await;
+    crate::sidecar::shutdown_signal().await;
     println!("stead dev: stopping; shutting down");
     // Every task holds a receiver until it has stopped its shard, so this cannot fail.
     let _ = stop_tx.send(true);
@@ -580,21 +580,6 @@ async fn stop(child: &mut Child, what: &str) {
         println!("stead dev: {what} did not stop within 10 s; killing it");
         if let Err(e) = child.kill().await {
             println!("stead dev: cannot kill {what}: {e}");
-        }
-    }
-}
-
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
         }
     }
 }

@@ -22,7 +22,6 @@ use crate::turn::Turns;
 
 pub struct Ingress {
     pub router: Arc<ObjectRouter>,
-    pub max_request_bytes: usize,
     pub app: AppClient,
     pub turns: Arc<Turns>,
     pub metrics: Metrics,
@@ -111,6 +110,20 @@ fn decode(segment: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_path", "path segment is not valid UTF-8"))
 }
 
+/// Reads a whole client body, refusing one over `limit` bytes with 413.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::too_large(
+                "body_too_large",
+                format!("request bodies are limited to {limit} bytes"),
+            )
+        })?
+        .to_bytes())
+}
+
 pub async fn handle(State(ingress): State<Arc<Ingress>>, req: Request) -> Response {
     let started = Instant::now();
     let (class_label, resp) = ingress.route(req).await;
@@ -194,19 +207,7 @@ impl Ingress {
     /// Reads the whole body (a turn never waits on a slow client) and cleans the headers.
     async fn buffer(&self, req: Request, path: &str) -> Result<http::Request<Bytes>, ApiError> {
         let (mut parts, body) = req.into_parts();
-        let body = Limited::new(body, self.max_request_bytes)
-            .collect()
-            .await
-            .map_err(|_| {
-                ApiError::too_large(
-                    "body_too_large",
-                    format!(
-                        "request bodies are limited to {} bytes",
-                        self.max_request_bytes
-                    ),
-                )
-            })?
-            .to_bytes();
+        let body = read_body(body, self.router.max_request_bytes).await?;
         clean_headers(&mut parts.headers, true);
         parts.uri = path
             .parse()

@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Sidecar(config) => {
             init_logs(config.log_format == "json");
-            sidecar::run(*config, dev::shutdown_signal())
+            sidecar::run(*config, sidecar::shutdown_signal())
                 .await
                 .context("sidecar failed")?;
         }

@@ -8,7 +8,6 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use http_body_util::{BodyExt, Limited};
 use stead_core::protocol;
 
 use crate::app::clean_headers;
@@ -16,6 +15,7 @@ use crate::chain::{CallChain, MAX_DEPTH};
 use crate::error::ApiError;
 use crate::forward::PeerClient;
 use crate::host::Host;
+use crate::ingress::read_body;
 use crate::membership::Membership;
 use crate::metrics::{ForwardLabels, Metrics};
 use crate::object::ObjectRef;
@@ -171,18 +171,9 @@ impl ObjectRouter {
             .into_response();
         }
         let (mut parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.max_request_bytes).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return ApiError::too_large(
-                    "body_too_large",
-                    format!(
-                        "request bodies are limited to {} bytes",
-                        self.max_request_bytes
-                    ),
-                )
-                .into_response();
-            }
+        let body = match read_body(body, self.max_request_bytes).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
         };
         parts.uri = match rest.parse() {
             Ok(u) => u,

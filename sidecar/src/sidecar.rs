@@ -131,7 +131,6 @@ pub async fn run(
     });
     let ingress_state = Arc::new(Ingress {
         router: router.clone(),
-        max_request_bytes: config.max_request_bytes,
         app: app.clone(),
         turns: turns.clone(),
         metrics: metrics.clone(),
@@ -227,4 +226,20 @@ pub async fn run(
         .map_err(StartError::Serve)?;
     tracing::info!("sidecar stopped");
     Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM: the signal to drain and stop.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
 }
