@@ -10,6 +10,10 @@ pub const OBJECT_ID: &str = "stead-object-id";
 pub const OBJECT_NAME: &str = "stead-object-name";
 pub const TURN: &str = "stead-turn";
 pub const INCARNATION: &str = "stead-object-incarnation";
+/// Object events that are calls from another object's turn: `{class}/{id}` of the calling
+/// object. Clients cannot set it (every `stead-*` header of theirs is stripped), so an object can
+/// trust it to tell calls of its peers from client requests.
+pub const CALLER: &str = "stead-caller";
 /// Set by the app on its answer to roll the turn back whatever the status.
 pub const ROLLBACK: &str = "stead-rollback";
 

@@ -61,7 +61,7 @@ pub mod response {
 pub use alarm::{Alarm, AlarmInfo, now_ms};
 pub use app::App;
 pub use error::{ApiError, Error, Result};
-pub use message::{Request, RequestExt, Response, ResponseExt};
+pub use message::{Caller, Request, RequestExt, Response, ResponseExt};
 pub use object::{DurableObject, StatelessHandler};
 pub use storage::{ListOptions, SqlResult, SqlValue, Storage};
 pub use stub::{ObjectAddr, ObjectStub};

@@ -156,6 +156,45 @@ pub trait RequestExt {
 
     /// The body parsed as JSON.
     fn json<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T>;
+
+    /// The object whose turn made this request, when it is an object call (`stead-caller`);
+    /// `None` for client requests, front-door calls, alarms and WebSocket events. Clients
+    /// cannot forge it, so an object can accept some requests only from its peers.
+    ///
+    /// ```
+    /// use stead_sdk::{Request, RequestExt};
+    /// let id = "ab".repeat(32);
+    /// let req: Request = stead_sdk::http::Request::builder()
+    ///     .header("stead-caller", format!("GameRoom/{id}"))
+    ///     .body(Default::default())
+    ///     .unwrap();
+    /// let caller = req.caller().unwrap();
+    /// assert_eq!((caller.class.as_str(), caller.id.as_str()), ("GameRoom", id.as_str()));
+    /// assert!(Request::default().caller().is_none());
+    /// ```
+    fn caller(&self) -> Option<Caller>;
+}
+
+/// The object that made an object call: see [`RequestExt::caller`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The calling object's class.
+    pub class: String,
+    /// The calling object's id, 64 lowercase hex characters.
+    pub id: String,
+}
+
+impl Caller {
+    /// Whether the caller is the object of `class` named `name`.
+    pub fn is_named(&self, class: &str, name: &str) -> bool {
+        let (Ok(c), Ok(n)) = (
+            stead_core::ClassName::new(class),
+            stead_core::ObjectName::new(name),
+        ) else {
+            return false;
+        };
+        self.class == class && stead_core::ObjectId::named(&c, &n).to_hex() == self.id
+    }
 }
 
 fn decode_component(s: &str) -> Option<String> {
@@ -191,5 +230,20 @@ impl RequestExt for Request {
 
     fn json<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
         Ok(serde_json::from_slice(self.body())?)
+    }
+
+    fn caller(&self) -> Option<Caller> {
+        let value = self
+            .headers()
+            .get(stead_core::protocol::CALLER)?
+            .to_str()
+            .ok()?;
+        let (class, id) = value.split_once('/')?;
+        stead_core::ClassName::new(class).ok()?;
+        stead_core::ObjectId::parse(id).ok()?;
+        Some(Caller {
+            class: class.to_owned(),
+            id: id.to_owned(),
+        })
     }
 }

@@ -28,6 +28,11 @@ impl CallChain {
         self.0.is_empty()
     }
 
+    /// The object whose turn made this call: the innermost object of the chain.
+    pub fn caller(&self) -> Option<&ObjectKey> {
+        self.0.last()
+    }
+
     /// This chain with `key` appended: the chain of calls made by `key`'s turn.
     pub fn with(&self, key: ObjectKey) -> Self {
         let mut v = self.0.clone();

@@ -325,6 +325,11 @@ impl Host {
             }
         };
         set_object_headers(request.headers_mut(), kind, &event.object, incarnation);
+        if let Some((class, id)) = event.chain.caller()
+            && let Ok(v) = HeaderValue::from_str(&format!("{class}/{}", id.to_hex()))
+        {
+            request.headers_mut().insert(protocol::CALLER, v);
+        }
         if let Ok(v) = HeaderValue::from_str(&token) {
             request.headers_mut().insert(protocol::TURN, v);
         }

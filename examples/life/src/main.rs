@@ -20,8 +20,13 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /rooms` | `{"rooms": [{"name", "players", "updated_ms"}]}`, by name |
-//! | `POST /rooms` `{"name": "r"}` (optionally `"players": n`) | registers room `r` (names: 1 to 64 of `A-Z a-z 0-9 _ -`) |
+//! | `GET /rooms` | `{"rooms": [{"name", "players", "updated_ms"}]}`: the 50 fullest rooms, by name |
+//! | `POST /rooms` `{"name": "r"}` | adds room `r` with no players (names: 1 to 64 of `A-Z a-z 0-9 _ -`); an existing room is left as it is |
+//!
+//! Only a room reports its own players (`{"name": "r", "players": n}`): the lobby checks the
+//! `stead-caller` the sidecar sets on object calls, so a client's `players` gets 403. At most 64
+//! rooms without players are kept, and one without news for 10 minutes drops off the list, so
+//! rooms added in bulk can neither hide the rooms people play in nor grow the lobby without end.
 //!
 //! Stateless: `GET /` serves the game page (`?room=name` joins that room; `main` by default).
 
@@ -275,12 +280,112 @@ struct RoomEntry {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Register {
     name: String,
     players: Option<usize>,
 }
 
+/// Rooms the lobby lists, the fullest first.
+const LIST_LIMIT: usize = 50;
+/// Rooms without players that the lobby keeps; registering one more forgets the oldest.
+const MAX_EMPTY_ROOMS: usize = 64;
+/// A room without players drops off the list after this long without news.
+const EMPTY_ROOM_TTL_MS: i64 = 10 * 60 * 1000;
+/// Most players a room can report: the sidecar's bound on sockets per object.
+const MAX_PLAYERS: usize = 32_768;
+
+/// The lobby. Anyone may add a room by name (it starts with no players), but only the room
+/// itself reports its players: the sidecar marks object calls with the calling object
+/// (`stead-caller`), which clients cannot forge. Rooms with players are listed first, so empty
+/// rooms added in bulk cannot hide them, and at most `MAX_EMPTY_ROOMS` empty rooms are kept.
 struct Lobby;
+
+impl Lobby {
+    async fn rooms(storage: &Storage) -> Result<Vec<RoomEntry>> {
+        let rooms: Vec<(String, RoomEntry)> = storage.list(ListOptions::prefix("room:")).await?;
+        Ok(rooms.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Forgets empty rooms that are stale, and the oldest empty ones past `keep`.
+    async fn prune(storage: &Storage, rooms: &[RoomEntry], keep: usize) -> Result<()> {
+        let now = now_ms();
+        let mut empty: Vec<&RoomEntry> = rooms.iter().filter(|r| r.players == 0).collect();
+        empty.sort_by_key(|r| std::cmp::Reverse(r.updated_ms));
+        let doomed: Vec<String> = empty
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| *i >= keep || now - r.updated_ms > EMPTY_ROOM_TTL_MS)
+            .map(|(_, r)| format!("room:{}", r.name))
+            .collect();
+        if !doomed.is_empty() {
+            storage.delete_many(&doomed).await?;
+        }
+        Ok(())
+    }
+
+    async fn register(turn: &Turn, req: &Request) -> Result<Response> {
+        let storage = turn.storage();
+        let reg: Register = match req.json() {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(response::error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    &format!("expected {{\"name\": \"room\"}}: {e}"),
+                ));
+            }
+        };
+        if !valid_room_name(&reg.name) {
+            return Ok(response::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_name",
+                "a room name has 1 to 64 characters among A-Z a-z 0-9 _ -",
+            ));
+        }
+        let from_room = req
+            .caller()
+            .is_some_and(|c| c.is_named("GameRoom", &reg.name));
+        if reg.players.is_some() && !from_room {
+            return Ok(response::error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only the room itself reports its players; register a room with {\"name\": \"room\"}",
+            ));
+        }
+        if reg.players.is_some_and(|p| p > MAX_PLAYERS) {
+            return Ok(response::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_players",
+                &format!("a room has at most {MAX_PLAYERS} players"),
+            ));
+        }
+        let key = format!("room:{}", reg.name);
+        let existing = storage.get::<RoomEntry>(&key).await?;
+        if existing.is_some() && !from_room {
+            // Clients may only add rooms; what the lobby knows of a room comes from the room.
+            return Ok(response::json(&existing).with_status(StatusCode::OK));
+        }
+        let created = existing.is_none();
+        let entry = RoomEntry {
+            players: reg.players.or(existing.map(|e| e.players)).unwrap_or(0),
+            name: reg.name,
+            updated_ms: now_ms(),
+        };
+        storage.put(&key, &entry).await?;
+        if entry.players == 0 {
+            // Room for this one among the empty rooms kept.
+            let rooms = Self::rooms(&storage).await?;
+            Self::prune(&storage, &rooms, MAX_EMPTY_ROOMS).await?;
+        }
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(response::json(&entry).with_status(status))
+    }
+}
 
 #[async_trait]
 impl DurableObject for Lobby {
@@ -289,49 +394,24 @@ impl DurableObject for Lobby {
     }
 
     async fn fetch(&mut self, turn: &Turn, req: Request) -> Result<Response> {
-        let storage = turn.storage();
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/rooms") => {
-                let rooms: Vec<(String, RoomEntry)> = storage
-                    .list(ListOptions::prefix("room:").limit(1000))
-                    .await?;
-                let rooms: Vec<RoomEntry> = rooms.into_iter().map(|(_, r)| r).collect();
+                let now = now_ms();
+                let mut rooms: Vec<RoomEntry> = Self::rooms(&turn.storage())
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.players > 0 || now - r.updated_ms <= EMPTY_ROOM_TTL_MS)
+                    .collect();
+                rooms.sort_by(|a, b| {
+                    b.players
+                        .cmp(&a.players)
+                        .then(b.updated_ms.cmp(&a.updated_ms))
+                });
+                rooms.truncate(LIST_LIMIT);
+                rooms.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(response::json(&json!({ "rooms": rooms })))
             }
-            (&Method::POST, "/rooms") => {
-                let reg: Register = match req.json() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        return Ok(response::error(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_json",
-                            &format!("expected {{\"name\": \"room\"}}: {e}"),
-                        ));
-                    }
-                };
-                if !valid_room_name(&reg.name) {
-                    return Ok(response::error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_name",
-                        "a room name has 1 to 64 characters among A-Z a-z 0-9 _ -",
-                    ));
-                }
-                let key = format!("room:{}", reg.name);
-                let existing = storage.get::<RoomEntry>(&key).await?;
-                let created = existing.is_none();
-                let entry = RoomEntry {
-                    players: reg.players.or(existing.map(|e| e.players)).unwrap_or(0),
-                    name: reg.name,
-                    updated_ms: now_ms(),
-                };
-                storage.put(&key, &entry).await?;
-                let status = if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
-                Ok(response::json(&entry).with_status(status))
-            }
+            (&Method::POST, "/rooms") => Self::register(turn, &req).await,
             (method, path) => Ok(response::error(
                 StatusCode::NOT_FOUND,
                 "not_found",

@@ -7,10 +7,11 @@
 //! it: see `.ci/run`). Set `CHROMIUM=/path/to/chrome` to use another binary. The sidecar binary
 //! must be built first (`cargo build --workspace --bins`, as `scripts/test.sh` does).
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::prelude::*;
@@ -19,6 +20,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use support::{Cleanup, start_shard};
 
 /// The block placed by the test: a still life, so it outlives every generation.
 const BLOCK: [[u16; 2]; 4] = [[20, 20], [21, 20], [20, 21], [21, 21]];
@@ -38,56 +41,6 @@ fn chromium() -> Option<PathBuf> {
             .map(|dir| dir.join("chromium"))
             .find(|p| p.exists())
     })
-}
-
-/// A port for a child to listen on, below Linux's ephemeral range (see
-/// `sidecar/tests/support/mod.rs`), spread by process id.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 600) as u16 * 20,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(p < 32_000, "ran out of test ports");
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
-
-async fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} does not listen on port {port} after 30 s");
-}
-
-/// Child processes and folders, killed and removed when the test ends, however it ends.
-#[derive(Default)]
-struct Cleanup {
-    children: Vec<Child>,
-    dirs: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for d in &self.dirs {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
 }
 
 /// A DevTools protocol connection to the browser; page commands go through sessions
@@ -264,53 +217,10 @@ async fn cells_placed_in_one_page_appear_in_the_other() {
         println!("skipped: chromium not installed");
         return;
     };
-    let life = PathBuf::from(env!("CARGO_BIN_EXE_life"));
-    let stead = life.with_file_name("stead");
-    assert!(
-        stead.exists(),
-        "{} is missing: build every binary first (`cargo build --workspace --bins`, which scripts/test.sh does)",
-        stead.display()
-    );
-    let target_dir = life
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/{profile}/life")
-        .to_path_buf();
-
     let mut cleanup = Cleanup::default();
-    let scratch = std::env::temp_dir().join(format!("stead-life-browser-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(scratch.join("data")).unwrap();
-    cleanup.dirs.push(scratch.clone());
-
-    let (ingress, api, admin, app) = (free_port(), free_port(), free_port(), free_port());
-    cleanup.children.push(
-        Command::new(&life)
-            .env("STEAD_APP_ADDR", format!("127.0.0.1:{app}"))
-            .env("STEAD_API_URL", format!("http://127.0.0.1:{api}"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the life app"),
-    );
-    cleanup.children.push(
-        Command::new(&stead)
-            .arg("sidecar")
-            .args(["--ingress", &format!("127.0.0.1:{ingress}")])
-            .args(["--api", &format!("127.0.0.1:{api}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .args(["--app", &format!("127.0.0.1:{app}")])
-            .arg("--data-dir")
-            .arg(scratch.join("data"))
-            .args(["--classes", "Lobby,GameRoom"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the sidecar"),
-    );
-    wait_port(app, "the life app").await;
-    wait_port(ingress, "the sidecar's ingress").await;
-    wait_port(api, "the sidecar's app API").await;
+    let shard = start_shard(&mut cleanup, "browser").await;
+    let (ingress, scratch) = (shard.ingress, shard.scratch.clone());
+    let target_dir = shard.target_dir.clone();
 
     let devtools = start_chromium(&chromium, &scratch.join("profile"), &mut cleanup);
     let mut cdp = Cdp::connect(&devtools).await;
