@@ -89,10 +89,17 @@ build_apiserver() {
 }
 
 start=$SECONDS
+# The whole output first, then grep: `etcd --version | grep -q` under pipefail fails whenever grep
+# exits before etcd has written its last line (SIGPIPE), which made the check flaky.
+etcd_is_wanted() {
+  local v
+  v="$("$BIN/etcd" --version 2>/dev/null)" || return 1
+  grep -q "etcd Version: ${ETCD_VERSION#v}$" <<<"$v"
+}
 # A cached binary of another version (the versions above changed) is rebuilt.
-"$BIN/etcd" --version 2>/dev/null | grep -q "etcd Version: ${ETCD_VERSION#v}$" || build_etcd
+etcd_is_wanted || build_etcd
 [[ "$("$BIN/kube-apiserver" --version 2>/dev/null)" == "Kubernetes $KUBE_VERSION" ]] || build_apiserver
-"$BIN/etcd" --version 2>/dev/null | grep -q "etcd Version: ${ETCD_VERSION#v}$" ||
+etcd_is_wanted ||
   fail "$BIN/etcd does not run, or is not etcd $ETCD_VERSION (remove it and run again)"
 [[ "$("$BIN/kube-apiserver" --version 2>/dev/null)" == "Kubernetes $KUBE_VERSION" ]] ||
   fail "$BIN/kube-apiserver does not run, or is not $KUBE_VERSION (remove it and run again)"
