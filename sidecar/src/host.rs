@@ -299,7 +299,12 @@ impl Host {
             outbox,
         } = match self
             .turns
-            .begin_object(event.object.clone(), active.clone(), chain)
+            .begin_object(
+                event.object.clone(),
+                active.clone(),
+                chain,
+                started + self.config.turn_timeout,
+            )
         {
             Ok(t) => t,
             Err(e) => {
