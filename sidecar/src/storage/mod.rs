@@ -499,7 +499,10 @@ impl Shelf {
         let started = Instant::now();
         if !db.commit()? {
             // The turn created the database but wrote nothing: leave nothing on disk.
-            self.abandon(obj);
+            if let Some((db, _)) = self.open.remove(&key) {
+                self.metrics.objects_open.dec();
+                db.discard()?;
+            }
             return Ok(None);
         }
         self.metrics
