@@ -64,13 +64,13 @@ impl From<StorageError> for ApiError {
             StorageError::BadRequest(_) => ApiError::bad_request("bad_request", msg),
             StorageError::Sql(_) => ApiError::bad_request("sql_error", msg),
             StorageError::DatabaseFull => ApiError::too_large("database_full", msg),
-            StorageError::ResultTooLarge { .. } => {
-                ApiError::too_large("sql_result_too_large", msg)
-            }
+            StorageError::ResultTooLarge { .. } => ApiError::too_large("sql_result_too_large", msg),
             StorageError::StorageFull | StorageError::AlarmIndex { full: true } => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", msg)
             }
-            StorageError::Deadline => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "turn_timeout", msg),
+            StorageError::Deadline => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "turn_timeout", msg)
+            }
             StorageError::Io
             | StorageError::AlarmIndex { full: false }
             | StorageError::Internal(_)

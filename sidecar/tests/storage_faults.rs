@@ -15,8 +15,7 @@ use stead_sidecar::error::ApiError;
 use stead_sidecar::metrics::Metrics;
 use stead_sidecar::object::ObjectRef;
 use stead_sidecar::storage::{
-    DbOptions, Durability, Fault, FaultPoint, Faults, Storage, StorageConfig, StorageError,
-    TurnRef,
+    DbOptions, Durability, Fault, FaultPoint, Faults, Storage, StorageConfig, StorageError, TurnRef,
 };
 
 /// Every call of these tests ends within this (a hung storage thread fails the test instead of
@@ -248,12 +247,18 @@ async fn fault_case(point: FaultPoint, fault: Fault) {
     rig.faults.set(point, fault);
     for round in 0..2 {
         let out = rig.increment(&old, alarm_turns).await;
-        assert!(!out.acked, "{what}: round {round} was acknowledged under a fault");
+        assert!(
+            !out.acked,
+            "{what}: round {round} was acknowledged under a fault"
+        );
         let e = out.error.expect("a refused turn has an error");
         assert_answer(e, fault, &rig.dir, &what);
 
         let out = rig.increment(&new, alarm_turns).await;
-        assert!(!out.acked, "{what}: a new object was acknowledged under a fault");
+        assert!(
+            !out.acked,
+            "{what}: a new object was acknowledged under a fault"
+        );
         assert_answer(out.error.unwrap(), fault, &rig.dir, &what);
         assert!(
             !new.database_path(&rig.dir).exists(),
@@ -267,16 +272,31 @@ async fn fault_case(point: FaultPoint, fault: Fault) {
     rig.faults.clear(point);
 
     // Recovery: the same objects work again, on their own.
-    assert_eq!(rig.value(&old).await, acked, "{what}: refused writes appeared");
-    assert_eq!(rig.alarm(&old).await, None, "{what}: a refused alarm appeared");
-    assert_eq!(rig.index_entries(&old), 0, "{what}: a refused alarm is indexed");
+    assert_eq!(
+        rig.value(&old).await,
+        acked,
+        "{what}: refused writes appeared"
+    );
+    assert_eq!(
+        rig.alarm(&old).await,
+        None,
+        "{what}: a refused alarm appeared"
+    );
+    assert_eq!(
+        rig.index_entries(&old),
+        0,
+        "{what}: a refused alarm is indexed"
+    );
     let out = rig.increment(&old, alarm_turns).await;
     assert!(out.acked, "{what}: no recovery: {:?}", out.error);
     acked += 1;
     assert!(rig.increment(&new, false).await.acked, "{what}: new object");
     assert_eq!(rig.value(&new).await, 1, "{what}");
     if alarm_turns {
-        assert!(rig.alarm(&old).await.is_some(), "{what}: the alarm was lost");
+        assert!(
+            rig.alarm(&old).await.is_some(),
+            "{what}: the alarm was lost"
+        );
         assert_eq!(rig.index_entries(&old), 1, "{what}");
     }
     // And on disk, as a restarted shard would find it.
@@ -397,12 +417,9 @@ async fn endless_sql_is_interrupted_at_the_turn_deadline_and_the_thread_is_free_
 
     // The turn writes, then runs a statement that never ends on its own.
     let t = rig.turn(&obj, Some(Instant::now() + Duration::from_millis(500)));
-    bounded(
-        rig.storage
-            .kv_put(&t, vec![("n".into(), b"100".to_vec())]),
-    )
-    .await
-    .unwrap();
+    bounded(rig.storage.kv_put(&t, vec![("n".into(), b"100".to_vec())]))
+        .await
+        .unwrap();
     let e = bounded(rig.storage.sql_exec(&t, ENDLESS.into(), vec![], 1 << 20))
         .await
         .unwrap_err();
@@ -477,12 +494,10 @@ async fn an_sql_result_over_the_limit_is_refused_without_being_built_and_writes_
         assert!(api.message.contains(&limit.to_string()), "{}", api.message);
     }
     // The refused calls wrote nothing (their savepoints rolled back); the turn still works.
-    let out = bounded(rig.storage.sql_exec(
-        &t,
-        "SELECT count(*) FROM t".into(),
-        vec![],
-        limit,
-    ))
+    let out = bounded(
+        rig.storage
+            .sql_exec(&t, "SELECT count(*) FROM t".into(), vec![], limit),
+    )
     .await
     .unwrap();
     assert_eq!(out.rows, vec![vec![serde_json::json!(1)]]);

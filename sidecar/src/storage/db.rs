@@ -8,8 +8,8 @@ use std::time::Instant;
 use base64::Engine as _;
 use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-use rusqlite::types::{Value, ValueRef};
 use rusqlite::limits::Limit;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Batch, Connection, OpenFlags, StatementStatus, params};
 use serde_json::json;
 
@@ -807,7 +807,9 @@ mod tests {
             .unwrap();
         assert!(db.commit().unwrap());
         drop(db);
-        let db = ObjectDb::open_existing(&o, &dir, &opts(), &Faults::default()).unwrap().unwrap();
+        let db = ObjectDb::open_existing(&o, &dir, &opts(), &Faults::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(
             db.kv_get(&["k".into()]).unwrap(),
             vec![("k".into(), b"v".to_vec())]
