@@ -551,18 +551,27 @@ fn sql_exec_on(
     }
     let max_len = i32::try_from(budget.max_result_bytes.max(1)).unwrap_or(i32::MAX);
     let old_len = conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_len)?;
-    conn.authorizer(Some(app_authorizer))?;
-    if let Some(deadline) = budget.deadline {
-        conn.progress_handler(
-            DEADLINE_CHECK_STEPS,
-            Some(move || Instant::now() >= deadline),
-        )?;
-    }
-    let result = run_sql(conn, sql, params_in, budget.max_result_bytes);
-    conn.progress_handler(0, None::<fn() -> bool>)?;
-    conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)?;
-    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, old_len)?;
-    result
+    let result = (|| {
+        conn.authorizer(Some(app_authorizer))?;
+        if let Some(deadline) = budget.deadline {
+            conn.progress_handler(
+                DEADLINE_CHECK_STEPS,
+                Some(move || Instant::now() >= deadline),
+            )?;
+        }
+        run_sql(conn, sql, params_in, budget.max_result_bytes)
+    })();
+    // Whatever happened, the connection goes back to its own rules (KV calls, Stead's tables).
+    let restored = conn
+        .progress_handler(0, None::<fn() -> bool>)
+        .and_then(|()| conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>))
+        .and_then(|()| {
+            conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, old_len)
+                .map(|_| ())
+        });
+    let out = result?;
+    restored?;
+    Ok(out)
 }
 
 /// Roughly what a value costs in the JSON answer (and in memory while it is built).
