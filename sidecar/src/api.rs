@@ -47,7 +47,8 @@ pub struct Limits {
     /// Largest app API request body, in bytes.
     #[arg(long, env = "STEAD_MAX_API_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_api_body_bytes: usize,
-    /// Largest SQL result (its values, as JSON, roughly), and largest single SQL value, in bytes.
+    /// Largest SQL result (as held in memory while the answer is built), and largest single SQL
+    /// value, in bytes.
     #[arg(long, env = "STEAD_MAX_SQL_RESULT_BYTES", default_value_t = 32 << 20)]
     pub max_sql_result_bytes: usize,
 }

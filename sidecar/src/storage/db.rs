@@ -574,12 +574,14 @@ fn sql_exec_on(
     Ok(out)
 }
 
-/// Roughly what a value costs in the JSON answer (and in memory while it is built).
+/// What a value costs in memory once converted for the answer (a `serde_json::Value`, with
+/// its allocations): a BLOB becomes a one-entry map, whose node alone is ~700 bytes.
 fn json_cost(v: ValueRef<'_>) -> usize {
+    const VALUE: usize = 32;
     match v {
-        ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => 24,
-        ValueRef::Text(t) => t.len() + 8,
-        ValueRef::Blob(b) => b.len().div_ceil(3) * 4 + 16,
+        ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => VALUE,
+        ValueRef::Text(t) => VALUE + 16 + t.len(),
+        ValueRef::Blob(b) => VALUE + 720 + b.len().div_ceil(3) * 4,
     }
 }
 
@@ -631,7 +633,8 @@ fn run_sql(
             let mut rows = stmt.raw_query();
             while let Some(row) = rows.next().map_err(app_err)? {
                 let mut vals = Vec::with_capacity(columns.len());
-                result_bytes += 16;
+                // The row's own vector, and its slot in the (doubling) vector of rows.
+                result_bytes += 48;
                 for i in 0..columns.len() {
                     let v = row.get_ref(i).map_err(app_err)?;
                     // Counted before the value is copied out: the result never holds more
