@@ -224,6 +224,11 @@ fn assert_answer(e: StorageError, fault: Fault, dir: &Path, what: &str) {
     if fault == Fault::NoSpace {
         assert!(api.message.contains("full"), "{what}: {}", api.message);
     }
+    assert!(
+        !api.message.contains("rollback") && !api.message.contains("no transaction"),
+        "{what}: a symptom instead of the cause: {}",
+        api.message
+    );
 }
 
 /// The whole matrix for one point and fault: an existing object and a new one, two turns while

@@ -451,7 +451,7 @@ impl Shelf {
                 let e = self.refine(e);
                 tracing::error!(error = %e, "commit failed; the turn rolls back");
                 self.abandon(obj);
-                if e.is_disk_failure() || matches!(e, StorageError::AlarmIndex { .. }) {
+                if e.is_disk_failure() {
                     // After a failed write the connection's state is in doubt: close it; the
                     // next event reopens the object from what is on disk.
                     if let Some((_db, _)) = self.open.remove(&obj.key()) {
