@@ -9,7 +9,7 @@
 //! database before its event is delivered: stale entries are dropped there.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +20,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::metrics::Metrics;
 use crate::object::{ObjectKey, ObjectRef};
+use crate::storage::{FaultPoint, Faults, volume_is_full};
 
 /// Retries after a failed alarm: 2 s, then doubling, at most this many.
 pub const MAX_RETRIES: u32 = 6;
@@ -42,8 +43,11 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How a batch of index writes ended, told to each write-ahead waiting on it.
+type IndexAck = Result<(), AlarmError>;
+
 enum IndexOp {
-    Upsert(ObjectRef, i64, Option<SyncSender<()>>),
+    Upsert(ObjectRef, i64, Option<SyncSender<IndexAck>>),
     Delete(ObjectKey),
 }
 
@@ -95,6 +99,10 @@ pub enum AlarmError {
     Io(#[from] std::io::Error),
     #[error("the alarm index thread stopped")]
     Stopped,
+    #[error("the alarm index could not be written: the shard's storage volume is full")]
+    VolumeFull,
+    #[error("the alarm index could not be written (I/O error; see the log line before)")]
+    WriteFailed,
 }
 
 #[derive(Clone)]
@@ -122,6 +130,17 @@ impl Alarms {
         slots: u32,
         first_retry: Duration,
         metrics: Metrics,
+    ) -> Result<Self, AlarmError> {
+        Self::start_with_faults(data_dir, slots, first_retry, metrics, Faults::default())
+    }
+
+    /// [`Alarms::start`] with a fault injector consulted before each index commit (tests).
+    pub fn start_with_faults(
+        data_dir: &Path,
+        slots: u32,
+        first_retry: Duration,
+        metrics: Metrics,
+        faults: Faults,
     ) -> Result<Self, AlarmError> {
         std::fs::create_dir_all(data_dir)?;
         let conn = Connection::open(data_dir.join("shard.sqlite"))?;
@@ -172,9 +191,14 @@ impl Alarms {
         }
         metrics.alarms_pending.set(schedule.by_key.len() as i64);
         let (tx, rx) = std::sync::mpsc::channel();
+        let writer = IndexWriter {
+            conn,
+            dir: data_dir.to_path_buf(),
+            faults,
+        };
         std::thread::Builder::new()
             .name("stead-alarm-index".into())
-            .spawn(move || index_writer(conn, rx))?;
+            .spawn(move || writer.run(rx))?;
         Ok(Self {
             index: tx,
             schedule: Arc::new(Mutex::new(schedule)),
@@ -203,7 +227,7 @@ impl Alarms {
         self.index
             .send(IndexOp::Upsert(object.clone(), time_ms, Some(ack)))
             .map_err(|_| AlarmError::Stopped)?;
-        done.recv().map_err(|_| AlarmError::Stopped)
+        done.recv().map_err(|_| AlarmError::Stopped)?
     }
 
     /// A turn of `object` committed `change`.
@@ -289,45 +313,82 @@ impl Alarms {
     }
 }
 
-/// Applies index changes in batches: one transaction (and one fsync) for everything queued.
-fn index_writer(mut conn: Connection, rx: Receiver<IndexOp>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let mut acks = vec![];
-        let result = (|| -> Result<(), rusqlite::Error> {
-            let tx = conn.transaction()?;
-            for op in batch {
-                match op {
-                    IndexOp::Upsert(o, t, ack) => {
-                        tx.execute(
-                            "INSERT OR REPLACE INTO alarms(class, id, name, time_ms) VALUES (?1, ?2, ?3, ?4)",
-                            params![o.class.as_str(), o.id.to_hex(), o.name.as_ref().map(|n| n.as_str()), t],
-                        )?;
-                        acks.extend(ack);
-                    }
-                    IndexOp::Delete((class, id)) => {
-                        tx.execute(
-                            "DELETE FROM alarms WHERE class = ?1 AND id = ?2",
-                            params![class.as_str(), id.to_hex()],
-                        )?;
-                    }
+/// The thread that writes the index, in batches: one transaction (and one fsync) for
+/// everything queued.
+struct IndexWriter {
+    conn: Connection,
+    dir: PathBuf,
+    faults: Faults,
+}
+
+impl IndexWriter {
+    fn run(mut self, rx: Receiver<IndexOp>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
                 }
             }
-            tx.commit()
-        })();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "alarm index write failed");
-            // Dropping the acks makes the waiting commits fail rather than lose an alarm.
-            continue;
+            let acks: Vec<SyncSender<IndexAck>> = batch
+                .iter_mut()
+                .filter_map(|op| match op {
+                    IndexOp::Upsert(_, _, ack) => ack.take(),
+                    IndexOp::Delete(_) => None,
+                })
+                .collect();
+            let outcome = self.write(batch).map_err(|e| {
+                tracing::error!(error = %e, "alarm index write failed; its turns roll back");
+                let full = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+                    || volume_is_full(&self.dir);
+                if full {
+                    AlarmError::VolumeFull
+                } else {
+                    AlarmError::WriteFailed
+                }
+            });
+            // Every waiting commit learns the outcome: on failure its turn rolls back rather
+            // than committing an alarm the index does not know.
+            for a in acks {
+                let _ = a.send(match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(AlarmError::VolumeFull) => Err(AlarmError::VolumeFull),
+                    Err(_) => Err(AlarmError::WriteFailed),
+                });
+            }
         }
-        for a in acks {
-            let _ = a.send(());
+    }
+
+    fn write(&mut self, batch: Vec<IndexOp>) -> Result<(), rusqlite::Error> {
+        let tx = self.conn.transaction()?;
+        for op in batch {
+            match op {
+                IndexOp::Upsert(o, t, _) => {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO alarms(class, id, name, time_ms) VALUES (?1, ?2, ?3, ?4)",
+                        params![o.class.as_str(), o.id.to_hex(), o.name.as_ref().map(|n| n.as_str()), t],
+                    )?;
+                }
+                IndexOp::Delete((class, id)) => {
+                    tx.execute(
+                        "DELETE FROM alarms WHERE class = ?1 AND id = ?2",
+                        params![class.as_str(), id.to_hex()],
+                    )?;
+                }
+            }
         }
+        if let Some(fault) = self.faults.at(FaultPoint::AlarmIndex) {
+            // As SQLite reports a failed WAL write: ENOSPC as SQLITE_FULL, EIO as IOERR.
+            let code = match fault {
+                crate::storage::Fault::NoSpace => rusqlite::ffi::SQLITE_FULL,
+                crate::storage::Fault::Io => rusqlite::ffi::SQLITE_IOERR_WRITE,
+            };
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                Some(format!("injected fault: {}", fault.to_io_error())),
+            ));
+        }
+        tx.commit()
     }
 }

@@ -47,6 +47,10 @@ pub struct Limits {
     /// Largest app API request body, in bytes.
     #[arg(long, env = "STEAD_MAX_API_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_api_body_bytes: usize,
+    /// Largest SQL result (as held in memory while the answer is built), and largest single SQL
+    /// value, in bytes.
+    #[arg(long, env = "STEAD_MAX_SQL_RESULT_BYTES", default_value_t = 32 << 20)]
+    pub max_sql_result_bytes: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +63,7 @@ impl Default for Limits {
             max_params: 100,
             max_database_bytes: 10 << 30,
             max_api_body_bytes: 64 << 20,
+            max_sql_result_bytes: 32 << 20,
         }
     }
 }
@@ -398,7 +403,10 @@ async fn sql_exec(
         .map(param_from_json)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::bad_request("bad_request", e))?;
-    let out = s.storage.sql_exec(&call.turn, sql, params).await?;
+    let out = s
+        .storage
+        .sql_exec(&call.turn, sql, params, s.limits.max_sql_result_bytes)
+        .await?;
     Ok(axum::Json(out).into_response())
 }
 

@@ -64,7 +64,17 @@ impl From<StorageError> for ApiError {
             StorageError::BadRequest(_) => ApiError::bad_request("bad_request", msg),
             StorageError::Sql(_) => ApiError::bad_request("sql_error", msg),
             StorageError::DatabaseFull => ApiError::too_large("database_full", msg),
-            StorageError::Internal(_) | StorageError::Closed => {
+            StorageError::ResultTooLarge { .. } => ApiError::too_large("sql_result_too_large", msg),
+            StorageError::StorageFull | StorageError::AlarmIndex { full: true } => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", msg)
+            }
+            StorageError::Deadline => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "turn_timeout", msg)
+            }
+            StorageError::Io
+            | StorageError::AlarmIndex { full: false }
+            | StorageError::Internal(_)
+            | StorageError::Closed => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", msg)
             }
         }

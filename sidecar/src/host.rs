@@ -297,10 +297,12 @@ impl Host {
             turn,
             token,
             outbox,
-        } = match self
-            .turns
-            .begin_object(event.object.clone(), active.clone(), chain)
-        {
+        } = match self.turns.begin_object(
+            event.object.clone(),
+            active.clone(),
+            chain,
+            started + self.config.turn_timeout,
+        ) {
             Ok(t) => t,
             Err(e) => {
                 if let Some(reply) = event.reply {

@@ -3,14 +3,17 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use base64::Engine as _;
 use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Batch, Connection, OpenFlags, StatementStatus, params};
 use serde_json::json;
 
+use super::faults::{Fault, FaultPoint, Faults};
 use super::{Durability, StorageError};
 use crate::alarms::AlarmChange;
 use crate::object::ObjectRef;
@@ -23,6 +26,47 @@ const CACHE_KIB: i64 = 512;
 pub struct DbOptions {
     pub durability: Durability,
     pub max_database_bytes: u64,
+}
+
+/// How often (in SQLite VM steps) a running statement checks the turn's deadline.
+const DEADLINE_CHECK_STEPS: i32 = 10_000;
+
+/// What the app's SQL may cost: the turn's deadline and the size of its result.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlBudget {
+    pub deadline: Option<Instant>,
+    pub max_result_bytes: usize,
+}
+
+/// Why the open transaction can no longer commit: SQLite rolled it back under the turn (after
+/// an I/O error), or a statement was interrupted at the deadline. Every later call of the turn
+/// fails the same way and its end rolls back, so nothing of the turn is committed piecemeal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    DatabaseFull,
+    StorageFull,
+    Io,
+    Deadline,
+}
+
+impl Lost {
+    fn of(e: &StorageError) -> Self {
+        match e {
+            StorageError::DatabaseFull => Lost::DatabaseFull,
+            StorageError::StorageFull => Lost::StorageFull,
+            StorageError::Deadline => Lost::Deadline,
+            _ => Lost::Io,
+        }
+    }
+
+    fn error(self) -> StorageError {
+        match self {
+            Lost::DatabaseFull => StorageError::DatabaseFull,
+            Lost::StorageFull => StorageError::StorageFull,
+            Lost::Io => StorageError::Io,
+            Lost::Deadline => StorageError::Deadline,
+        }
+    }
 }
 
 /// What the app asked the KV list call for.
@@ -57,6 +101,9 @@ pub struct ObjectDb {
     /// What the open transaction did to the object's alarm.
     alarm_change: Option<AlarmChange>,
     name_recorded: bool,
+    /// The open transaction can no longer commit (see [`Lost`]).
+    lost: Option<Lost>,
+    faults: Faults,
 }
 
 impl ObjectDb {
@@ -65,10 +112,14 @@ impl ObjectDb {
         obj: &ObjectRef,
         data_dir: &Path,
         opts: &DbOptions,
+        faults: &Faults,
     ) -> Result<Option<Self>, StorageError> {
         let path = obj.database_path(data_dir);
         if !path.exists() {
             return Ok(None);
+        }
+        if let Some(f) = faults.at(FaultPoint::Open) {
+            return Err(f.to_io_error().into());
         }
         let conn = Connection::open_with_flags(
             &path,
@@ -91,6 +142,8 @@ impl ObjectDb {
                 dirty: false,
                 alarm_change: None,
                 name_recorded: true,
+                lost: None,
+                faults: faults.clone(),
             };
             db.discard()?;
             return Ok(None);
@@ -109,26 +162,50 @@ impl ObjectDb {
             dirty: false,
             alarm_change: None,
             name_recorded,
+            lost: None,
+            faults: faults.clone(),
         }))
     }
 
-    /// Creates the object's database, inside an open transaction that the turn commits.
+    /// Creates the object's database, inside an open transaction that the turn commits. A
+    /// creation that fails leaves no file behind.
     pub fn create(
         obj: &ObjectRef,
         data_dir: &Path,
         opts: &DbOptions,
+        faults: &Faults,
     ) -> Result<Self, StorageError> {
         let path = obj.database_path(data_dir);
         let dir = path
             .parent()
             .ok_or_else(|| StorageError::Internal("database path has no parent".into()))?;
         fs::create_dir_all(dir)?;
+        let created = Self::create_in(obj, path.clone(), dir, opts, faults);
+        if created.is_err() {
+            // The connection is closed by now: remove what it may have left (a 0-byte file).
+            if let Err(e) = remove_files(&path) {
+                tracing::error!(error = %e, "removing a database whose creation failed");
+            }
+        }
+        created
+    }
+
+    fn create_in(
+        obj: &ObjectRef,
+        path: PathBuf,
+        dir: &Path,
+        opts: &DbOptions,
+        faults: &Faults,
+    ) -> Result<Self, StorageError> {
         let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        if let Some(f) = faults.at(FaultPoint::Open) {
+            return Err(f.to_io_error().into());
+        }
         configure(&conn, opts)?;
         if opts.durability == Durability::Strict {
             // A new file is durable only once its directory entry is.
@@ -142,6 +219,8 @@ impl ObjectDb {
             dirty: false,
             alarm_change: None,
             name_recorded: true,
+            lost: None,
+            faults: faults.clone(),
         };
         db.begin()?;
         db.created_in_tx = true;
@@ -171,7 +250,21 @@ impl ObjectDb {
         self.in_tx
     }
 
+    /// The open transaction was created with the database (a rollback deletes it).
+    pub fn created_in_tx(&self) -> bool {
+        self.created_in_tx
+    }
+
+    /// Fails if the open transaction can no longer commit: every call of its turn fails then.
+    pub fn usable(&self) -> Result<(), StorageError> {
+        match self.lost {
+            Some(l) => Err(l.error()),
+            None => Ok(()),
+        }
+    }
+
     fn begin(&mut self) -> Result<(), StorageError> {
+        self.usable()?;
         if !self.in_tx {
             self.conn.execute_batch("BEGIN IMMEDIATE")?;
             self.in_tx = true;
@@ -198,23 +291,63 @@ impl ObjectDb {
     /// Runs one app call that writes, all or nothing: inside a savepoint that is released when
     /// the call succeeds and rolled back when it fails (a multi-statement SQL call failing at its
     /// third statement leaves the first two undone).
+    ///
+    /// When SQLite has already rolled the whole transaction back on its own (it does after some
+    /// I/O errors), or the statement was interrupted at the deadline, the transaction is lost:
+    /// the turn's later calls fail too and its end rolls back.
     pub fn write_call<R>(
         &mut self,
         call: impl FnOnce(&mut Self) -> Result<R, StorageError>,
     ) -> Result<R, StorageError> {
-        self.conn.execute_batch("SAVEPOINT stead_call")?;
-        match call(self) {
-            Ok(r) => {
+        self.usable()?;
+        if let Err(e) = self.conn.execute_batch("SAVEPOINT stead_call") {
+            return Err(self.lose(e.into()));
+        }
+        let result = call(self)
+            .and_then(|r| self.injected(FaultPoint::Write).map(|()| r))
+            .and_then(|r| {
                 self.conn.execute_batch("RELEASE stead_call")?;
+                Ok(r)
+            });
+        match result {
+            Ok(r) => {
                 self.dirty = true;
                 Ok(r)
             }
             Err(e) => {
-                self.conn
-                    .execute_batch("ROLLBACK TO stead_call; RELEASE stead_call")?;
+                if self.conn.is_autocommit() || matches!(e, StorageError::Deadline) {
+                    return Err(self.lose(e));
+                }
+                if let Err(undo) = self
+                    .conn
+                    .execute_batch("ROLLBACK TO stead_call; RELEASE stead_call")
+                {
+                    tracing::error!(error = %undo, "undoing a failed call failed");
+                    return Err(self.lose(e));
+                }
                 Err(e)
             }
         }
+    }
+
+    /// Marks the open transaction lost by `e` (see [`Lost`]) and returns `e`.
+    fn lose(&mut self, e: StorageError) -> StorageError {
+        if self.in_tx {
+            self.lost = Some(Lost::of(&e));
+        }
+        e
+    }
+
+    /// Fails as the disk would if a test armed `point`: ENOSPC keeps the transaction (SQLite
+    /// fails the statement), EIO loses it (SQLite rolls the transaction back on its own).
+    fn injected(&mut self, point: FaultPoint) -> Result<(), StorageError> {
+        let Some(fault) = self.faults.at(point) else {
+            return Ok(());
+        };
+        if fault == Fault::Io && !self.conn.is_autocommit() {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        Err(fault.to_io_error().into())
     }
 
     /// The object's alarm, as the database (and the open transaction) has it.
@@ -252,16 +385,19 @@ impl ObjectDb {
 
     /// Commits the turn's transaction, if it wrote anything. Returns false when the database
     /// must be discarded instead: the transaction created it and no call of it succeeded.
+    /// On failure the transaction stays the caller's to roll back.
     pub fn commit(&mut self) -> Result<bool, StorageError> {
         if self.in_tx {
+            self.usable()?;
             if self.created_in_tx && !self.dirty {
                 return self.rollback();
             }
+            self.injected(FaultPoint::Commit)?;
+            self.conn.execute_batch("COMMIT")?;
             self.in_tx = false;
             self.created_in_tx = false;
             self.dirty = false;
             self.alarm_change = None;
-            self.conn.execute_batch("COMMIT")?;
         }
         Ok(true)
     }
@@ -273,7 +409,12 @@ impl ObjectDb {
             self.in_tx = false;
             self.dirty = false;
             self.alarm_change = None;
-            self.conn.execute_batch("ROLLBACK")?;
+            self.lost = None;
+            // SQLite may have rolled back already (after an I/O error): then there is nothing
+            // to roll back, and ROLLBACK would only fail with "no transaction is active".
+            if !self.conn.is_autocommit() {
+                self.conn.execute_batch("ROLLBACK")?;
+            }
             if self.created_in_tx {
                 self.created_in_tx = false;
                 return Ok(false);
@@ -286,16 +427,7 @@ impl ObjectDb {
     pub fn discard(self) -> Result<(), StorageError> {
         let path = self.path.clone();
         drop(self.conn);
-        for suffix in ["", "-wal", "-journal"] {
-            let mut p = path.clone().into_os_string();
-            p.push(suffix);
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
+        Ok(remove_files(&path)?)
     }
 
     pub fn kv_get(&self, keys: &[String]) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
@@ -365,12 +497,13 @@ impl ObjectDb {
 
     /// Runs the app's SQL. Statements are prepared under an authorizer that refuses what would
     /// break the turn (transaction control) or the object's isolation (ATTACH, PRAGMA).
-    pub fn sql_exec(&mut self, sql: &str, params_in: &[Value]) -> Result<SqlOutput, StorageError> {
-        self.conn.authorizer(Some(app_authorizer))?;
-        let result = run_sql(&self.conn, sql, params_in);
-        self.conn
-            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>)?;
-        result
+    pub fn sql_exec(
+        &mut self,
+        sql: &str,
+        params_in: &[Value],
+        budget: SqlBudget,
+    ) -> Result<SqlOutput, StorageError> {
+        sql_exec_on(&mut self.conn, sql, params_in, budget)
     }
 
     /// Whether every statement of `sql` only reads (so that running it needs no database file).
@@ -400,15 +533,74 @@ pub fn sql_exec_scratch(
     conn: &mut Connection,
     sql: &str,
     params_in: &[Value],
+    budget: SqlBudget,
 ) -> Result<SqlOutput, StorageError> {
-    conn.authorizer(Some(app_authorizer))?;
-    let result = run_sql(conn, sql, params_in);
-    conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)?;
-    result
+    sql_exec_on(conn, sql, params_in, budget)
 }
 
-fn run_sql(conn: &Connection, sql: &str, params_in: &[Value]) -> Result<SqlOutput, StorageError> {
-    let app_err = StorageError::from_app_sql;
+/// Runs the app's SQL on `conn` under the authorizer, interrupted at the turn's deadline, with
+/// no single value longer than the result limit (so SQLite never materialises more).
+fn sql_exec_on(
+    conn: &mut Connection,
+    sql: &str,
+    params_in: &[Value],
+    budget: SqlBudget,
+) -> Result<SqlOutput, StorageError> {
+    if budget.deadline.is_some_and(|d| Instant::now() >= d) {
+        return Err(StorageError::Deadline);
+    }
+    let max_len = i32::try_from(budget.max_result_bytes.max(1)).unwrap_or(i32::MAX);
+    let old_len = conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, max_len)?;
+    let result = (|| {
+        conn.authorizer(Some(app_authorizer))?;
+        if let Some(deadline) = budget.deadline {
+            conn.progress_handler(
+                DEADLINE_CHECK_STEPS,
+                Some(move || Instant::now() >= deadline),
+            )?;
+        }
+        run_sql(conn, sql, params_in, budget.max_result_bytes)
+    })();
+    // Whatever happened, the connection goes back to its own rules (KV calls, Stead's tables).
+    let restored = conn
+        .progress_handler(0, None::<fn() -> bool>)
+        .and_then(|()| conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>))
+        .and_then(|()| {
+            conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, old_len)
+                .map(|_| ())
+        });
+    let out = result?;
+    restored?;
+    Ok(out)
+}
+
+/// What a value costs in memory once converted for the answer (a `serde_json::Value`, with
+/// its allocations): a BLOB becomes a one-entry map, whose node alone is ~700 bytes.
+fn json_cost(v: ValueRef<'_>) -> usize {
+    const VALUE: usize = 32;
+    match v {
+        ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => VALUE,
+        ValueRef::Text(t) => VALUE + 16 + t.len(),
+        ValueRef::Blob(b) => VALUE + 720 + b.len().div_ceil(3) * 4,
+    }
+}
+
+fn run_sql(
+    conn: &Connection,
+    sql: &str,
+    params_in: &[Value],
+    max_result_bytes: usize,
+) -> Result<SqlOutput, StorageError> {
+    let too_large = StorageError::ResultTooLarge {
+        limit: max_result_bytes,
+    };
+    let app_err = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::TooBig) => StorageError::ResultTooLarge {
+            limit: max_result_bytes,
+        },
+        _ => StorageError::from_app_sql(e),
+    };
+    let mut result_bytes = 0usize;
     let mut out = SqlOutput {
         columns: vec![],
         rows: vec![],
@@ -441,8 +633,17 @@ fn run_sql(conn: &Connection, sql: &str, params_in: &[Value]) -> Result<SqlOutpu
             let mut rows = stmt.raw_query();
             while let Some(row) = rows.next().map_err(app_err)? {
                 let mut vals = Vec::with_capacity(columns.len());
+                // The row's own vector, and its slot in the (doubling) vector of rows.
+                result_bytes += 48;
                 for i in 0..columns.len() {
-                    vals.push(to_json(row.get_ref(i).map_err(app_err)?));
+                    let v = row.get_ref(i).map_err(app_err)?;
+                    // Counted before the value is copied out: the result never holds more
+                    // than the limit.
+                    result_bytes += json_cost(v);
+                    if result_bytes > max_result_bytes {
+                        return Err(too_large);
+                    }
+                    vals.push(to_json(v));
                 }
                 rows_out.push(vals);
             }
@@ -511,6 +712,20 @@ pub fn param_from_json(v: &serde_json::Value) -> Result<Value, String> {
     })
 }
 
+/// Deletes a database file and its companions, where they exist.
+fn remove_files(path: &Path) -> std::io::Result<()> {
+    for suffix in ["", "-wal", "-journal"] {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(suffix);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn configure(conn: &Connection, opts: &DbOptions) -> Result<(), StorageError> {
     // Exclusive locking before WAL: the WAL index then lives in heap memory, no -shm file.
     conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;")?;
@@ -565,6 +780,17 @@ mod tests {
         )
     }
 
+    const BUDGET: SqlBudget = SqlBudget {
+        deadline: None,
+        max_result_bytes: 1 << 20,
+    };
+
+    impl ObjectDb {
+        fn sql_exec_t(&mut self, sql: &str, p: &[Value]) -> Result<SqlOutput, StorageError> {
+            self.sql_exec(sql, p, BUDGET)
+        }
+    }
+
     fn opts() -> DbOptions {
         DbOptions {
             durability: Durability::Strict,
@@ -577,7 +803,7 @@ mod tests {
         let dir = tempdir();
         let o = obj("a");
         assert!(
-            ObjectDb::open_existing(&o, &dir, &opts())
+            ObjectDb::open_existing(&o, &dir, &opts(), &Faults::default())
                 .unwrap()
                 .is_none()
         );
@@ -588,12 +814,14 @@ mod tests {
     fn committed_writes_survive_reopen_and_record_identity() {
         let dir = tempdir();
         let o = obj("a");
-        let mut db = ObjectDb::create(&o, &dir, &opts()).unwrap();
+        let mut db = ObjectDb::create(&o, &dir, &opts(), &Faults::default()).unwrap();
         db.write_call(|d| d.kv_put(&[("k".into(), b"v".to_vec())]))
             .unwrap();
         assert!(db.commit().unwrap());
         drop(db);
-        let db = ObjectDb::open_existing(&o, &dir, &opts()).unwrap().unwrap();
+        let db = ObjectDb::open_existing(&o, &dir, &opts(), &Faults::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(
             db.kv_get(&["k".into()]).unwrap(),
             vec![("k".into(), b"v".to_vec())]
@@ -615,7 +843,7 @@ mod tests {
     fn rolling_back_the_creating_turn_leaves_no_file() {
         let dir = tempdir();
         let o = obj("a");
-        let mut db = ObjectDb::create(&o, &dir, &opts()).unwrap();
+        let mut db = ObjectDb::create(&o, &dir, &opts(), &Faults::default()).unwrap();
         db.kv_put(&[("k".into(), b"v".to_vec())]).unwrap();
         assert!(!db.rollback().unwrap());
         db.discard().unwrap();
@@ -625,29 +853,29 @@ mod tests {
     #[test]
     fn a_failing_call_is_undone_alone() {
         let dir = tempdir();
-        let mut db = ObjectDb::create(&obj("a"), &dir, &opts()).unwrap();
-        db.write_call(|d| d.sql_exec("CREATE TABLE t(x)", &[]))
+        let mut db = ObjectDb::create(&obj("a"), &dir, &opts(), &Faults::default()).unwrap();
+        db.write_call(|d| d.sql_exec_t("CREATE TABLE t(x)", &[]))
             .unwrap();
         let failed = db.write_call(|d| {
-            d.sql_exec("INSERT INTO t VALUES (1); INSERT INTO nope VALUES (2)", &[])
+            d.sql_exec_t("INSERT INTO t VALUES (1); INSERT INTO nope VALUES (2)", &[])
         });
         assert!(matches!(failed, Err(StorageError::Sql(_))));
-        let out = db.sql_exec("SELECT count(*) FROM t", &[]).unwrap();
+        let out = db.sql_exec_t("SELECT count(*) FROM t", &[]).unwrap();
         assert_eq!(out.rows, vec![vec![json!(0)]]);
     }
 
     #[test]
     fn a_created_database_that_no_call_wrote_is_not_kept() {
         let dir = tempdir();
-        let mut db = ObjectDb::create(&obj("a"), &dir, &opts()).unwrap();
-        assert!(db.write_call(|d| d.sql_exec("COMMIT", &[])).is_err());
+        let mut db = ObjectDb::create(&obj("a"), &dir, &opts(), &Faults::default()).unwrap();
+        assert!(db.write_call(|d| d.sql_exec_t("COMMIT", &[])).is_err());
         assert!(!db.commit().unwrap());
     }
 
     #[test]
     fn list_honours_prefix_bounds_limit_and_reverse() {
         let dir = tempdir();
-        let mut db = ObjectDb::create(&obj("a"), &dir, &opts()).unwrap();
+        let mut db = ObjectDb::create(&obj("a"), &dir, &opts(), &Faults::default()).unwrap();
         let keys = ["a", "b1", "b2", "b3", "c"];
         db.kv_put(
             &keys
@@ -697,16 +925,16 @@ mod tests {
     #[test]
     fn sql_returns_rows_and_counts_and_refuses_transaction_control() {
         let dir = tempdir();
-        let mut db = ObjectDb::create(&obj("a"), &dir, &opts()).unwrap();
+        let mut db = ObjectDb::create(&obj("a"), &dir, &opts(), &Faults::default()).unwrap();
         let out = db
-            .sql_exec(
+            .sql_exec_t(
                 "CREATE TABLE t(k INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'one'), (2, x'00ff')",
                 &[],
             )
             .unwrap();
         assert_eq!(out.rows_written, 2);
         let out = db
-            .sql_exec("SELECT k, v FROM t WHERE k >= ?1", &[Value::Integer(1)])
+            .sql_exec_t("SELECT k, v FROM t WHERE k >= ?1", &[Value::Integer(1)])
             .unwrap();
         assert_eq!(out.columns, ["k", "v"]);
         assert_eq!(out.rows[0], vec![json!(1), json!("one")]);
@@ -719,12 +947,12 @@ mod tests {
             "ATTACH 'x' AS y",
         ] {
             assert!(
-                matches!(db.sql_exec(bad, &[]), Err(StorageError::NotAllowed(_))),
+                matches!(db.sql_exec_t(bad, &[]), Err(StorageError::NotAllowed(_))),
                 "{bad} was allowed"
             );
         }
         assert!(matches!(
-            db.sql_exec("SELECT * FROM nope", &[]),
+            db.sql_exec_t("SELECT * FROM nope", &[]),
             Err(StorageError::Sql(_))
         ));
     }

@@ -13,6 +13,7 @@
 
 mod db;
 mod error;
+mod faults;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,8 +24,9 @@ use std::time::Instant;
 use rusqlite::types::Value;
 use tokio::sync::oneshot;
 
-pub use db::{DbOptions, ListQuery, SqlOutput, param_from_json};
+pub use db::{DbOptions, ListQuery, SqlBudget, SqlOutput, param_from_json};
 pub use error::StorageError;
+pub use faults::{Fault, FaultPoint, Faults, volume_is_full};
 
 use crate::alarms::{AlarmChange, Alarms};
 use crate::metrics::Metrics;
@@ -47,12 +49,14 @@ pub struct StorageConfig {
     pub db: DbOptions,
 }
 
-/// A turn as storage sees it: its object, its number, and the object's active-turn cell.
+/// A turn as storage sees it: its object, its number, the object's active-turn cell, and its
+/// deadline (the turn timeout), at which running SQL is interrupted.
 #[derive(Debug, Clone)]
 pub struct TurnRef {
     pub object: Arc<ObjectRef>,
     pub id: u64,
     pub active: Arc<AtomicU64>,
+    pub deadline: Option<Instant>,
 }
 
 impl TurnRef {
@@ -78,6 +82,16 @@ impl Storage {
         metrics: Metrics,
         alarms: Alarms,
     ) -> Result<Self, StorageError> {
+        Self::start_with_faults(config, metrics, alarms, Faults::default())
+    }
+
+    /// [`Storage::start`] with a fault injector that the storage threads consult (tests).
+    pub fn start_with_faults(
+        config: StorageConfig,
+        metrics: Metrics,
+        alarms: Alarms,
+        faults: Faults,
+    ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(config.data_dir.join("slots"))?;
         let threads = config.threads.max(1);
         let per_thread_open = (config.max_open / threads).max(1);
@@ -92,6 +106,7 @@ impl Storage {
                 tick: 0,
                 metrics: metrics.clone(),
                 alarms: alarms.clone(),
+                faults: faults.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("stead-storage-{i}"))
@@ -191,13 +206,20 @@ impl Storage {
         .await?
     }
 
+    /// Runs the app's SQL, interrupted at the turn's deadline, its result bounded by
+    /// `max_result_bytes` (a bigger result is refused and the call writes nothing).
     pub async fn sql_exec(
         &self,
         t: &TurnRef,
         sql: String,
         params: Vec<Value>,
+        max_result_bytes: usize,
     ) -> Result<SqlOutput, StorageError> {
         let t2 = t.clone();
+        let budget = SqlBudget {
+            deadline: t.deadline,
+            max_result_bytes,
+        };
         self.call(&t.object.key(), move |s| {
             t2.check()?;
             if s.db_for_read(&t2.object)?.is_none() {
@@ -205,10 +227,10 @@ impl Storage {
                 // reading creates nothing.
                 let mut scratch = db::scratch_connection()?;
                 if ObjectDb::sql_is_read_only(&scratch, &sql) {
-                    return db::sql_exec_scratch(&mut scratch, &sql, &params);
+                    return db::sql_exec_scratch(&mut scratch, &sql, &params, budget);
                 }
             }
-            s.write(&t2.object, |db| db.sql_exec(&sql, &params))
+            s.write(&t2.object, |db| db.sql_exec(&sql, &params, budget))
         })
         .await?
     }
@@ -263,7 +285,10 @@ impl Storage {
             if s.db_for_read(&o)?.is_none() {
                 return Ok(());
             }
-            s.write(&o, |db| db.alarm_delete().map(|_| ()))?;
+            if let Err(e) = s.write(&o, |db| db.alarm_delete().map(|_| ())) {
+                s.abandon(&o);
+                return Err(e);
+            }
             s.finish(&o, true, false).map(|_| ())
         })
         .await?
@@ -313,6 +338,7 @@ struct Shelf {
     tick: u64,
     metrics: Metrics,
     alarms: Alarms,
+    faults: Faults,
 }
 
 impl Shelf {
@@ -353,21 +379,41 @@ impl Shelf {
         }
     }
 
+    /// A full volume and a database at its size limit both answer SQLITE_FULL (and a full
+    /// volume can also surface as an I/O error): the volume tells them apart.
+    fn refine(&self, e: StorageError) -> StorageError {
+        match e {
+            StorageError::DatabaseFull | StorageError::Io if volume_is_full(&self.data_dir) => {
+                StorageError::StorageFull
+            }
+            e => e,
+        }
+    }
+
     fn db_for_read(&mut self, obj: &ObjectRef) -> Result<Option<&mut ObjectDb>, StorageError> {
         let key = obj.key();
         if !self.open.contains_key(&key) {
-            match ObjectDb::open_existing(obj, &self.data_dir, &self.opts)? {
+            match ObjectDb::open_existing(obj, &self.data_dir, &self.opts, &self.faults)
+                .map_err(|e| self.refine(e))?
+            {
                 Some(db) => self.insert(key.clone(), db),
                 None => return Ok(None),
             }
         }
-        Ok(self.touch(&key))
+        match self.touch(&key) {
+            Some(db) => {
+                db.usable()?;
+                Ok(Some(db))
+            }
+            None => Ok(None),
+        }
     }
 
     fn db_for_write(&mut self, obj: &ObjectRef) -> Result<&mut ObjectDb, StorageError> {
         let key = obj.key();
         if self.db_for_read(obj)?.is_none() {
-            let db = ObjectDb::create(obj, &self.data_dir, &self.opts)?;
+            let db = ObjectDb::create(obj, &self.data_dir, &self.opts, &self.faults)
+                .map_err(|e| self.refine(e))?;
             self.insert(key.clone(), db);
         }
         let db = self
@@ -382,17 +428,48 @@ impl Shelf {
         obj: &ObjectRef,
         call: impl FnOnce(&mut ObjectDb) -> Result<R, StorageError>,
     ) -> Result<R, StorageError> {
-        self.db_for_write(obj)?.write_call(call)
+        let result = self.db_for_write(obj).and_then(|db| db.write_call(call));
+        result.map_err(|e| self.refine(e))
     }
 
+    /// Ends the object's turn: commits it (`commit`) or rolls it back. Every way the commit
+    /// can fail rolls the turn back here, so nothing of a turn answered with an error is ever
+    /// committed by a later one.
     fn finish(
         &mut self,
         obj: &ObjectRef,
         commit: bool,
         alarm_turn: bool,
     ) -> Result<Option<AlarmChange>, StorageError> {
+        if !commit {
+            self.abandon(obj);
+            return Ok(None);
+        }
+        match self.commit(obj, alarm_turn) {
+            Ok(change) => Ok(change),
+            Err(e) => {
+                let e = self.refine(e);
+                tracing::error!(error = %e, "commit failed; the turn rolls back");
+                self.abandon(obj);
+                if e.is_disk_failure() {
+                    // After a failed write the connection's state is in doubt: close it; the
+                    // next event reopens the object from what is on disk.
+                    if let Some((_db, _)) = self.open.remove(&obj.key()) {
+                        self.metrics.objects_open.dec();
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn commit(
+        &mut self,
+        obj: &ObjectRef,
+        alarm_turn: bool,
+    ) -> Result<Option<AlarmChange>, StorageError> {
         let key = obj.key();
-        if commit && alarm_turn {
+        if alarm_turn {
             let untouched = self
                 .open
                 .get(&key)
@@ -408,29 +485,19 @@ impl Shelf {
         if !db.in_tx() {
             return Ok(None);
         }
-        if !commit {
-            let keep = db.rollback()?;
-            if !keep && let Some((db, _)) = self.open.remove(&key) {
-                self.metrics.objects_open.dec();
-                db.discard()?;
-            }
-            return Ok(None);
-        }
+        db.usable()?;
         let change = db.alarm_change();
         if let Some(AlarmChange::Set(t)) = change {
             // Write-ahead: the index learns of the alarm before the object commits it, so a
             // crash in between leaves an extra index entry (checked before waking), never a lost
-            // alarm.
-            self.alarms
-                .write_ahead(obj, t)
-                .map_err(|e| StorageError::Internal(e.to_string()))?;
+            // alarm. If the index cannot be written, the turn rolls back.
+            self.alarms.write_ahead(obj, t)?;
         }
         let Some((db, _)) = self.open.get_mut(&key) else {
             return Ok(None);
         };
         let started = Instant::now();
-        let result = db.commit();
-        if let Ok(false) = result {
+        if !db.commit()? {
             // The turn created the database but wrote nothing: leave nothing on disk.
             if let Some((db, _)) = self.open.remove(&key) {
                 self.metrics.objects_open.dec();
@@ -441,17 +508,35 @@ impl Shelf {
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = result {
-            // A failed commit leaves the connection in doubt: close it; the next event reopens
-            // the object from what is on disk.
-            tracing::error!(error = %e, "commit failed; closing the object's database");
-            if let Some((mut db, _)) = self.open.remove(&key) {
-                let _ = db.rollback();
-                self.metrics.objects_open.dec();
-            }
-            return Err(e);
-        }
         Ok(change)
+    }
+
+    /// Rolls the object's open turn back, whatever state it is in: deletes the database if the
+    /// turn created it, and closes a connection whose rollback failed (the next event reopens
+    /// the object from what is on disk, where the turn was never committed). Never fails: what
+    /// goes wrong here is logged.
+    fn abandon(&mut self, obj: &ObjectRef) {
+        let key = obj.key();
+        let Some((db, _)) = self.open.get_mut(&key) else {
+            return;
+        };
+        let created = db.created_in_tx();
+        let keep = match db.rollback() {
+            Ok(keep) => keep,
+            Err(e) => {
+                tracing::error!(error = %e, "rollback failed; closing the object's database");
+                false
+            }
+        };
+        if keep {
+            return;
+        }
+        if let Some((db, _)) = self.open.remove(&key) {
+            self.metrics.objects_open.dec();
+            if created && let Err(e) = db.discard() {
+                tracing::error!(error = %e, "deleting the database of a rolled-back creation failed");
+            }
+        }
     }
 
     fn close(&mut self, key: &ObjectKey) -> bool {
