@@ -67,6 +67,29 @@ pub fn built_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The child of `cmd` gets SIGKILL when the thread that spawned it ends, so a killed test
+/// binary leaves nothing running. A test's thread or a runtime worker lives as long as the test,
+/// which drops its cluster before it ends anyway. (`stead dev` does the same; see
+/// `stead_sidecar::dev::die_with_parent`.)
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id();
+    // SAFETY: runs in the forked child before exec; prctl and getppid are async-signal-safe and
+    // nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Where one shard's processes listen.
 #[derive(Debug, Clone)]
 pub struct ShardLayout {
@@ -107,16 +130,20 @@ impl ShardLayout {
         }
     }
 
-    /// A command running `bin`, inside the shard's namespace if it has one.
+    /// A command running `bin`, inside the shard's namespace if it has one; it dies with the
+    /// test (see [`die_with_parent`]).
     fn command(&self, bin: &Path) -> Command {
-        match &self.netns {
+        let mut cmd = match &self.netns {
             Some(ns) => {
+                // `ip netns exec` execs `bin` in place: the parent-death signal carries over.
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", ns]).arg(bin);
                 cmd
             }
             None => Command::new(bin),
-        }
+        };
+        die_with_parent(&mut cmd);
+        cmd
     }
 }
 
