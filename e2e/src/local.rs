@@ -182,11 +182,21 @@ impl LocalShard {
     }
 }
 
+/// One of a shard's two processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    Sidecar,
+    App,
+}
+
 /// A cluster of real processes. Dropping it kills them and removes their data (kept, with the
 /// logs, when the test failed).
 pub struct LocalCluster {
     stead: PathBuf,
-    counter: PathBuf,
+    /// The app binary every shard runs (the counter example unless started with another).
+    app: PathBuf,
+    /// The classes that app serves.
+    classes: String,
     root: PathBuf,
     peer_token: String,
     peers: String,
@@ -197,12 +207,18 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// `shards` shards on loopback ports.
+    /// `shards` shards on loopback ports, running the counter example.
     pub async fn start(shards: usize) -> anyhow::Result<Self> {
+        Self::start_app(shards, "counter", CLASS).await
+    }
+
+    /// `shards` shards on loopback ports, running the example binary `app` (built beside the
+    /// tests) that serves `classes` (comma-separated).
+    pub async fn start_app(shards: usize, app: &str, classes: &str) -> anyhow::Result<Self> {
         let layouts = (0..shards)
             .map(|_| ShardLayout::loopback())
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Self::start_with(layouts, None).await
+        Self::start_with(layouts, None, app, classes).await
     }
 
     /// `shards` shards, each in its own network namespace (needs root; see
@@ -212,10 +228,15 @@ impl LocalCluster {
         let layouts = (0..shards)
             .map(|i| ShardLayout::in_netns(&net, i))
             .collect();
-        Self::start_with(layouts, Some(net)).await
+        Self::start_with(layouts, Some(net), "counter", CLASS).await
     }
 
-    async fn start_with(layouts: Vec<ShardLayout>, netns: Option<Netns>) -> anyhow::Result<Self> {
+    async fn start_with(
+        layouts: Vec<ShardLayout>,
+        netns: Option<Netns>,
+        app: &str,
+        classes: &str,
+    ) -> anyhow::Result<Self> {
         static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let root = std::env::temp_dir().join(format!("stead-e2e-{}-{n}", std::process::id()));
@@ -238,7 +259,8 @@ impl LocalCluster {
         }
         let cluster = Self {
             stead: built_binary("stead")?,
-            counter: built_binary("counter")?,
+            app: built_binary(app)?,
+            classes: classes.to_owned(),
             root,
             peer_token: format!("e2e-token-{}-{n}", std::process::id()),
             peers,
@@ -283,17 +305,71 @@ impl LocalCluster {
         Ok((out, err))
     }
 
-    /// Starts shard `i`'s app and sidecar (without waiting).
+    /// `kill -9` one process of shard `shard` and reap it; [`LocalCluster::revive`] starts it
+    /// again.
+    pub fn kill_process(&self, shard: usize, which: Process) -> anyhow::Result<()> {
+        let mut s = self.shard(shard)?;
+        let child = match which {
+            Process::Sidecar => s.sidecar.take(),
+            Process::App => s.app.take(),
+        };
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts whichever process of shard `shard` is not running (killed, or exited on its
+    /// own) and waits until the shard is ready.
+    pub async fn revive(&self, shard: usize) -> anyhow::Result<()> {
+        {
+            let mut guard = self.shard(shard)?;
+            let s = &mut *guard;
+            for child in [&mut s.sidecar, &mut s.app] {
+                if let Some(c) = child
+                    && let Ok(Some(_)) = c.try_wait()
+                {
+                    *child = None;
+                }
+            }
+        }
+        self.spawn(shard)?;
+        self.wait_ready(shard).await
+    }
+
+    /// The process ids of every running process of the cluster.
+    pub fn pids(&self) -> Vec<u32> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                [&s.sidecar, &s.app]
+                    .into_iter()
+                    .flatten()
+                    .map(Child::id)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Starts whichever of shard `i`'s app and sidecar is not running (without waiting).
     fn spawn(&self, i: usize) -> anyhow::Result<()> {
         let mut shard = self.shard(i)?;
-        anyhow::ensure!(
-            shard.sidecar.is_none() && shard.app.is_none(),
-            "shard {i} is running"
-        );
         let l = shard.layout.clone();
+        if shard.app.is_none() {
+            self.spawn_app(&mut shard, &l)?;
+        }
+        if shard.sidecar.is_none() {
+            self.spawn_sidecar(&mut shard, &l, i)?;
+        }
+        Ok(())
+    }
+
+    fn spawn_app(&self, shard: &mut LocalShard, l: &ShardLayout) -> anyhow::Result<()> {
         let (out, err) = Self::log_file(&shard.dir, "app")?;
         let app = l
-            .command(&self.counter)
+            .command(&self.app)
             .env(stead_core::protocol::ENV_APP_ADDR, l.app.to_string())
             .env(
                 stead_core::protocol::ENV_API_URL,
@@ -304,8 +380,17 @@ impl LocalCluster {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .with_context(|| format!("start {}", self.counter.display()))?;
+            .with_context(|| format!("start {}", self.app.display()))?;
         shard.app = Some(app);
+        Ok(())
+    }
+
+    fn spawn_sidecar(
+        &self,
+        shard: &mut LocalShard,
+        l: &ShardLayout,
+        i: usize,
+    ) -> anyhow::Result<()> {
         let (out, err) = Self::log_file(&shard.dir, "sidecar")?;
         let log = std::env::var("STEAD_E2E_LOG").unwrap_or_else(|_| "warn".into());
         let sidecar = l
@@ -320,7 +405,7 @@ impl LocalCluster {
             .args(["--peers", &self.peers])
             .arg("--data-dir")
             .arg(shard.data_dir())
-            .args(["--classes", CLASS])
+            .args(["--classes", &self.classes])
             .env("STEAD_PEER_TOKEN", &self.peer_token)
             .env("RUST_LOG", log)
             .stdin(Stdio::null())
