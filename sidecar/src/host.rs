@@ -604,3 +604,70 @@ impl Drop for WaitingCall {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free(p: &TurnPermits) -> usize {
+        p.semaphore.available_permits()
+    }
+
+    #[tokio::test]
+    async fn a_turn_waiting_on_a_call_gives_its_permit_to_another_turn() {
+        let permits = TurnPermits::new(1);
+        let caller = permits.hold(1, permits.acquire().await);
+        assert_eq!(free(&permits), 0);
+
+        // The caller waits on a callee: the callee's turn can run.
+        let call = permits.release(1);
+        assert_eq!(free(&permits), 1);
+        let callee = permits.hold(2, permits.acquire().await);
+
+        // The answer reaches the caller only once a permit is free again.
+        let resume = call.resume();
+        tokio::pin!(resume);
+        assert!(futures_util::poll!(&mut resume).is_pending());
+        drop(callee);
+        resume.await;
+        assert_eq!(free(&permits), 0, "the caller holds a permit again");
+        drop(caller);
+        assert_eq!(free(&permits), 1);
+    }
+
+    #[tokio::test]
+    async fn nested_calls_of_one_turn_give_back_one_permit_and_take_back_one() {
+        let permits = TurnPermits::new(2);
+        let caller = permits.hold(1, permits.acquire().await);
+        let first = permits.release(1);
+        let second = permits.release(1);
+        assert_eq!(free(&permits), 2);
+        first.resume().await;
+        assert_eq!(free(&permits), 2, "still waiting on the second call");
+        second.resume().await;
+        assert_eq!(free(&permits), 1);
+        drop(caller);
+        assert_eq!(free(&permits), 2);
+    }
+
+    #[tokio::test]
+    async fn a_call_answered_after_its_turn_ended_takes_no_permit() {
+        let permits = TurnPermits::new(1);
+        let caller = permits.hold(1, permits.acquire().await);
+        let call = permits.release(1);
+        drop(caller); // the turn timed out meanwhile
+        call.resume().await;
+        assert_eq!(free(&permits), 1);
+
+        // Nor does an abandoned call leak one.
+        let caller = permits.hold(2, permits.acquire().await);
+        drop(permits.release(2));
+        assert_eq!(
+            free(&permits),
+            0,
+            "the abandoned call's turn took its permit back"
+        );
+        drop(caller);
+        assert_eq!(free(&permits), 1);
+    }
+}

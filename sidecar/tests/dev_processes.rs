@@ -18,7 +18,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 fn dev_base_port() -> u16 {
     loop {
         let p = free_port();
-        if p % 10 != 0 {
+        if !p.is_multiple_of(10) {
             continue;
         }
         let rest_free = (1000..=1003).all(|d| {
