@@ -197,6 +197,8 @@ pub struct LocalCluster {
     app: PathBuf,
     /// The classes that app serves.
     classes: String,
+    /// Extra flags for every sidecar.
+    sidecar_args: Vec<String>,
     root: PathBuf,
     peer_token: String,
     peers: String,
@@ -218,7 +220,19 @@ impl LocalCluster {
         let layouts = (0..shards)
             .map(|_| ShardLayout::loopback())
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Self::start_with(layouts, None, app, classes).await
+        Self::start_with(layouts, None, app, classes, &[]).await
+    }
+
+    /// `shards` shards on loopback ports, running the counter example, with `sidecar_args`
+    /// added to every sidecar's command line (e.g. `--max-concurrent-turns 2`).
+    pub async fn start_with_sidecar_args(
+        shards: usize,
+        sidecar_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let layouts = (0..shards)
+            .map(|_| ShardLayout::loopback())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Self::start_with(layouts, None, "counter", CLASS, sidecar_args).await
     }
 
     /// `shards` shards, each in its own network namespace (needs root; see
@@ -228,7 +242,7 @@ impl LocalCluster {
         let layouts = (0..shards)
             .map(|i| ShardLayout::in_netns(&net, i))
             .collect();
-        Self::start_with(layouts, Some(net), "counter", CLASS).await
+        Self::start_with(layouts, Some(net), "counter", CLASS, &[]).await
     }
 
     async fn start_with(
@@ -236,6 +250,7 @@ impl LocalCluster {
         netns: Option<Netns>,
         app: &str,
         classes: &str,
+        sidecar_args: &[&str],
     ) -> anyhow::Result<Self> {
         static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -261,6 +276,7 @@ impl LocalCluster {
             stead: built_binary("stead")?,
             app: built_binary(app)?,
             classes: classes.to_owned(),
+            sidecar_args: sidecar_args.iter().map(|a| a.to_string()).collect(),
             root,
             peer_token: format!("e2e-token-{}-{n}", std::process::id()),
             peers,
@@ -406,6 +422,7 @@ impl LocalCluster {
             .arg("--data-dir")
             .arg(shard.data_dir())
             .args(["--classes", &self.classes])
+            .args(&self.sidecar_args)
             .env("STEAD_PEER_TOKEN", &self.peer_token)
             .env("RUST_LOG", log)
             .stdin(Stdio::null())
