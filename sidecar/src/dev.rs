@@ -799,6 +799,52 @@ mod tests {
     }
 
     #[test]
+    fn a_data_folder_in_use_is_refused_until_released() {
+        let dir = std::env::temp_dir().join(format!("stead-dev-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = lock_data_dir(&dir).unwrap();
+        let err = lock_data_dir(&dir).unwrap_err();
+        assert!(matches!(err, DevError::DataDirInUse { .. }), "{err}");
+        assert!(err.to_string().contains("another `stead dev` is running"));
+        drop(first);
+        drop(lock_data_dir(&dir).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_taken_port_is_refused_with_its_role() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let launch = Launch {
+            exe: PathBuf::new(),
+            app_bin: PathBuf::new(),
+            example: "counter".into(),
+            sidecar_args: vec![],
+            peers: vec![],
+            peer_token: None,
+        };
+        // Port 0 always binds: only the app port is taken.
+        let spec = ShardSpec {
+            ordinal: 0,
+            ports: ShardPorts {
+                ingress: 0,
+                api: 0,
+                admin: 0,
+                app: port,
+                peer: 0,
+            },
+            data_dir: PathBuf::new(),
+        };
+        let err = check_ports_free(&launch, std::slice::from_ref(&spec)).unwrap_err();
+        assert!(
+            matches!(&err, DevError::PortInUse { port: p, what } if *p == port && what == "the app"),
+            "{err}"
+        );
+        drop(taken);
+        check_ports_free(&launch, &[spec]).unwrap();
+    }
+
+    #[test]
     fn ports_past_65535_are_refused() {
         assert_eq!(ShardPorts::of(65_000, 0), None);
         assert!(ShardPorts::of(60_000, 2).is_some());
