@@ -199,7 +199,10 @@ impl KubeCluster {
         if let Some(mut old) = forwards.remove(&shard) {
             let _ = old.kill().await;
         }
-        let child = Command::new(&self.kubectl)
+        let mut cmd = Command::new(&self.kubectl);
+        // A killed test binary leaves no port-forward behind.
+        crate::local::die_with_parent(cmd.as_std_mut());
+        let child = cmd
             .args([
                 "-n",
                 &self.namespace,

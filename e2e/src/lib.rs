@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod kill_cycles;
 pub mod kube;
 pub mod local;
 pub mod netns;
@@ -13,4 +14,4 @@ pub mod scenarios;
 
 pub use client::{Client, Reply};
 pub use cluster::{Cluster, DbFile};
-pub use local::LocalCluster;
+pub use local::{LocalCluster, Process};

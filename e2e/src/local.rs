@@ -67,6 +67,29 @@ pub fn built_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The child of `cmd` gets SIGKILL when the thread that spawned it ends, so a killed test
+/// binary leaves nothing running. A test's thread or a runtime worker lives as long as the test,
+/// which drops its cluster before it ends anyway. (`stead dev` does the same; see
+/// `stead_sidecar::dev::die_with_parent`.)
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id();
+    // SAFETY: runs in the forked child before exec; prctl and getppid are async-signal-safe and
+    // nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Where one shard's processes listen.
 #[derive(Debug, Clone)]
 pub struct ShardLayout {
@@ -107,16 +130,20 @@ impl ShardLayout {
         }
     }
 
-    /// A command running `bin`, inside the shard's namespace if it has one.
+    /// A command running `bin`, inside the shard's namespace if it has one; it dies with the
+    /// test (see [`die_with_parent`]).
     fn command(&self, bin: &Path) -> Command {
-        match &self.netns {
+        let mut cmd = match &self.netns {
             Some(ns) => {
+                // `ip netns exec` execs `bin` in place: the parent-death signal carries over.
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", ns]).arg(bin);
                 cmd
             }
             None => Command::new(bin),
-        }
+        };
+        die_with_parent(&mut cmd);
+        cmd
     }
 }
 
@@ -155,11 +182,23 @@ impl LocalShard {
     }
 }
 
+/// One of a shard's two processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    Sidecar,
+    App,
+}
+
 /// A cluster of real processes. Dropping it kills them and removes their data (kept, with the
 /// logs, when the test failed).
 pub struct LocalCluster {
     stead: PathBuf,
-    counter: PathBuf,
+    /// The app binary every shard runs (the counter example unless started with another).
+    app: PathBuf,
+    /// The classes that app serves.
+    classes: String,
+    /// Extra flags for every sidecar.
+    sidecar_args: Vec<String>,
     root: PathBuf,
     peer_token: String,
     peers: String,
@@ -170,12 +209,30 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// `shards` shards on loopback ports.
+    /// `shards` shards on loopback ports, running the counter example.
     pub async fn start(shards: usize) -> anyhow::Result<Self> {
+        Self::start_app(shards, "counter", CLASS).await
+    }
+
+    /// `shards` shards on loopback ports, running the example binary `app` (built beside the
+    /// tests) that serves `classes` (comma-separated).
+    pub async fn start_app(shards: usize, app: &str, classes: &str) -> anyhow::Result<Self> {
         let layouts = (0..shards)
             .map(|_| ShardLayout::loopback())
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Self::start_with(layouts, None).await
+        Self::start_with(layouts, None, app, classes, &[]).await
+    }
+
+    /// `shards` shards on loopback ports, running the counter example, with `sidecar_args`
+    /// added to every sidecar's command line (e.g. `--max-concurrent-turns 2`).
+    pub async fn start_with_sidecar_args(
+        shards: usize,
+        sidecar_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let layouts = (0..shards)
+            .map(|_| ShardLayout::loopback())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Self::start_with(layouts, None, "counter", CLASS, sidecar_args).await
     }
 
     /// `shards` shards, each in its own network namespace (needs root; see
@@ -185,10 +242,16 @@ impl LocalCluster {
         let layouts = (0..shards)
             .map(|i| ShardLayout::in_netns(&net, i))
             .collect();
-        Self::start_with(layouts, Some(net)).await
+        Self::start_with(layouts, Some(net), "counter", CLASS, &[]).await
     }
 
-    async fn start_with(layouts: Vec<ShardLayout>, netns: Option<Netns>) -> anyhow::Result<Self> {
+    async fn start_with(
+        layouts: Vec<ShardLayout>,
+        netns: Option<Netns>,
+        app: &str,
+        classes: &str,
+        sidecar_args: &[&str],
+    ) -> anyhow::Result<Self> {
         static CLUSTERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = CLUSTERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let root = std::env::temp_dir().join(format!("stead-e2e-{}-{n}", std::process::id()));
@@ -211,7 +274,9 @@ impl LocalCluster {
         }
         let cluster = Self {
             stead: built_binary("stead")?,
-            counter: built_binary("counter")?,
+            app: built_binary(app)?,
+            classes: classes.to_owned(),
+            sidecar_args: sidecar_args.iter().map(|a| a.to_string()).collect(),
             root,
             peer_token: format!("e2e-token-{}-{n}", std::process::id()),
             peers,
@@ -256,17 +321,71 @@ impl LocalCluster {
         Ok((out, err))
     }
 
-    /// Starts shard `i`'s app and sidecar (without waiting).
+    /// `kill -9` one process of shard `shard` and reap it; [`LocalCluster::revive`] starts it
+    /// again.
+    pub fn kill_process(&self, shard: usize, which: Process) -> anyhow::Result<()> {
+        let mut s = self.shard(shard)?;
+        let child = match which {
+            Process::Sidecar => s.sidecar.take(),
+            Process::App => s.app.take(),
+        };
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts whichever process of shard `shard` is not running (killed, or exited on its
+    /// own) and waits until the shard is ready.
+    pub async fn revive(&self, shard: usize) -> anyhow::Result<()> {
+        {
+            let mut guard = self.shard(shard)?;
+            let s = &mut *guard;
+            for child in [&mut s.sidecar, &mut s.app] {
+                if let Some(c) = child
+                    && let Ok(Some(_)) = c.try_wait()
+                {
+                    *child = None;
+                }
+            }
+        }
+        self.spawn(shard)?;
+        self.wait_ready(shard).await
+    }
+
+    /// The process ids of every running process of the cluster.
+    pub fn pids(&self) -> Vec<u32> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                [&s.sidecar, &s.app]
+                    .into_iter()
+                    .flatten()
+                    .map(Child::id)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Starts whichever of shard `i`'s app and sidecar is not running (without waiting).
     fn spawn(&self, i: usize) -> anyhow::Result<()> {
         let mut shard = self.shard(i)?;
-        anyhow::ensure!(
-            shard.sidecar.is_none() && shard.app.is_none(),
-            "shard {i} is running"
-        );
         let l = shard.layout.clone();
+        if shard.app.is_none() {
+            self.spawn_app(&mut shard, &l)?;
+        }
+        if shard.sidecar.is_none() {
+            self.spawn_sidecar(&mut shard, &l, i)?;
+        }
+        Ok(())
+    }
+
+    fn spawn_app(&self, shard: &mut LocalShard, l: &ShardLayout) -> anyhow::Result<()> {
         let (out, err) = Self::log_file(&shard.dir, "app")?;
         let app = l
-            .command(&self.counter)
+            .command(&self.app)
             .env(stead_core::protocol::ENV_APP_ADDR, l.app.to_string())
             .env(
                 stead_core::protocol::ENV_API_URL,
@@ -277,8 +396,17 @@ impl LocalCluster {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .with_context(|| format!("start {}", self.counter.display()))?;
+            .with_context(|| format!("start {}", self.app.display()))?;
         shard.app = Some(app);
+        Ok(())
+    }
+
+    fn spawn_sidecar(
+        &self,
+        shard: &mut LocalShard,
+        l: &ShardLayout,
+        i: usize,
+    ) -> anyhow::Result<()> {
         let (out, err) = Self::log_file(&shard.dir, "sidecar")?;
         let log = std::env::var("STEAD_E2E_LOG").unwrap_or_else(|_| "warn".into());
         let sidecar = l
@@ -293,7 +421,8 @@ impl LocalCluster {
             .args(["--peers", &self.peers])
             .arg("--data-dir")
             .arg(shard.data_dir())
-            .args(["--classes", CLASS])
+            .args(["--classes", &self.classes])
+            .args(&self.sidecar_args)
             .env("STEAD_PEER_TOKEN", &self.peer_token)
             .env("RUST_LOG", log)
             .stdin(Stdio::null())

@@ -557,6 +557,46 @@ pub async fn calls_across_shards<C: Cluster + ?Sized>(c: &C) {
     );
 }
 
+/// Many deep call chains whose hops cross shards, on sidecars with very few concurrent-turn
+/// permits (start the cluster with `--max-concurrent-turns 2` and a short turn timeout): every
+/// chain completes with its leaf's first increment, no turn times out, and an unrelated object
+/// answers meanwhile. A turn waiting on a callee, here or on another shard, holds no permit.
+pub async fn deep_chains_across_shards<C: Cluster + ?Sized>(c: &C, chains: usize, depth: usize) {
+    let entries = Arc::new(c.entries());
+    let client = Client::new();
+    let mut tasks = JoinSet::new();
+    for k in 0..chains {
+        let (entries, client) = (entries.clone(), client.clone());
+        tasks.spawn(async move {
+            let rest = (1..depth)
+                .map(|d| format!("deep-{k}-{d}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let entry = &entries[k % entries.len()];
+            let url = object_url(entry, &format!("deep-{k}-0"), &format!("chain?next={rest}"));
+            (url.clone(), client.post(&url, "").await)
+        });
+    }
+    let unrelated = client
+        .get(&object_url(&entries[0], "deep-unrelated", "value"))
+        .await;
+    assert!(
+        matches!(&unrelated, Ok(r) if r.status == 200 && r.number() == Some(0)),
+        "an unrelated object while the chains run: {}",
+        describe(&unrelated)
+    );
+    while let Some(done) = tasks.join_next().await {
+        let (url, reply) = done.expect("chain task");
+        assert!(
+            matches!(&reply, Ok(r) if r.status == 200 && r.number() == Some(1)),
+            "{url}: {}",
+            describe(&reply)
+        );
+    }
+    let timed_out = total_metric(c, 0..c.shard_count(), "stead_turns_timed_out_total", "").await;
+    assert_eq!(timed_out, 0.0, "turns timed out");
+}
+
 /// The register history of one object: the last acknowledged write and the writes attempted
 /// after it without an acknowledgement (any of which may have happened).
 #[derive(Debug, Default, Clone)]

@@ -45,3 +45,17 @@ async fn objects_on_different_shards_call_each_other_and_cycles_answer_508() {
     let _turn = ONE_AT_A_TIME.lock().await;
     scenarios::calls_across_shards(&cluster().await).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deep_call_chains_across_shards_do_not_starve_the_turn_bound() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Two permits per shard and a 5 s turn timeout: before a waiting caller gave its permit
+    // back, these chains filled every permit and ended in 504.
+    let c = LocalCluster::start_with_sidecar_args(
+        SHARDS,
+        &["--max-concurrent-turns", "2", "--turn-timeout", "5s"],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start a {SHARDS}-shard cluster: {e:#}"));
+    scenarios::deep_chains_across_shards(&c, 8, 12).await;
+}

@@ -413,9 +413,9 @@ async fn sql_exec(
 /// An object call: `{METHOD} /v1/objects/{class}/name|id/…`, routed like a client request, with
 /// the calling turn's chain so that a call back into a busy caller is refused (508).
 async fn object_call(State(s): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
-    let chain = match turn_of(req.headers(), &s.turns)? {
-        TurnKind::Object { chain, .. } => chain,
-        TurnKind::Stateless => CallChain::default(),
+    let (chain, caller) = match turn_of(req.headers(), &s.turns)? {
+        TurnKind::Object { chain, turn, .. } => (chain, Some(turn.id)),
+        TurnKind::Stateless => (CallChain::default(), None),
     };
     let (mut parts, body) = req.into_parts();
     let path = parts
@@ -447,7 +447,9 @@ async fn object_call(State(s): State<Arc<ApiState>>, req: Request) -> Result<Res
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_path", "invalid object path"))?;
     let req = Request::from_parts(parts, body);
-    Ok(s.router.object(object, rest, req, chain, 0).await)
+    // The caller's turn gives its concurrent-turn permit back while it waits on the callee.
+    let call = s.router.object(object, rest, req, chain, 0);
+    Ok(s.router.host.while_calling(caller, call).await)
 }
 
 #[derive(Deserialize)]

@@ -14,16 +14,22 @@
 //!
 //! Ingress ports stay below `p + 1000` because `--shards` is at most [`MAX_SHARDS`], and each
 //! shard's other ports sit in their own block of ten, so no two ports of a cluster collide.
+//!
+//! The children die with `stead dev`, even with `kill -9` (a parent-death signal), and a second
+//! `stead dev` refuses to start on a data folder that one already uses (a lock file) or on a port
+//! that something already holds, instead of talking to whatever listens there.
 
 use std::io::IsTerminal as _;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// Most shards `stead dev` runs (keeps every ingress port below the other ports).
 pub const MAX_SHARDS: u16 = 64;
@@ -42,6 +48,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a process gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// In the data folder: held locked (`flock`) by the `stead dev` that uses the folder.
+pub const LOCK_FILE: &str = ".stead-dev.lock";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
@@ -87,6 +95,14 @@ pub enum DevError {
     PortRange { port: u16, shards: u16 },
     #[error("cannot generate the peer token: {0}")]
     Random(getrandom::Error),
+    #[error(
+        "another `stead dev` is running on the data folder {dir}; stop it first, or pass another --data-dir"
+    )]
+    DataDirInUse { dir: String },
+    #[error(
+        "port {port} ({what}) is already in use on 127.0.0.1, perhaps by another `stead dev` or by processes a killed one left behind; stop what holds it, or pick other ports with --port"
+    )]
+    PortInUse { port: u16, what: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -232,7 +248,7 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(launch: &Launch, spec: &ShardSpec, role: Role) -> Result<Self, DevError> {
+    async fn spawn(launch: &Launch, spec: &ShardSpec, role: Role) -> Result<Self, DevError> {
         let cmd = match role {
             Role::Sidecar => launch.sidecar_command(spec),
             Role::App => launch.app_command(spec),
@@ -240,13 +256,15 @@ impl Proc {
         let prefix = launch
             .several()
             .then(|| format!("shard-{} {}", spec.ordinal, role.name()));
-        let child = spawn_child(cmd, prefix).map_err(|source| DevError::Spawn {
-            what: match role {
-                Role::Sidecar => "the sidecar".into(),
-                Role::App => launch.app_bin.display().to_string(),
-            },
-            source,
-        })?;
+        let child = spawn_child(cmd, prefix)
+            .await
+            .map_err(|source| DevError::Spawn {
+                what: match role {
+                    Role::Sidecar => "the sidecar".into(),
+                    Role::App => launch.app_bin.display().to_string(),
+                },
+                source,
+            })?;
         Ok(Self {
             role,
             child,
@@ -270,8 +288,8 @@ impl Proc {
     }
 
     /// Starts the process again in place; keeps the backoff.
-    fn respawn(&mut self, launch: &Launch, spec: &ShardSpec) -> Result<(), DevError> {
-        let fresh = Self::spawn(launch, spec, self.role)?;
+    async fn respawn(&mut self, launch: &Launch, spec: &ShardSpec) -> Result<(), DevError> {
+        let fresh = Self::spawn(launch, spec, self.role).await?;
         self.child = fresh.child;
         self.started = fresh.started;
         Ok(())
@@ -279,10 +297,11 @@ impl Proc {
 }
 
 /// Spawns `cmd` in its own process group (so a terminal's Ctrl-C reaches only `stead dev`,
-/// which then stops the children in order). With a `prefix`, each output line is printed
-/// after it.
-fn spawn_child(mut cmd: Command, prefix: Option<String>) -> std::io::Result<Child> {
+/// which then stops the children in order), dying with `stead dev`. With a `prefix`, each output
+/// line is printed after it.
+async fn spawn_child(mut cmd: Command, prefix: Option<String>) -> std::io::Result<Child> {
     cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
+    die_with_parent(cmd.as_std_mut());
     if prefix.is_some() {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         if !std::io::stdout().is_terminal() {
@@ -290,7 +309,7 @@ fn spawn_child(mut cmd: Command, prefix: Option<String>) -> std::io::Result<Chil
             cmd.env("NO_COLOR", "1");
         }
     }
-    let mut child = cmd.spawn()?;
+    let mut child = spawn_from_keeper(cmd).await?;
     if let Some(prefix) = prefix {
         if let Some(out) = child.stdout.take() {
             tokio::spawn(print_lines(out, prefix.clone(), false));
@@ -300,6 +319,114 @@ fn spawn_child(mut cmd: Command, prefix: Option<String>) -> std::io::Result<Chil
         }
     }
     Ok(child)
+}
+
+/// Makes the child of `cmd` receive SIGKILL when its parent dies, `kill -9` included
+/// (`PR_SET_PDEATHSIG`). The signal fires when the *thread* that spawned the child exits: spawn
+/// from a thread that lives as long as the process ([`spawn_from_keeper`] does).
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then no signal will come.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+type SpawnJob = (
+    Command,
+    tokio::runtime::Handle,
+    oneshot::Sender<std::io::Result<Child>>,
+);
+
+/// Spawns `cmd` from one thread kept for the life of the process (tokio's threads may exit, and
+/// with them the parent-death signal of what they spawned).
+async fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
+    static KEEPER: OnceLock<Mutex<std::sync::mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        let started = std::thread::Builder::new()
+            .name("stead-dev-spawner".into())
+            .spawn(move || {
+                // The sender lives in a static: this loop ends only with the process.
+                while let Ok((mut cmd, runtime, reply)) = rx.recv() {
+                    let _runtime = runtime.enter();
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start the spawner thread");
+        }
+        Mutex::new(tx)
+    });
+    let (reply, answer) = oneshot::channel();
+    let job = (cmd, tokio::runtime::Handle::current(), reply);
+    let gone = || std::io::Error::other("the spawner thread is gone");
+    keeper
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
+}
+
+/// Locks the data folder for this `stead dev` (released when the file closes, at exit or
+/// death); refuses if another one holds it.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, DevError> {
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join(LOCK_FILE))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            DevError::DataDirInUse {
+                dir: data_dir.display().to_string(),
+            }
+        } else {
+            DevError::Io(e)
+        });
+    }
+    Ok(file)
+}
+
+/// Refuses to start when any port of any shard is already taken: the children would fail to
+/// bind, or worse, `stead dev` would talk to whatever listens there.
+fn check_ports_free(launch: &Launch, specs: &[ShardSpec]) -> Result<(), DevError> {
+    for spec in specs {
+        let p = spec.ports;
+        for (port, what) in [
+            (p.ingress, "ingress"),
+            (p.api, "app API"),
+            (p.admin, "admin"),
+            (p.app, "app"),
+            (p.peer, "peer"),
+        ] {
+            if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                if e.kind() != std::io::ErrorKind::AddrInUse {
+                    return Err(DevError::Io(e));
+                }
+                let what = if launch.several() {
+                    format!("{what} of shard {}", spec.ordinal)
+                } else {
+                    format!("the {what}")
+                };
+                return Err(DevError::PortInUse { port, what });
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn print_lines<R: AsyncRead + Unpin>(reader: R, prefix: String, to_stderr: bool) {
@@ -324,8 +451,8 @@ impl Shard {
     /// Starts the app and the sidecar and waits until both listen.
     async fn start(launch: &Launch, spec: ShardSpec) -> Result<Self, DevError> {
         std::fs::create_dir_all(&spec.data_dir)?;
-        let mut app = Proc::spawn(launch, &spec, Role::App)?;
-        let mut sidecar = Proc::spawn(launch, &spec, Role::Sidecar)?;
+        let mut app = Proc::spawn(launch, &spec, Role::App).await?;
+        let mut sidecar = Proc::spawn(launch, &spec, Role::Sidecar).await?;
         let what = |role: Role| shard_label(launch, &spec, role);
         wait_listening(&mut app.child, &what(Role::App), &local(spec.ports.app)).await?;
         // The admin port, not the ingress: something else may already hold the ingress port,
@@ -378,6 +505,8 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     };
     std::fs::create_dir_all(&args.data_dir)?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    // Held until `stead dev` ends.
+    let _lock = lock_data_dir(&data_dir)?;
     let specs = shard_specs(&args, &data_dir)?;
     let several = specs.len() > 1;
     let launch = Arc::new(Launch {
@@ -393,6 +522,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         peer_token: if several { Some(peer_token()?) } else { None },
     });
 
+    check_ports_free(&launch, &specs)?;
     let mut shards = Vec::with_capacity(specs.len());
     for spec in specs {
         // On an error, the shards started so far are dropped, which kills their processes.
@@ -545,7 +675,7 @@ async fn supervise(launch: Arc<Launch>, mut shard: Shard, mut stop: watch::Recei
         }
         let spec = shard.spec.clone();
         let proc = shard.proc_mut(role);
-        match proc.respawn(&launch, &spec) {
+        match proc.respawn(&launch, &spec).await {
             Ok(()) => println!("stead dev: restarted {label} (pid {})", proc.pid()),
             // The exited child stays in place: its wait() returns at once, so the next round
             // of the loop tries again after a longer backoff.
@@ -666,6 +796,52 @@ mod tests {
                 assert!(all.insert(port), "port {port} used twice");
             }
         }
+    }
+
+    #[test]
+    fn a_data_folder_in_use_is_refused_until_released() {
+        let dir = std::env::temp_dir().join(format!("stead-dev-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = lock_data_dir(&dir).unwrap();
+        let err = lock_data_dir(&dir).unwrap_err();
+        assert!(matches!(err, DevError::DataDirInUse { .. }), "{err}");
+        assert!(err.to_string().contains("another `stead dev` is running"));
+        drop(first);
+        drop(lock_data_dir(&dir).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_taken_port_is_refused_with_its_role() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let launch = Launch {
+            exe: PathBuf::new(),
+            app_bin: PathBuf::new(),
+            example: "counter".into(),
+            sidecar_args: vec![],
+            peers: vec![],
+            peer_token: None,
+        };
+        // Port 0 always binds: only the app port is taken.
+        let spec = ShardSpec {
+            ordinal: 0,
+            ports: ShardPorts {
+                ingress: 0,
+                api: 0,
+                admin: 0,
+                app: port,
+                peer: 0,
+            },
+            data_dir: PathBuf::new(),
+        };
+        let err = check_ports_free(&launch, std::slice::from_ref(&spec)).unwrap_err();
+        assert!(
+            matches!(&err, DevError::PortInUse { port: p, what } if *p == port && what == "the app"),
+            "{err}"
+        );
+        drop(taken);
+        check_ports_free(&launch, &[spec]).unwrap();
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use stead_core::{EventKind, protocol};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::alarms::{Alarms, DueAlarm, now_ms};
@@ -60,7 +60,7 @@ struct Event {
 
 pub struct Host {
     mailboxes: Mutex<HashMap<ObjectKey, mpsc::Sender<Event>>>,
-    turn_permits: Semaphore,
+    turn_permits: TurnPermits,
     storage: Storage,
     app: AppClient,
     turns: Arc<Turns>,
@@ -86,7 +86,7 @@ impl Host {
         getrandom::fill(&mut boot)?;
         Ok(Arc::new(Self {
             mailboxes: Mutex::new(HashMap::new()),
-            turn_permits: Semaphore::new(config.max_concurrent_turns.max(1)),
+            turn_permits: TurnPermits::new(config.max_concurrent_turns),
             storage,
             app,
             turns,
@@ -174,6 +174,21 @@ impl Host {
         let span = tracing::info_span!("object", class = %key.0, object_id = %key.1);
         tokio::spawn(host.run_mailbox(key.clone(), rx).instrument(span));
         tx
+    }
+
+    /// Runs `call`, an object call made by the turn `caller`, with that turn's permit given back
+    /// while it waits: a turn waiting on its callee does not count against
+    /// `--max-concurrent-turns`, so deep or many call chains cannot take every permit and starve
+    /// their own callees or unrelated objects. The turn takes a permit again before the answer
+    /// reaches the app. `None` (a stateless caller, which holds no permit) just runs the call.
+    pub async fn while_calling<F: Future>(&self, caller: Option<u64>, call: F) -> F::Output {
+        let Some(turn_id) = caller else {
+            return call.await;
+        };
+        let waiting = self.turn_permits.release(turn_id);
+        let out = call.await;
+        waiting.resume().await;
+        out
     }
 
     /// Delivers a due alarm (called by the alarm schedule) and waits until its turn ended.
@@ -290,7 +305,7 @@ impl Host {
 
     /// Runs one event as a turn. Returns whether the turn rolled back.
     async fn run_turn(&self, event: Event, active: &Arc<AtomicU64>, incarnation: &str) -> bool {
-        let _permit = self.turn_permits.acquire().await;
+        let permit = self.turn_permits.acquire().await;
         let started = Instant::now();
         let chain = event.chain.with(event.object.key());
         let ObjectTurn {
@@ -315,6 +330,7 @@ impl Host {
             }
         };
         let turn_id = turn.id;
+        let _permit = self.turn_permits.hold(turn_id, permit);
         let mut request = event.request;
         let kind = match &event.work {
             Work::Request => EventKind::Request,
@@ -453,5 +469,212 @@ impl Host {
                 self.alarms.forget(&object.key());
             }
         }
+    }
+}
+
+/// The bound on turns running in the app at once (`--max-concurrent-turns`). A running turn holds
+/// a permit, except while it waits on object calls of its own ([`Host::while_calling`]): a chain
+/// of nested calls then holds at most one permit (the turn running at its tip), whatever its
+/// depth, and the permits always belong to turns that can make progress.
+struct TurnPermits {
+    semaphore: Arc<Semaphore>,
+    /// Running turns by turn id: their permit (none while they wait on a call) and how many
+    /// object calls they are waiting on.
+    turns: Arc<Mutex<HashMap<u64, HeldPermit>>>,
+}
+
+struct HeldPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    calls: usize,
+}
+
+impl TurnPermits {
+    fn new(max: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(max.max(1))),
+            turns: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed: `None` cannot happen, and would only lift the bound.
+        self.semaphore.clone().acquire_owned().await.ok()
+    }
+
+    /// Records the permit of the running turn `turn_id`; the guard gives it back when the turn
+    /// ends.
+    fn hold(&self, turn_id: u64, permit: Option<OwnedSemaphorePermit>) -> TurnPermitGuard {
+        self.lock().insert(turn_id, HeldPermit { permit, calls: 0 });
+        TurnPermitGuard {
+            turns: self.turns.clone(),
+            turn_id,
+        }
+    }
+
+    /// The turn `turn_id` starts waiting on an object call: its permit goes back (at its first
+    /// outstanding call).
+    fn release(&self, turn_id: u64) -> WaitingCall {
+        let released = {
+            let mut turns = self.lock();
+            turns.get_mut(&turn_id).and_then(|held| {
+                held.calls += 1;
+                held.permit.take()
+            })
+        };
+        drop(released);
+        WaitingCall {
+            semaphore: self.semaphore.clone(),
+            turns: self.turns.clone(),
+            turn_id,
+            done: false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HeldPermit>> {
+        self.turns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes a turn's entry (and drops its permit) when the turn ends, on every path.
+struct TurnPermitGuard {
+    turns: Arc<Mutex<HashMap<u64, HeldPermit>>>,
+    turn_id: u64,
+}
+
+impl Drop for TurnPermitGuard {
+    fn drop(&mut self) {
+        let held = self
+            .turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.turn_id);
+        drop(held);
+    }
+}
+
+/// An object call in flight: [`WaitingCall::resume`] takes the caller's permit again.
+struct WaitingCall {
+    semaphore: Arc<Semaphore>,
+    turns: Arc<Mutex<HashMap<u64, HeldPermit>>>,
+    turn_id: u64,
+    done: bool,
+}
+
+impl WaitingCall {
+    /// Counts the call as answered; at the caller's last outstanding call, waits for a permit
+    /// for it. A caller whose turn has ended meanwhile (timed out) takes none.
+    async fn resume(mut self) {
+        self.done = true;
+        if !self.finish_call() {
+            return;
+        }
+        let Ok(permit) = self.semaphore.clone().acquire_owned().await else {
+            return;
+        };
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = turns.get_mut(&self.turn_id)
+            && held.calls == 0
+            && held.permit.is_none()
+        {
+            held.permit = Some(permit);
+        }
+    }
+
+    /// Counts one call less; whether the caller now needs its permit back.
+    fn finish_call(&self) -> bool {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        match turns.get_mut(&self.turn_id) {
+            Some(held) => {
+                held.calls = held.calls.saturating_sub(1);
+                held.calls == 0 && held.permit.is_none()
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for WaitingCall {
+    /// A call abandoned before its answer (the app hung up) still counts as over. Drop cannot
+    /// wait, so the caller gets a permit back only if one is free now; it is ending anyway.
+    fn drop(&mut self) {
+        if self.done || !self.finish_call() {
+            return;
+        }
+        if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(held) = turns.get_mut(&self.turn_id)
+                && held.calls == 0
+                && held.permit.is_none()
+            {
+                held.permit = Some(permit);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free(p: &TurnPermits) -> usize {
+        p.semaphore.available_permits()
+    }
+
+    #[tokio::test]
+    async fn a_turn_waiting_on_a_call_gives_its_permit_to_another_turn() {
+        let permits = TurnPermits::new(1);
+        let caller = permits.hold(1, permits.acquire().await);
+        assert_eq!(free(&permits), 0);
+
+        // The caller waits on a callee: the callee's turn can run.
+        let call = permits.release(1);
+        assert_eq!(free(&permits), 1);
+        let callee = permits.hold(2, permits.acquire().await);
+
+        // The answer reaches the caller only once a permit is free again.
+        let resume = call.resume();
+        tokio::pin!(resume);
+        assert!(futures_util::poll!(&mut resume).is_pending());
+        drop(callee);
+        resume.await;
+        assert_eq!(free(&permits), 0, "the caller holds a permit again");
+        drop(caller);
+        assert_eq!(free(&permits), 1);
+    }
+
+    #[tokio::test]
+    async fn nested_calls_of_one_turn_give_back_one_permit_and_take_back_one() {
+        let permits = TurnPermits::new(2);
+        let caller = permits.hold(1, permits.acquire().await);
+        let first = permits.release(1);
+        let second = permits.release(1);
+        assert_eq!(free(&permits), 2);
+        first.resume().await;
+        assert_eq!(free(&permits), 2, "still waiting on the second call");
+        second.resume().await;
+        assert_eq!(free(&permits), 1);
+        drop(caller);
+        assert_eq!(free(&permits), 2);
+    }
+
+    #[tokio::test]
+    async fn a_call_answered_after_its_turn_ended_takes_no_permit() {
+        let permits = TurnPermits::new(1);
+        let caller = permits.hold(1, permits.acquire().await);
+        let call = permits.release(1);
+        drop(caller); // the turn timed out meanwhile
+        call.resume().await;
+        assert_eq!(free(&permits), 1);
+
+        // Nor does an abandoned call leak one.
+        let caller = permits.hold(2, permits.acquire().await);
+        drop(permits.release(2));
+        assert_eq!(
+            free(&permits),
+            0,
+            "the abandoned call's turn took its permit back"
+        );
+        drop(caller);
+        assert_eq!(free(&permits), 1);
     }
 }

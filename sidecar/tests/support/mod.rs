@@ -48,6 +48,13 @@ pub fn counter_bin() -> PathBuf {
     bin
 }
 
+/// A killed test binary must leave nothing running: the child gets SIGKILL when the test's
+/// thread that started it ends (a test's own thread, or a runtime worker, both gone at the end of
+/// the test at the latest).
+pub fn die_with_test(cmd: &mut Command) {
+    stead_sidecar::dev::die_with_parent(cmd);
+}
+
 pub struct Shard {
     pub ingress: u16,
     pub api: u16,
@@ -96,7 +103,9 @@ impl Shard {
     }
 
     fn start_app(&mut self) {
-        let child = Command::new(counter_bin())
+        let mut cmd = Command::new(counter_bin());
+        die_with_test(&mut cmd);
+        let child = cmd
             .env("STEAD_APP_ADDR", format!("127.0.0.1:{}", self.app_port))
             .env("STEAD_API_URL", format!("http://127.0.0.1:{}", self.api))
             .stdin(Stdio::null())
@@ -106,7 +115,9 @@ impl Shard {
     }
 
     pub async fn start_sidecar(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_stead"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stead"));
+        die_with_test(&mut cmd);
+        let child = cmd
             .arg("sidecar")
             .args(["--ingress", &format!("127.0.0.1:{}", self.ingress)])
             .args(["--api", &format!("127.0.0.1:{}", self.api)])
