@@ -47,8 +47,8 @@ pub struct Limits {
     /// Largest app API request body, in bytes.
     #[arg(long, env = "STEAD_MAX_API_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_api_body_bytes: usize,
-    /// Largest SQL result (as held in memory while the answer is built), and largest single SQL
-    /// value, in bytes.
+    /// Largest SQL result (as held in memory while the answer is built), largest single SQL
+    /// value, and largest KV list answer, in bytes.
     #[arg(long, env = "STEAD_MAX_SQL_RESULT_BYTES", default_value_t = 32 << 20)]
     pub max_sql_result_bytes: usize,
 }
@@ -354,7 +354,10 @@ async fn kv_list(
         limit: b.limit,
         reverse: b.reverse,
     };
-    let found = s.storage.kv_list(&call.turn, query).await?;
+    let found = s
+        .storage
+        .kv_list(&call.turn, query, s.limits.max_sql_result_bytes)
+        .await?;
     Ok(axum::Json(json!({ "entries": entries_json(found) })).into_response())
 }
 

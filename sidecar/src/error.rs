@@ -65,6 +65,7 @@ impl From<StorageError> for ApiError {
             StorageError::Sql(_) => ApiError::bad_request("sql_error", msg),
             StorageError::DatabaseFull => ApiError::too_large("database_full", msg),
             StorageError::ResultTooLarge { .. } => ApiError::too_large("sql_result_too_large", msg),
+            StorageError::ListTooLarge { .. } => ApiError::too_large("list_too_large", msg),
             StorageError::StorageFull | StorageError::AlarmIndex { full: true } => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", msg)
             }

@@ -469,7 +469,14 @@ impl ObjectDb {
         Ok(self.conn.execute("DELETE FROM _stead_kv", [])?)
     }
 
-    pub fn kv_list(&self, q: &ListQuery) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+    /// The entries `q` selects, refused with [`StorageError::ListTooLarge`] as soon as their
+    /// keys and values pass `max_bytes` (a list without a limit over a big object would
+    /// otherwise be built whole in memory, twice: here and in the answer).
+    pub fn kv_list(
+        &self,
+        q: &ListQuery,
+        max_bytes: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         // Lower bound: the larger of start and prefix; upper: the smaller of end and the first
         // string after every string with the prefix. UTF-8 byte order is code point order, which
         // is SQLite's BINARY order for TEXT.
@@ -491,8 +498,21 @@ impl ObjectDb {
         );
         let limit = q.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![lo, hi, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows = stmt.query(params![lo, hi, limit])?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next()? {
+            let (key, value) = (row.get_ref(0)?, row.get_ref(1)?);
+            // Base64 in the answer makes a value a third larger.
+            bytes += key.as_bytes().map_or(0, <[u8]>::len)
+                + value.as_bytes().map_or(0, |v| v.len() / 3 * 4)
+                + 32;
+            if bytes > max_bytes {
+                return Err(StorageError::ListTooLarge { limit: max_bytes });
+            }
+            out.push((row.get(0)?, row.get(1)?));
+        }
+        Ok(out)
     }
 
     /// Runs the app's SQL. Statements are prepared under an authorizer that refuses what would
@@ -885,7 +905,7 @@ mod tests {
         )
         .unwrap();
         let names = |q: ListQuery| -> Vec<String> {
-            db.kv_list(&q)
+            db.kv_list(&q, 1 << 20)
                 .unwrap()
                 .into_iter()
                 .map(|(k, _)| k)
@@ -912,6 +932,28 @@ mod tests {
             }),
             ["b3", "b2"]
         );
+    }
+
+    #[test]
+    fn a_list_past_the_result_limit_is_refused_not_built() {
+        let dir = tempdir();
+        let mut db = ObjectDb::create(&obj("a"), &dir, &opts(), &Faults::default()).unwrap();
+        let entries: Vec<(String, Vec<u8>)> = (0..100)
+            .map(|i| (format!("k{i:03}"), vec![7; 1000]))
+            .collect();
+        db.kv_put(&entries).unwrap();
+        let all = ListQuery::default();
+        assert!(matches!(
+            db.kv_list(&all, 50_000),
+            Err(StorageError::ListTooLarge { limit: 50_000 })
+        ));
+        // With a limit that fits, the same list is answered.
+        let some = ListQuery {
+            limit: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(db.kv_list(&some, 50_000).unwrap().len(), 10);
+        assert_eq!(db.kv_list(&all, 1 << 20).unwrap().len(), 100);
     }
 
     #[test]

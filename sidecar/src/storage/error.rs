@@ -36,6 +36,10 @@ pub enum StorageError {
         "the SQL result, or a value in it, exceeds the limit of {limit} bytes: nothing was written; select fewer rows (LIMIT) or smaller values"
     )]
     ResultTooLarge { limit: usize },
+    #[error(
+        "the entries listed pass {limit} bytes; pass a limit, or list a narrower range and continue after the last key"
+    )]
+    ListTooLarge { limit: usize },
     #[error("storage failed: {0}")]
     Internal(String),
     #[error("the storage pool is shut down")]

@@ -194,12 +194,13 @@ impl Storage {
         &self,
         t: &TurnRef,
         query: ListQuery,
+        max_bytes: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
         let t2 = t.clone();
         self.call(&t.object.key(), move |s| {
             t2.check()?;
             match s.db_for_read(&t2.object)? {
-                Some(db) => db.kv_list(&query),
+                Some(db) => db.kv_list(&query, max_bytes),
                 None => Ok(vec![]),
             }
         })
