@@ -32,7 +32,7 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_owned()),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("app at {} does not accept connections\n", s.app_addr),
+            "the app does not accept connections yet\n".to_owned(),
         ),
     }
 }
