@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use http::{StatusCode, header};
 
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 pub struct AdminState {
@@ -22,6 +23,20 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the admin port serves GET /healthz, /readyz and /metrics",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the admin port answers GET only",
+            )
+        })
         .with_state(state)
 }
 
