@@ -316,6 +316,7 @@ impl ConnIo {
             match name {
                 "content-length" if value == "0" => empty = true,
                 "date" => {}
+                "connection" if value == "close" => {}
                 _ => return None,
             }
         }
