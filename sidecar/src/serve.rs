@@ -261,9 +261,9 @@ struct ConnIo {
     sleep: Pin<Box<Sleep>>,
     armed: Option<Instant>,
     timed_out: Counter,
-    /// Everything written so far has been flushed since the last request ended: the next
-    /// write begins a new answer.
-    at_answer_boundary: bool,
+    /// Set (to the count of requests started) when everything written was flushed with no
+    /// request in flight: while no request starts, the next write begins a new answer.
+    boundary: Option<u64>,
     /// A JSON answer replacing hyper's parse-error answer, still to be written.
     replacement: Option<(Bytes, usize)>,
     _open: OpenConnection,
@@ -291,7 +291,7 @@ impl ConnIo {
     /// flight, bytes of a new head were read, everything before was flushed, and the write is
     /// exactly an empty-bodied 400, 414 or 431 head.
     fn parse_error_status(&self, buf: &[u8]) -> Option<StatusCode> {
-        if !self.at_answer_boundary || !self.conn.watching() {
+        if !self.at_answer_boundary() {
             return None;
         }
         let started = self.conn.started.load(Ordering::Acquire);
@@ -321,6 +321,10 @@ impl ConnIo {
             }
         }
         empty.then_some(status)
+    }
+
+    fn at_answer_boundary(&self) -> bool {
+        self.conn.watching() && self.boundary == Some(self.conn.started.load(Ordering::Acquire))
     }
 
     fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -433,7 +437,7 @@ impl AsyncWrite for ConnIo {
         }
         let r = Pin::new(&mut this.stream).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.at_answer_boundary = false;
+            this.boundary = None;
         }
         r
     }
@@ -444,7 +448,7 @@ impl AsyncWrite for ConnIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.replacement.is_some() || (this.at_answer_boundary && this.conn.watching()) {
+        if this.replacement.is_some() || this.at_answer_boundary() {
             // At an answer boundary, look at the first slice alone (hyper's own answers are
             // one slice).
             let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
@@ -452,7 +456,7 @@ impl AsyncWrite for ConnIo {
         }
         let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.at_answer_boundary = false;
+            this.boundary = None;
         }
         r
     }
@@ -469,7 +473,7 @@ impl AsyncWrite for ConnIo {
         }
         let r = Pin::new(&mut this.stream).poll_flush(cx);
         if matches!(r, Poll::Ready(Ok(()))) && this.conn.watching() {
-            this.at_answer_boundary = true;
+            this.boundary = Some(this.conn.started.load(Ordering::Acquire));
         }
         r
     }
@@ -654,7 +658,7 @@ pub async fn serve(
             sleep: Box::pin(tokio::time::sleep(limits.header_timeout)),
             armed: None,
             timed_out: timed_out.clone(),
-            at_answer_boundary: true,
+            boundary: Some(0),
             replacement: None,
             _open: OpenConnection {
                 gauge: open.clone(),

@@ -497,3 +497,37 @@ async fn a_connection_flood_leaves_descriptors_for_storage_and_health() {
     assert!(bound < flood.len());
     drop(flood);
 }
+
+#[tokio::test]
+async fn in_flight_requests_finish_when_the_sidecar_stops() {
+    let mut shard = Shard::start(&[]).await;
+    // An idle keep-alive connection must not hold the stop up.
+    let mut idle = TcpStream::connect(("127.0.0.1", shard.ingress))
+        .await
+        .unwrap();
+    let (status, _) = request_on(&mut idle, "POST", "/objects/Counter/name/other/increment").await;
+    assert_eq!(status, 200);
+    let mut busy = TcpStream::connect(("127.0.0.1", shard.ingress))
+        .await
+        .unwrap();
+    busy.write_all(
+        b"POST /objects/Counter/name/slow/sleep?ms=1500 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The slow object's turn has begun (its database is open) when the stop comes.
+    eventually("the slow turn started", || async {
+        shard.metric("stead_objects_opened_total").await >= 2.0
+    })
+    .await;
+    shard.stop_sidecar();
+    let got = read_until_closed(&mut busy).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n1") || text.ends_with("1\n"),
+        "{text}"
+    );
+    assert!(read_until_closed(&mut idle).await.is_empty());
+    assert!(shard.wait_sidecar_exit().success());
+}
