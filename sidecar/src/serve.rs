@@ -89,10 +89,10 @@ pub struct Bounds {
 }
 
 /// Splits the descriptor limit `nofile`: 2 per open database (`max_open_objects`), the base
-/// reserve and the admin bound stay free; each client connection is counted with the one
-/// outgoing connection (to the app or a peer) it may hold. The ingress gets three quarters of
-/// what remains when a peer port exists, all of it otherwise. `max_connections` (when not 0)
-/// replaces the ingress share.
+/// reserve and the admin bound stay free; of the rest, an eighth is kept for the connections
+/// the sidecar opens itself (to the app and to peers), and the remainder bounds the client
+/// connections: all of it for the ingress with one shard, three quarters with several (the
+/// peer port gets the other quarter). `max_connections` (when not 0) replaces the ingress share.
 pub fn connection_bounds(
     nofile: u64,
     max_open_objects: usize,
@@ -103,11 +103,11 @@ pub fn connection_bounds(
     let free = usize::try_from(nofile)
         .unwrap_or(usize::MAX)
         .saturating_sub(reserve);
-    let pairs = (free / 2).max(16);
+    let clients = (free - free / 8).max(16);
     let (ingress, peer) = if with_peers {
-        (pairs - pairs / 4, (pairs / 4).max(8))
+        (clients - clients / 4, (clients / 4).max(8))
     } else {
-        (pairs, 0)
+        (clients, 0)
     };
     Bounds {
         ingress: if max_connections > 0 {
@@ -796,12 +796,17 @@ mod tests {
 
     #[test]
     fn bounds_keep_storage_and_admin_descriptors_in_reserve() {
+        let reserve = 2 * 4096 + BASE_RESERVE + ADMIN_MAX_CONNECTIONS;
         let b = connection_bounds(20_000, 4096, 0, false);
         assert_eq!(b.admin, ADMIN_MAX_CONNECTIONS);
-        assert!(2 * b.ingress + 2 * 4096 + BASE_RESERVE + b.admin <= 20_000);
+        assert_eq!(b.ingress, 10_080);
+        // An eighth of what storage, the base and admin leave is kept for outgoing connections.
+        assert!(b.ingress + reserve + (20_000 - reserve) / 8 <= 20_000);
         let b = connection_bounds(20_000, 4096, 0, true);
-        assert!(2 * (b.ingress + b.peer) + 2 * 4096 + BASE_RESERVE + b.admin <= 20_000);
+        assert_eq!(b.ingress + b.peer, 10_080);
         assert!(b.peer > 0);
         assert_eq!(connection_bounds(20_000, 4096, 100, false).ingress, 100);
+        // Too few descriptors for the reserve: a small bound still lets clients in.
+        assert_eq!(connection_bounds(1024, 4096, 0, false).ingress, 16);
     }
 }

@@ -159,6 +159,13 @@ pub async fn run(
         config.connections.max_connections,
         config.peers.len() > 1,
     );
+    if (nofile as usize) < 2 * config.max_open_objects + serve::BASE_RESERVE + bounds.ingress {
+        tracing::warn!(
+            nofile,
+            max_open_objects = config.max_open_objects,
+            "the descriptor limit cannot keep the storage reserve: raise `ulimit -n` or lower --max-open-objects"
+        );
+    }
     tracing::info!(
         nofile,
         ingress = bounds.ingress,
