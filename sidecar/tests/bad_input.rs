@@ -349,9 +349,12 @@ async fn exchange(port: u16, request: &[u8]) -> (u16, String, Value) {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), read_all)
+    if tokio::time::timeout(Duration::from_secs(20), read_all)
         .await
-        .expect("the server kept the connection open");
+        .is_err()
+    {
+        return (0, "the server kept the connection open".into(), Value::Null);
+    }
     let text = String::from_utf8_lossy(&got).into_owned();
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         return (0, text, Value::Null);
