@@ -272,6 +272,75 @@ async fn http2_with_prior_knowledge_reaches_the_app() {
     assert_eq!(counter_value(&shard, "h2").await, "3");
 }
 
+/// Sends `method path` over an HTTP/2 prior-knowledge connection to `port`.
+async fn h2_request(port: u16, method: &str, path: &str) -> (u16, String) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 request");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).trim().to_owned())
+}
+
+#[tokio::test]
+async fn http2_requests_are_forwarded_to_the_owning_shard_as_http1() {
+    let peers = [free_port(), free_port()];
+    let peer_list = format!("127.0.0.1:{},127.0.0.1:{}", peers[0], peers[1]);
+    let mut shards = vec![];
+    for (i, peer) in peers.iter().enumerate() {
+        let ordinal = i.to_string();
+        let peer_addr = format!("127.0.0.1:{peer}");
+        shards.push(
+            Shard::start(&[
+                "--shard-ordinal",
+                &ordinal,
+                "--peers",
+                &peer_list,
+                "--peer-addr",
+                &peer_addr,
+                "--peer-token",
+                "secret",
+            ])
+            .await,
+        );
+    }
+    for p in peers {
+        wait_port(p).await;
+    }
+    let ring = Ring::new(1, 4096, 2);
+    let class = ClassName::new("Counter").unwrap();
+    let name = (0..)
+        .map(|i| format!("far{i}"))
+        .find(|n| {
+            let id = ObjectId::named(&class, &ObjectName::new(n).unwrap());
+            ring.owner(id.slot(4096)) == 1
+        })
+        .unwrap();
+    let path = format!("/objects/Counter/name/{name}/increment");
+    for expected in ["1", "2"] {
+        let (status, body) = h2_request(shards[0].ingress, "POST", &path).await;
+        assert_eq!((status, body.as_str()), (200, expected));
+    }
+    assert_eq!(counter_value(&shards[1], &name).await, "2");
+    assert!(
+        shards[0]
+            .metric("stead_forwards_total{reason=\"not_owner\"}")
+            .await
+            >= 2.0
+    );
+}
+
 #[tokio::test]
 async fn app_failures_do_not_name_the_app_address() {
     // Nothing listens on the app port.
