@@ -294,6 +294,39 @@ async fn h2_request(port: u16, method: &str, path: &str) -> (u16, String) {
 }
 
 #[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_its_answers() {
+    let shard = Shard::start(&QUICK).await;
+    let stream = TcpStream::connect(("127.0.0.1", shard.ingress))
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://127.0.0.1:{}/objects/Counter/name/h2idle/increment",
+            shard.ingress
+        ))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    // The client keeps the connection (and its sender) but sends nothing: the server closes it.
+    tokio::time::timeout(Duration::from_secs(30), conn)
+        .await
+        .expect("the server never closed the idle HTTP/2 connection")
+        .unwrap()
+        .ok();
+    drop(sender);
+}
+
+#[tokio::test]
 async fn http2_requests_are_forwarded_to_the_owning_shard_as_http1() {
     let peers = [free_port(), free_port()];
     let peer_list = format!("127.0.0.1:{},127.0.0.1:{}", peers[0], peers[1]);
