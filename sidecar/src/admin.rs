@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use http::{StatusCode, header};
 
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 pub struct AdminState {
@@ -22,6 +23,20 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "the admin port serves GET /healthz, /readyz and /metrics",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "the admin port answers GET only",
+            )
+        })
         .with_state(state)
 }
 
@@ -32,7 +47,7 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
         Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_owned()),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("app at {} does not accept connections\n", s.app_addr),
+            "the app does not accept connections yet\n".to_owned(),
         ),
     }
 }

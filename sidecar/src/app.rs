@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -14,7 +14,8 @@ use crate::object::ObjectRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("the app at {addr} did not answer: {reason}")]
+    /// Shown to clients: the address and the cause stay in the sidecar's log.
+    #[error("the app did not answer")]
     Unreachable { addr: String, reason: String },
     #[error("the app's answer is larger than {limit} bytes")]
     AnswerTooLarge { limit: usize },
@@ -87,6 +88,16 @@ impl AppClient {
         &self.addr
     }
 
+    /// The app failed to answer: the details are logged here, the error shown to clients
+    /// names neither the address nor the cause.
+    fn unreachable(&self, reason: String) -> AppError {
+        tracing::warn!(app = %self.addr, %reason, "the app did not answer");
+        AppError::Unreachable {
+            addr: self.addr.clone(),
+            reason,
+        }
+    }
+
     /// Sends one event and reads the whole answer (the turn ends when the answer is complete).
     pub async fn send(&self, mut req: Request<Bytes>) -> Result<Response<Bytes>, AppError> {
         let path = req
@@ -96,15 +107,15 @@ impl AppClient {
             .to_owned();
         *req.uri_mut() = Uri::try_from(format!("http://{}{}", self.addr, path))
             .map_err(|e| AppError::InvalidRequest(e.to_string()))?;
+        // The app speaks HTTP/1.1 whatever the client spoke (an HTTP/2 request keeps its
+        // version otherwise, and the HTTP/1 client refuses it).
+        *req.version_mut() = Version::HTTP_11;
         let req = req.map(Full::new);
         let resp = self
             .client
             .request(req)
             .await
-            .map_err(|e| AppError::Unreachable {
-                addr: self.addr.clone(),
-                reason: error_chain(&e),
-            })?;
+            .map_err(|e| self.unreachable(error_chain(&e)))?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, self.max_answer_bytes)
             .collect()
@@ -115,10 +126,7 @@ impl AppClient {
                         limit: self.max_answer_bytes,
                     }
                 } else {
-                    AppError::Unreachable {
-                        addr: self.addr.clone(),
-                        reason: e.to_string(),
-                    }
+                    self.unreachable(e.to_string())
                 }
             })?
             .to_bytes();

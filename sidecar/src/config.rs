@@ -90,6 +90,8 @@ pub struct SidecarConfig {
     pub peer_token: Option<String>,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub connections: crate::serve::ConnectionLimits,
     /// Log format: `text` or `json`.
     #[arg(long, env = "STEAD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -21,7 +21,8 @@ use crate::route::ObjectRouter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("shard {ordinal} at {addr} is unreachable: {reason}")]
+    /// Shown to clients: the address and the cause stay in the sidecar's log.
+    #[error("shard {ordinal} is unreachable")]
     Unreachable {
         ordinal: u32,
         addr: String,
@@ -77,6 +78,8 @@ impl PeerClient {
         };
         *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}"))
             .map_err(|e| unreachable(e.to_string()))?;
+        // Peers speak HTTP/1.1 whatever the client spoke.
+        *req.version_mut() = http::Version::HTTP_11;
         let headers = req.headers_mut();
         clean_headers(headers, true);
         if let Some(t) = &self.token {

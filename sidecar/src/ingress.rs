@@ -2,14 +2,14 @@
 //! the object host or, outside `/objects/`, to the app's stateless front door.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use stead_core::{ClassName, ObjectId, ObjectName, protocol};
 
 use crate::app::{AppClient, clean_headers, strip_stead_headers};
@@ -110,18 +110,62 @@ fn decode(segment: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_path", "path segment is not valid UTF-8"))
 }
 
-/// Reads a whole client body, refusing one over `limit` bytes with 413.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    Ok(Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|_| {
-            ApiError::too_large(
-                "body_too_large",
-                format!("request bodies are limited to {limit} bytes"),
-            )
-        })?
-        .to_bytes())
+/// Reads a whole client body. A declared length over `limit` is refused with 413 before a
+/// byte is read, and so is a body that grows past it; a body that stops arriving for
+/// `timeout` gets 408; a malformed one (a bad chunk size) gets 400.
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    refuse_declared_length(&body, limit)?;
+    let too_large = || {
+        ApiError::too_large(
+            "body_too_large",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    };
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the request body stopped arriving ({} s without data); send it whole and without pauses",
+                        timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::bad_request(
+                    "malformed_body",
+                    "the request body is malformed (bad chunked encoding) or ended early",
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Refuses (413) a body whose declared `Content-Length` is over `limit`, without reading it.
+pub fn refuse_declared_length(body: &Body, limit: usize) -> Result<(), ApiError> {
+    let declared = hyper::body::Body::size_hint(body).lower();
+    if declared > limit as u64 {
+        return Err(ApiError::too_large(
+            "body_too_large",
+            format!(
+                "the request body is {declared} bytes; request bodies are limited to {limit} bytes"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn handle(State(ingress): State<Arc<Ingress>>, req: Request) -> Response {
@@ -207,7 +251,12 @@ impl Ingress {
     /// Reads the whole body (a turn never waits on a slow client) and cleans the headers.
     async fn buffer(&self, req: Request, path: &str) -> Result<http::Request<Bytes>, ApiError> {
         let (mut parts, body) = req.into_parts();
-        let body = read_body(body, self.router.max_request_bytes).await?;
+        let body = read_body(
+            body,
+            self.router.max_request_bytes,
+            self.router.body_timeout,
+        )
+        .await?;
         clean_headers(&mut parts.headers, true);
         parts.uri = path
             .parse()

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod object;
 pub mod ownership;
 pub mod route;
+pub mod serve;
 pub mod sidecar;
 pub mod storage;
 pub mod turn;

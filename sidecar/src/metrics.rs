@@ -38,6 +38,12 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    /// `ingress`, `admin` or `peer`.
+    pub port: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +76,11 @@ pub struct Metrics {
     pub websocket_messages_in: Counter,
     pub websocket_messages_out: Counter,
     pub websockets_refused: Counter,
+    pub connections_open: Family<PortLabels, Gauge>,
+    pub connections_max: Family<PortLabels, Gauge>,
+    pub connections_timed_out: Family<PortLabels, Counter>,
+    pub connections_deferred: Family<PortLabels, Counter>,
+    pub accept_errors: Family<PortLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -106,6 +117,11 @@ impl Metrics {
         let websocket_messages_in = Counter::default();
         let websocket_messages_out = Counter::default();
         let websockets_refused = Counter::default();
+        let connections_open = Family::<PortLabels, Gauge>::default();
+        let connections_max = Family::<PortLabels, Gauge>::default();
+        let connections_timed_out = Family::<PortLabels, Counter>::default();
+        let connections_deferred = Family::<PortLabels, Counter>::default();
+        let accept_errors = Family::<PortLabels, Counter>::default();
 
         let mut r = Registry::with_prefix("stead");
         r.register(
@@ -213,6 +229,31 @@ impl Metrics {
             "WebSocket handshakes refused because the object holds too many sockets",
             websockets_refused.clone(),
         );
+        r.register(
+            "connections_open",
+            "Client connections open, by port",
+            connections_open.clone(),
+        );
+        r.register(
+            "connections_max",
+            "The bound on open connections of each port (computed from RLIMIT_NOFILE)",
+            connections_max.clone(),
+        );
+        r.register(
+            "connections_timed_out",
+            "Connections closed because a request head or the next request did not arrive in time, by port",
+            connections_timed_out.clone(),
+        );
+        r.register(
+            "connections_deferred",
+            "Times a port stopped accepting because it held its bound of open connections",
+            connections_deferred.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Failed accepts (e.g. EMFILE), by port; the port retries after a pause",
+            accept_errors.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,
@@ -236,6 +277,11 @@ impl Metrics {
             websocket_messages_in,
             websocket_messages_out,
             websockets_refused,
+            connections_open,
+            connections_max,
+            connections_timed_out,
+            connections_deferred,
+            accept_errors,
         }
     }
 

@@ -15,7 +15,7 @@ use crate::chain::{CallChain, MAX_DEPTH};
 use crate::error::ApiError;
 use crate::forward::PeerClient;
 use crate::host::Host;
-use crate::ingress::read_body;
+use crate::ingress::{read_body, refuse_declared_length};
 use crate::membership::Membership;
 use crate::metrics::{ForwardLabels, Metrics};
 use crate::object::ObjectRef;
@@ -30,6 +30,8 @@ pub struct ObjectRouter {
     pub classes: HashSet<String>,
     pub slots: u32,
     pub max_request_bytes: usize,
+    /// How long a request body may pause before it is refused with 408.
+    pub body_timeout: std::time::Duration,
     pub host: Arc<Host>,
     pub ownership: Ownership,
     pub membership: Arc<dyn Membership>,
@@ -53,6 +55,10 @@ impl ObjectRouter {
         chain: CallChain,
         hops: u32,
     ) -> Response {
+        // Refused here, before the body is read or streamed to another shard.
+        if let Err(e) = refuse_declared_length(req.body(), self.max_request_bytes) {
+            return e.into_response();
+        }
         if self.ownership.owns(object.slot) {
             return self.local(object, rest, req, chain).await;
         }
@@ -98,6 +104,7 @@ impl ObjectRouter {
                 Ok(resp) => resp,
                 Err(e) => {
                     self.metrics.peer_errors.inc();
+                    tracing::warn!(error = ?e, "tunnel failed");
                     ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "shard_unavailable",
@@ -122,7 +129,7 @@ impl ObjectRouter {
             }
             Err(e) => {
                 self.metrics.peer_errors.inc();
-                tracing::warn!(error = %e, "forward failed");
+                tracing::warn!(error = ?e, "forward failed");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "shard_unavailable",
@@ -171,7 +178,7 @@ impl ObjectRouter {
             .into_response();
         }
         let (mut parts, body) = req.into_parts();
-        let body = match read_body(body, self.max_request_bytes).await {
+        let body = match read_body(body, self.max_request_bytes, self.body_timeout).await {
             Ok(b) => b,
             Err(e) => return e.into_response(),
         };

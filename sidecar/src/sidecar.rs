@@ -17,6 +17,7 @@ use crate::membership::{Membership, StaticMembership};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
 use crate::route::ObjectRouter;
+use crate::serve::{self, Port};
 use crate::storage::{DbOptions, Storage, StorageConfig};
 use crate::turn::Turns;
 use crate::websocket::Sockets;
@@ -119,6 +120,7 @@ pub async fn run(
         classes: config.classes.iter().map(|c| c.to_string()).collect(),
         slots: config.slots,
         max_request_bytes: config.max_request_bytes,
+        body_timeout: config.connections.body_timeout,
         host,
         ownership,
         membership: Arc::new(membership),
@@ -147,9 +149,30 @@ pub async fn run(
         sockets: sockets.clone(),
     });
     let admin_state = Arc::new(AdminState {
-        metrics,
+        metrics: metrics.clone(),
         app_addr: config.app.clone(),
     });
+    let nofile = serve::raise_nofile_limit();
+    let bounds = serve::connection_bounds(
+        nofile,
+        config.max_open_objects,
+        config.connections.max_connections,
+        config.peers.len() > 1,
+    );
+    if (nofile as usize) < 2 * config.max_open_objects + serve::BASE_RESERVE + bounds.ingress {
+        tracing::warn!(
+            nofile,
+            max_open_objects = config.max_open_objects,
+            "the descriptor limit cannot keep the storage reserve: raise `ulimit -n` or lower --max-open-objects"
+        );
+    }
+    tracing::info!(
+        nofile,
+        ingress = bounds.ingress,
+        peer = bounds.peer,
+        admin = bounds.admin,
+        "connection bounds"
+    );
 
     let listen = |what, addr| async move {
         TcpListener::bind(addr)
@@ -190,40 +213,46 @@ pub async fn run(
         sockets.close_all();
         let _ = stop_tx.send(true);
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let port = |name, max_connections| Port {
+        name,
+        max_connections,
+        limits: config.connections.clone(),
     };
     // Ingress drains in-flight requests on shutdown; the app API keeps serving until the
     // process ends so that draining turns can finish their calls.
     let api_srv = axum::serve(api_l, api::router(api_state));
-    let admin_srv = axum::serve(admin_l, admin::router(admin_state));
     tokio::spawn(async move {
         if let Err(e) = api_srv.await {
             tracing::error!(error = %e, "app API server failed");
         }
     });
     if let Some(peer_l) = peer_l {
-        let peer_srv = axum::serve(
+        let peer_app = axum::Router::new()
+            .fallback(forward::handle)
+            .with_state(peer_state);
+        tokio::spawn(serve::serve(
             peer_l,
-            axum::Router::new()
-                .fallback(forward::handle)
-                .with_state(peer_state),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = peer_srv.await {
-                tracing::error!(error = %e, "peer server failed");
-            }
-        });
+            peer_app,
+            port("peer", bounds.peer),
+            metrics.clone(),
+            None,
+        ));
     }
-    tokio::spawn(async move {
-        if let Err(e) = admin_srv.await {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    });
-    axum::serve(ingress_l, ingress_app)
-        .with_graceful_shutdown(stopped(stop_rx))
-        .await
-        .map_err(StartError::Serve)?;
+    tokio::spawn(serve::serve(
+        admin_l,
+        admin::router(admin_state),
+        port("admin", bounds.admin),
+        metrics.clone(),
+        None,
+    ));
+    serve::serve(
+        ingress_l,
+        ingress_app,
+        port("ingress", bounds.ingress),
+        metrics,
+        Some(stop_rx),
+    )
+    .await;
     tracing::info!("sidecar stopped");
     Ok(())
 }
