@@ -153,4 +153,13 @@ if sed -e 's/^  shards: .*/  shards: 0/' -e 's/^spec:/spec:\n  shardz: 1/' examp
   fail "kubeconform accepted a DurableNamespace with shards 0 and an unknown field: the CRD schema is not applied"
 fi
 
+# The manifest docs/kubernetes.md pastes inline (the released-images install path).
+python3 -c '
+import re, sys
+blocks = re.findall(r"<<.EOF.\n(.*?)\nEOF\n", open("docs/kubernetes.md").read(), re.S)
+if not blocks:
+    sys.exit("docs/kubernetes.md: no inline manifest (<<EOF ... EOF)")
+print("\n---\n".join(blocks))' >"$CRD_SCHEMAS/docs.yaml" || fail "extracting the inline manifests of docs/kubernetes.md"
+conform "$CRD_SCHEMAS/docs.yaml" || fail "docs/kubernetes.md: an inline manifest is invalid"
+
 echo "helm-check: ok (helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION, core schemas of Kubernetes $KUBE_VERSION)"
