@@ -11,6 +11,7 @@
 #        - ServiceMonitor (prometheus-operator's CRD, not shipped here) is the only kind whose
 #          schema is missing; it is skipped by name, and only when the monitoring values are on;
 #   4. examples/*/k8s/*.yaml against the same schemas.
+# The `helm test` hook (templates/tests/) is rendered and checked with the rest.
 # kubeconform's default schema location is on GitHub, which this machine cannot reach; nothing
 # here downloads anything but Go modules. What JSON schema cannot check (CEL rules such as slots
 # immutability, defaults) is the envtest tier's job (operator/tests/envtest.rs).
@@ -41,19 +42,9 @@ fi
 
 # --- tools -------------------------------------------------------------------------------
 export GOTOOLCHAIN=local
-mkdir -p "$BIN"
-install_tool() { # name module version
-  local name=$1 module=$2 version=$3 stamp="$BIN/.$1-$3"
-  [[ -x "$BIN/$name" && -e "$stamp" ]] && return 0
-  command -v go >/dev/null 2>&1 || fail "go is not installed (needed to build $name)"
-  echo "helm-check: building $name $version (go install $module@$version)" >&2
-  GOBIN="$BIN" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$module@$version" ||
-    fail "building $name $version"
-  rm -f "$BIN/.$name-"*
-  touch "$stamp"
-}
-install_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
-install_tool kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
+source scripts/go-tool.sh
+go_tool helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"
+go_tool kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
 HELM="$BIN/helm"
 KUBECONFORM="$BIN/kubeconform"
 python3 -c 'import yaml' 2>/dev/null ||
@@ -140,6 +131,17 @@ if render --set crds.install=false | grep -q '^kind: CustomResourceDefinition'; 
   fail "crds.install=false still renders a CustomResourceDefinition"
 fi
 
+# The `helm test` hook: rendered (so kubeconform above checked it), switched off by
+# tests.enabled=false, and its script is valid sh.
+render | grep -q '^    helm.sh/hook: test$' || fail "the chart renders no helm test hook (templates/tests/)"
+if render --set tests.enabled=false | grep -q 'helm.sh/hook: test'; then
+  fail "tests.enabled=false still renders a helm test hook"
+fi
+render --show-only templates/tests/call-example.yaml | python3 -c '
+import sys, yaml
+pod = yaml.safe_load(sys.stdin)
+print(pod["spec"]["containers"][0]["command"][2])' | sh -n || fail "the helm test pod's script is not valid sh"
+
 # --- 4. examples ---------------------------------------------------------------------------
 examples=(examples/*/k8s/*.yaml)
 ((${#examples[@]} > 0)) || fail "no examples/*/k8s/*.yaml"
@@ -150,5 +152,14 @@ if sed -e 's/^  shards: .*/  shards: 0/' -e 's/^spec:/spec:\n  shardz: 1/' examp
   conform - >/dev/null 2>&1; then
   fail "kubeconform accepted a DurableNamespace with shards 0 and an unknown field: the CRD schema is not applied"
 fi
+
+# The manifest docs/kubernetes.md pastes inline (the released-images install path).
+python3 -c '
+import re, sys
+blocks = re.findall(r"<<.EOF.\n(.*?)\nEOF\n", open("docs/kubernetes.md").read(), re.S)
+if not blocks:
+    sys.exit("docs/kubernetes.md: no inline manifest (<<EOF ... EOF)")
+print("\n---\n".join(blocks))' >"$CRD_SCHEMAS/docs.yaml" || fail "extracting the inline manifests of docs/kubernetes.md"
+conform "$CRD_SCHEMAS/docs.yaml" || fail "docs/kubernetes.md: an inline manifest is invalid"
 
 echo "helm-check: ok (helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION, core schemas of Kubernetes $KUBE_VERSION)"

@@ -54,15 +54,20 @@ trap cleanup EXIT
 
 step() { echo "kind e2e: $*" >&2; }
 
+# The counter image is built under the name its manifest names (a released image's name, see
+# docs/kubernetes.md, "a local kind cluster"), so the manifest is applied as it is.
+COUNTER_IMAGE="$(sed -n 's/^ *image: *//p' examples/counter/k8s/counter.yaml)"
+[[ -n "$COUNTER_IMAGE" ]] || { echo "kind e2e: no image in examples/counter/k8s/counter.yaml" >&2; exit 1; }
+
 step "building images"
 docker build -f docker/stead.Dockerfile --target stead -t stead:dev .
-docker build -f docker/stead.Dockerfile --target counter -t stead-counter:dev .
+docker build -f docker/stead.Dockerfile --target counter -t "$COUNTER_IMAGE" .
 docker build -f docker/operator.Dockerfile -t stead-operator:dev .
 
 step "creating kind cluster $CLUSTER"
 kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
 kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG" --wait 120s
-for image in stead:dev stead-counter:dev stead-operator:dev; do
+for image in stead:dev "$COUNTER_IMAGE" stead-operator:dev; do
   kind load docker-image --name "$CLUSTER" "$image"
 done
 
@@ -78,6 +83,9 @@ kubectl create namespace "$NS_APPS"
 kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml
 kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter --timeout=5m
 kubectl -n "$NS_APPS" get durablenamespaces
+
+step "helm test: the chart's test pod calls the counter through its client Service"
+helm test stead --namespace "$NS_OPERATOR" --logs --timeout 3m
 
 step "running the scenarios"
 STEAD_KUBE_NAMESPACE="$NS_APPS" STEAD_KUBE_NAME=counter \

@@ -7,6 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use stead_core::crd::{DurableNamespaceStatus, RingStatus, condition};
 
+use crate::build::SIDECAR_CONTAINER;
 use crate::error::Error;
 
 /// Condition reasons besides those of [`Error::condition_reason`].
@@ -30,6 +31,9 @@ const STUCK_REASONS: [&str; 7] = [
     "CreateContainerError",
     "RunContainerError",
 ];
+
+/// Waiting reasons that mean the node cannot get the container's image.
+const IMAGE_PULL_REASONS: [&str; 3] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"];
 
 /// Everything the status is computed from.
 #[derive(Debug, Clone, Copy)]
@@ -150,8 +154,9 @@ fn make_condition(
     }
 }
 
-/// "shard 2 not ready: container app: ImagePullBackOff: …" for each shard stuck in a way that
-/// will not fix itself, in ordinal order.
+/// "shard 2 not ready: container app: CrashLoopBackOff: …" for each shard stuck in a way that
+/// will not fix itself, in ordinal order; shards stuck on the same thing (most often an image no
+/// node can pull) share one line: "shards 0, 1, 2 cannot pull image …".
 pub fn shard_failures(pods: &[Pod]) -> Vec<String> {
     let mut found: Vec<(u32, String)> = Vec::new();
     for pod in pods {
@@ -170,7 +175,7 @@ pub fn shard_failures(pods: &[Pod]) -> Vec<String> {
             found.push((
                 ordinal,
                 format!(
-                    "shard {ordinal} not ready: cannot be scheduled: {}",
+                    "not ready: cannot be scheduled: {}",
                     c.message.as_deref().unwrap_or("no node fits")
                 ),
             ));
@@ -182,17 +187,58 @@ pub fn shard_failures(pods: &[Pod]) -> Vec<String> {
             let Some(reason) = w.reason.as_deref().filter(|r| STUCK_REASONS.contains(r)) else {
                 continue;
             };
-            let mut msg = format!("shard {ordinal} not ready: container {}: {reason}", cs.name);
-            if let Some(m) = w.message.as_deref().filter(|m| !m.is_empty()) {
-                msg.push_str(": ");
-                msg.extend(m.chars().take(300));
-            }
+            let detail = w.message.as_deref().filter(|m| !m.is_empty());
+            let msg = if IMAGE_PULL_REASONS.contains(&reason) {
+                image_pull_failure(&cs.name, &cs.image, reason, detail)
+            } else {
+                let mut msg = format!("not ready: container {}: {reason}", cs.name);
+                if let Some(m) = detail {
+                    msg.push_str(": ");
+                    msg.extend(m.chars().take(300));
+                }
+                msg
+            };
             found.push((ordinal, msg));
             break;
         }
     }
     found.sort();
-    found.into_iter().map(|(_, m)| m).collect()
+    let mut lines: Vec<(Vec<String>, String)> = Vec::new();
+    for (ordinal, what) in found {
+        match lines.iter_mut().find(|(_, w)| *w == what) {
+            Some((ordinals, _)) => ordinals.push(ordinal.to_string()),
+            None => lines.push((vec![ordinal.to_string()], what)),
+        }
+    }
+    lines
+        .into_iter()
+        .map(|(ordinals, what)| match ordinals.as_slice() {
+            [one] => format!("shard {one} {what}"),
+            many => format!("shards {} {what}", many.join(", ")),
+        })
+        .collect()
+}
+
+/// "cannot pull image "…" for container app (ErrImagePull: …): " and what to do, which depends on
+/// whose image it is: the app's comes from the DurableNamespace, the sidecar's from the
+/// operator's configuration (the Helm chart's `sidecar.image`).
+fn image_pull_failure(container: &str, image: &str, reason: &str, detail: Option<&str>) -> String {
+    let advice = match (container == SIDECAR_CONTAINER, reason == "InvalidImageName") {
+        (false, true) => "fix the image name in spec.app.image".to_owned(),
+        (false, false) => format!(
+            "check spec.app.image, and that the cluster's nodes can pull it: push it to a \
+             registry they can pull from, or on a kind cluster run \
+             `kind load docker-image {image}`"
+        ),
+        (true, _) => "this is the sidecar image the operator injects (STEAD_SIDECAR_IMAGE; the \
+             Helm chart's sidecar.image.repository and sidecar.image.tag): publish it where \
+             the nodes can pull it, or point the chart at an image they can pull"
+            .to_owned(),
+    };
+    let detail: String = detail
+        .map(|m| format!(": {}", m.chars().take(200).collect::<String>()))
+        .unwrap_or_default();
+    format!("cannot pull image \"{image}\" for container {container} ({reason}{detail}): {advice}")
 }
 
 /// Whether the published status says every shard is ready.
@@ -308,20 +354,20 @@ mod tests {
         assert_eq!(cond(&s, "Ready").status, "True", "the 3 shards still serve");
     }
 
-    #[test]
-    fn a_stuck_shard_is_named_with_its_reason() {
-        let pod = Pod {
+    fn waiting_pod(name: &str, container: &str, image: &str, reason: &str, message: &str) -> Pod {
+        Pod {
             metadata: ObjectMeta {
-                name: Some("chat-2".into()),
+                name: Some(name.into()),
                 ..ObjectMeta::default()
             },
             status: Some(PodStatus {
                 container_statuses: Some(vec![ContainerStatus {
-                    name: "app".into(),
+                    name: container.into(),
+                    image: image.into(),
                     state: Some(ContainerState {
                         waiting: Some(ContainerStateWaiting {
-                            reason: Some("ImagePullBackOff".into()),
-                            message: Some("Back-off pulling image \"acme/chat:nope\"".into()),
+                            reason: Some(reason.into()),
+                            message: Some(message.into()),
                         }),
                         ..ContainerState::default()
                     }),
@@ -330,7 +376,18 @@ mod tests {
                 ..PodStatus::default()
             }),
             ..Pod::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_stuck_shard_is_named_with_its_reason() {
+        let pod = waiting_pod(
+            "chat-2",
+            "app",
+            "acme/chat:1",
+            "CrashLoopBackOff",
+            "back-off 5m0s restarting",
+        );
         let sts = sts(3, 2, 3);
         let s = compute(observe(Some(&sts), std::slice::from_ref(&pod), None));
         let d = cond(&s, "Degraded");
@@ -338,9 +395,112 @@ mod tests {
         assert_eq!(d.reason, "ShardFailing");
         assert_eq!(
             d.message,
-            "shard 2 not ready: container app: ImagePullBackOff: Back-off pulling image \"acme/chat:nope\""
+            "shard 2 not ready: container app: CrashLoopBackOff: back-off 5m0s restarting"
         );
         assert_eq!(cond(&s, "Ready").reason, "ShardFailing");
+    }
+
+    #[test]
+    fn an_app_image_that_cannot_be_pulled_is_named_with_what_to_do() {
+        for reason in ["ErrImagePull", "ImagePullBackOff"] {
+            let pod = waiting_pod("chat-1", "app", "acme/chat:nope", reason, "not found");
+            let sts = sts(3, 2, 3);
+            let s = compute(observe(Some(&sts), std::slice::from_ref(&pod), None));
+            let d = cond(&s, "Degraded");
+            assert_eq!(d.status, "True");
+            assert_eq!(d.reason, "ShardFailing");
+            assert_eq!(
+                d.message,
+                format!(
+                    "shard 1 cannot pull image \"acme/chat:nope\" for container app ({reason}: \
+                     not found): check spec.app.image, and that the cluster's nodes can pull it: \
+                     push it to a registry they can pull from, or on a kind cluster run \
+                     `kind load docker-image acme/chat:nope`"
+                )
+            );
+            let r = cond(&s, "Ready");
+            assert_eq!(
+                (r.status.as_str(), r.message.as_str()),
+                ("False", d.message.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn a_sidecar_image_that_cannot_be_pulled_points_at_the_chart() {
+        let pod = waiting_pod(
+            "chat-0",
+            "sidecar",
+            "ghcr.io/stead-dev/stead:9.9.9",
+            "ImagePullBackOff",
+            "",
+        );
+        let sts = sts(1, 0, 1);
+        let s = compute(observe(Some(&sts), std::slice::from_ref(&pod), None));
+        let d = cond(&s, "Degraded");
+        assert!(
+            d.message.starts_with(
+                "shard 0 cannot pull image \"ghcr.io/stead-dev/stead:9.9.9\" for container \
+                 sidecar (ImagePullBackOff): this is the sidecar image the operator injects"
+            ),
+            "{}",
+            d.message
+        );
+        assert!(
+            d.message.contains("sidecar.image.repository"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn shards_stuck_on_the_same_image_share_one_line() {
+        let pods: Vec<Pod> = [2, 0, 1]
+            .iter()
+            .map(|i| {
+                let msg = "Back-off pulling image \"acme/chat:nope\"";
+                waiting_pod(
+                    &format!("chat-{i}"),
+                    "app",
+                    "acme/chat:nope",
+                    "ImagePullBackOff",
+                    msg,
+                )
+            })
+            .chain([waiting_pod(
+                "chat-3",
+                "app",
+                "acme/chat:1",
+                "CrashLoopBackOff",
+                "",
+            )])
+            .collect();
+        let failures = shard_failures(&pods);
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(
+            failures[0].starts_with(
+                "shards 0, 1, 2 cannot pull image \"acme/chat:nope\" for container app \
+                 (ImagePullBackOff: Back-off pulling image \"acme/chat:nope\"): check spec.app.image"
+            ),
+            "{}",
+            failures[0]
+        );
+        assert_eq!(
+            failures[1],
+            "shard 3 not ready: container app: CrashLoopBackOff"
+        );
+    }
+
+    #[test]
+    fn a_malformed_image_name_says_to_fix_the_name() {
+        let pod = waiting_pod("chat-0", "app", "Acme/Chat", "InvalidImageName", "bad");
+        let sts = sts(1, 0, 1);
+        let s = compute(observe(Some(&sts), std::slice::from_ref(&pod), None));
+        assert_eq!(
+            cond(&s, "Degraded").message,
+            "shard 0 cannot pull image \"Acme/Chat\" for container app (InvalidImageName: bad): \
+             fix the image name in spec.app.image"
+        );
     }
 
     #[test]

@@ -502,7 +502,9 @@ async fn a_stuck_shard_is_reported_by_name() {
     assert_eq!(degraded["reason"], "ShardFailing");
     assert_eq!(
         degraded["message"],
-        "shard 1 not ready: container app: ErrImagePull: not found"
+        "shard 1 cannot pull image \"acme/chat:1\" for container app (ErrImagePull: not found): \
+         check spec.app.image, and that the cluster's nodes can pull it: push it to a registry \
+         they can pull from, or on a kind cluster run `kind load docker-image acme/chat:1`"
     );
     assert_eq!(events(&calls), ["ShardFailing"]);
 }
