@@ -70,6 +70,7 @@ pub struct Metrics {
     pub websocket_messages_in: Counter,
     pub websocket_messages_out: Counter,
     pub websockets_refused: Counter,
+    pub websockets_slow_closed: Counter,
 }
 
 impl Default for Metrics {
@@ -106,6 +107,7 @@ impl Metrics {
         let websocket_messages_in = Counter::default();
         let websocket_messages_out = Counter::default();
         let websockets_refused = Counter::default();
+        let websockets_slow_closed = Counter::default();
 
         let mut r = Registry::with_prefix("stead");
         r.register(
@@ -213,6 +215,11 @@ impl Metrics {
             "WebSocket handshakes refused because the object holds too many sockets",
             websockets_refused.clone(),
         );
+        r.register(
+            "websockets_slow_closed",
+            "WebSockets closed with 1008 because the client did not read what it was sent",
+            websockets_slow_closed.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,
@@ -236,6 +243,7 @@ impl Metrics {
             websocket_messages_in,
             websocket_messages_out,
             websockets_refused,
+            websockets_slow_closed,
         }
     }
 
