@@ -5,12 +5,14 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::proxy_app::ProxyApp;
 use support::raw_ws::{self, OP_PING, frame};
 use support::{Shard, eventually, free_port};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 /// How much the sidecar may grow over its baseline while a hostile client pushes: well above
@@ -75,9 +77,18 @@ async fn a_room_member_that_never_reads_is_closed_and_memory_stays_bounded() {
     let baseline = rss_kib(pid);
     let mut peak = baseline;
 
+    // The well-behaved members stay at most WINDOW messages (8 MiB, half a socket's bound)
+    // behind the talker, however slowly this test process runs: it sends a message only when
+    // both have received the one WINDOW before it.
+    const WINDOW: usize = 32;
+    let talker_got = Arc::new(Semaphore::new(WINDOW));
+    let listener_got = Arc::new(Semaphore::new(WINDOW));
     let body = "m".repeat(SIZE);
+    let (tg, lg) = (talker_got.clone(), listener_got.clone());
     let send = async move {
         for _ in 0..MESSAGES {
+            tg.acquire().await.unwrap().forget();
+            lg.acquire().await.unwrap().forget();
             talker_tx
                 .send(Message::Text(body.clone().into()))
                 .await
@@ -88,6 +99,7 @@ async fn a_room_member_that_never_reads_is_closed_and_memory_stays_bounded() {
     let talker_reads = async move {
         for i in 0..MESSAGES {
             let t = next_text(&mut talker_rx).await;
+            talker_got.add_permits(1);
             assert!(
                 t.starts_with(&format!("{}:", i + 2)),
                 "talker got message {i} out of order"
@@ -97,6 +109,7 @@ async fn a_room_member_that_never_reads_is_closed_and_memory_stays_bounded() {
     let listen = async {
         for i in 0..MESSAGES {
             let t = next_text(&mut listener).await;
+            listener_got.add_permits(1);
             let (seq, text) = t.split_once(':').unwrap();
             assert_eq!(
                 seq,

@@ -8,7 +8,7 @@
 //!   the echo of the client's 1000, and the sidecar then drops it;
 //! - the sidecar stays up and serves after every case.
 //!
-//! Bounded: a fixed number of cases (`STEAD_WS_PROP_CASES`, default 48) over small inputs.
+//! Bounded: a fixed number of cases (`STEAD_WS_PROP_CASES`, default 96) over small inputs.
 
 mod support;
 
@@ -282,7 +282,7 @@ fn arbitrary_frame_sequences_get_their_messages_delivered_and_the_right_close_co
     let cases = std::env::var("STEAD_WS_PROP_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(48);
+        .unwrap_or(96);
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
