@@ -68,8 +68,16 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// tungstenite's own write buffer holds the frame being written and the pongs and close replies
 /// it queues itself; unbounded by default, it grew by every pong owed to a non-reading client.
-/// One message of the largest size plus room for control frames; a pong over it is dropped.
-const MAX_WRITE_BUFFER_BYTES: usize = MAX_MESSAGE_BYTES + (64 << 10);
+/// One message of the largest size plus room for the pongs owed ([`MAX_UNANSWERED_PINGS`] of
+/// at most 127 bytes) and a Close; a pong over it is dropped.
+const MAX_WRITE_BUFFER_BYTES: usize = MAX_MESSAGE_BYTES + (256 << 10);
+
+/// Whether an app may close a socket with `code`: the codes RFC 6455 §7.4 defines for sending
+/// (1004, 1005, 1006 and 1015 must never be sent), those IANA registered since (1012–1014), and
+/// the ranges for libraries and applications (3000–4999).
+pub fn is_sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsMessage {

@@ -239,3 +239,63 @@ async fn handshakes_with_an_invalid_key_are_refused_with_400_json() {
     let good = raw_ws::connect(shard.ingress, "/objects/Counter/name/keys/ws", &b64(16)).await;
     assert!(good.is_ok(), "a valid key is accepted: {:?}", good.err());
 }
+
+/// Calls the app API from inside a turn of `room` (the test app's `/call`).
+async fn call(shard: &Shard, room: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let (status, text) = shard
+        .send(
+            "POST",
+            &format!("/objects/Counter/name/{room}/call"),
+            &serde_json::json!({"path": path, "body": body}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn the_app_closes_a_socket_with_a_valid_code_and_cannot_send_a_reserved_one() {
+    let (shard, app) = setup().await;
+    let url = format!(
+        "ws://127.0.0.1:{}/objects/Counter/name/bye/ws",
+        shard.ingress
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let listed = call(&shard, "bye", "/v1/websockets/list", serde_json::json!({})).await;
+    let id = listed["body"]["sockets"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for code in [1005, 1006, 1015, 999, 2000, 5000] {
+        let v = call(
+            &shard,
+            "bye",
+            "/v1/websockets/close",
+            serde_json::json!({"id": id, "code": code}),
+        )
+        .await;
+        assert_eq!(v["status"], 400, "code {code}: {v}");
+        assert_eq!(v["body"]["error"]["code"], "bad_request");
+    }
+    let v = call(
+        &shard,
+        "bye",
+        "/v1/websockets/close",
+        serde_json::json!({"id": id, "code": 4000, "reason": "done"}),
+    )
+    .await;
+    assert_eq!(v["body"]["closed"], true, "{v}");
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(f))))) => {
+            assert_eq!(u16::from(f.code), 4000);
+            assert_eq!(f.reason.as_str(), "done");
+        }
+        other => panic!("expected close 4000, got {other:?}"),
+    }
+    // Reading on makes the client library send its answering Close; the sidecar then ends the
+    // connection, and the app hears the client's code.
+    let end = tokio::time::timeout(Duration::from_secs(30), ws.next()).await;
+    assert!(matches!(end, Ok(None)), "got {end:?} after the close");
+    let events = app_events(&app, "websocket-close", 1).await;
+    assert_eq!(events[0]["stead-websocket-close-code"], "4000");
+}
