@@ -49,7 +49,9 @@ pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 /// Messages waiting to be written to one socket.
 pub const MAX_QUEUED_MESSAGES: usize = 16_384;
-/// Pings a client may send while the pongs to earlier ones cannot be written (it does not read).
+/// Pings a client may send while the pongs to earlier ones are not written yet. Then the sidecar
+/// reads no further until they are; a client that leaves them unread for [`CLOSE_GRACE`] is
+/// closed with 1008.
 pub const MAX_UNANSWERED_PINGS: usize = 1024;
 /// Bytes of one socket's messages waiting in the object's mailbox for their turns. Over it the
 /// sidecar stops reading that client until turns catch up (TCP pushes back on the client); a
@@ -139,6 +141,8 @@ struct Link {
     /// Pings received since the writer last flushed tungstenite's buffer (which holds the pongs).
     pings: AtomicUsize,
     pinged: Notify,
+    /// Told after each flush of the writer.
+    flushed: Notify,
     ending: watch::Sender<Option<Ending>>,
 }
 
@@ -149,6 +153,7 @@ impl Link {
             queued_messages: AtomicUsize::new(0),
             pings: AtomicUsize::new(0),
             pinged: Notify::new(),
+            flushed: Notify::new(),
             ending: watch::Sender::new(None),
         }
     }
@@ -166,6 +171,19 @@ impl Link {
 
     fn is_ending(&self) -> bool {
         self.ending.borrow().is_some()
+    }
+
+    /// Resolves once fewer than [`MAX_UNANSWERED_PINGS`] pongs are owed.
+    async fn caught_up(&self) {
+        loop {
+            let flushed = self.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            if self.pings.load(Ordering::SeqCst) < MAX_UNANSWERED_PINGS {
+                return;
+            }
+            flushed.await;
+        }
     }
 
     /// The writer finished writing a message of `len` bytes.
@@ -626,6 +644,7 @@ async fn write(mut sink: SplitSink<WebSocket, Message>, queue: Queue) -> WriterE
             break Some(WriterEnd::Failed(e.to_string()));
         }
         link.pings.fetch_sub(pings, Ordering::SeqCst);
+        link.flushed.notify_waiters();
     };
     // Whatever was still queued is not sent: free it now, not when the connection is dropped.
     drop(rx);
@@ -773,17 +792,22 @@ async fn run(
             }
             Some(Ok(Message::Ping(_))) => {
                 let owed = link.pings.fetch_add(1, Ordering::SeqCst) + 1;
-                if owed > MAX_UNANSWERED_PINGS {
+                link.pinged.notify_one();
+                // Read no further until the pongs owed are written; a client that leaves them
+                // unread for the grace period is not reading at all.
+                if owed >= MAX_UNANSWERED_PINGS
+                    && tokio::time::timeout(CLOSE_GRACE, link.caught_up())
+                        .await
+                        .is_err()
+                {
                     sockets.metrics.websockets_slow_closed.inc();
-                    let reason =
-                        format!("not reading: over {MAX_UNANSWERED_PINGS} pings not answered");
+                    let reason = format!("not reading: {MAX_UNANSWERED_PINGS} pings not answered");
                     link.end(Ending::Fail {
                         code: CLOSE_SLOW_CONSUMER,
                         reason: reason.clone(),
                     });
                     break failed(&format!("closed with {CLOSE_SLOW_CONSUMER}: {reason}"));
                 }
-                link.pinged.notify_one();
                 continue;
             }
             Some(Ok(Message::Pong(_))) => continue,

@@ -233,3 +233,39 @@ async fn a_ping_flood_without_reading_is_closed_and_memory_stays_bounded() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_may_send_pings_in_a_burst() {
+    const PINGS: u64 = 8192;
+    let (shard, _app) = setup().await;
+    let mut ws = raw_ws::connect(
+        shard.ingress,
+        "/objects/Counter/name/burst/ws",
+        raw_ws::GOOD_KEY,
+    )
+    .await
+    .expect("handshake");
+    let mut burst = vec![];
+    for i in 0..PINGS {
+        burst.extend(frame(true, 0, OP_PING, &i.to_be_bytes(), true));
+    }
+    ws.send(&burst).await.unwrap();
+    // Pongs may stand for several pings (RFC 6455 §5.5.3), but the last ping is answered.
+    let mut pongs = 0;
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(60), ws.read_frame())
+            .await
+            .expect("no pong for the last ping after 60 s")
+            .expect("the sidecar closed a client that reads");
+        assert_eq!(f.opcode, raw_ws::OP_PONG, "{f:?}");
+        pongs += 1;
+        if f.payload == (PINGS - 1).to_be_bytes() {
+            break;
+        }
+    }
+    assert!(pongs <= PINGS);
+    assert_eq!(
+        shard.metric("stead_websockets_slow_closed_total").await,
+        0.0
+    );
+}
