@@ -506,6 +506,15 @@ pub async fn connect(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    let path = rest.split('?').next().unwrap_or("/").to_owned();
+    let reservation = Reservation {
+        host: host.clone(),
+        sockets: sockets.clone(),
+        object: object.clone(),
+        id: id.clone(),
+        path: path.clone(),
+        armed: true,
+    };
     clean_headers(&mut parts.headers, true);
     for h in [
         "sec-websocket-key",
@@ -535,7 +544,6 @@ pub async fn connect(
         sockets.refuse(&key, &id);
         return answer.map(Body::from);
     }
-    let path = rest.split('?').next().unwrap_or("/").to_owned();
     let metrics = sockets.metrics.clone();
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -544,6 +552,8 @@ pub async fn connect(
         .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
+            // Up: from here `run` tells the app how the socket ends.
+            reservation.disarm();
             metrics.websockets_open.inc();
             run(
                 host,
@@ -558,6 +568,44 @@ pub async fn connect(
             sockets.remove(&key, &id);
             metrics.websockets_open.dec();
         })
+}
+
+/// A socket between its reservation and its upgrade. Dropped there (the client went away during
+/// the connect turn, which drops the handshake, or before the upgrade completed), it leaves the
+/// registry; if the app had already accepted it, the app is told that it closed (1006). (An
+/// accept that comes after the drop finds no socket, and the app is not told.)
+struct Reservation {
+    host: Arc<Host>,
+    sockets: Arc<Sockets>,
+    object: ObjectRef,
+    id: String,
+    path: String,
+    armed: bool,
+}
+
+impl Reservation {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let key = self.object.key();
+        let accepted = self.sockets.is_accepted(&key, &self.id);
+        self.sockets.remove(&key, &self.id);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if accepted {
+            let (host, object) = (self.host.clone(), self.object.clone());
+            let (work, req) = close_event(&self.path, &self.id, 1006, "");
+            runtime.spawn(async move { host.post(object, work, req).await });
+        }
+    }
 }
 
 /// RFC 6455 §4.1: the key is the base64 encoding of a 16-byte nonce.
@@ -707,32 +755,9 @@ async fn run(
     // After the app closed the socket: how long to wait for the client's Close.
     let mut deadline: Option<tokio::time::Instant> = None;
     let event = |kind: EventKind, body: Bytes, extra: Vec<(&'static str, String)>| {
-        let mut req = Request::new(body);
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = path.parse().unwrap_or_default();
-        for (k, v) in extra {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                req.headers_mut().insert(k, v);
-            }
-        }
-        (
-            Work::WebSocket {
-                kind,
-                ws_id: id.clone(),
-            },
-            req,
-        )
+        socket_event(&path, &id, kind, body, extra)
     };
-    let closed = |code: u16, reason: &str| {
-        event(
-            EventKind::WebSocketClose,
-            Bytes::new(),
-            vec![
-                (protocol::WEBSOCKET_CLOSE_CODE, code.to_string()),
-                (protocol::WEBSOCKET_CLOSE_REASON, encode(reason)),
-            ],
-        )
-    };
+    let closed = |code: u16, reason: &str| close_event(&path, &id, code, reason);
     let failed = |error: &str| {
         event(
             EventKind::WebSocketError,
@@ -850,6 +875,44 @@ async fn run(
     {
         writer.abort();
     }
+}
+
+/// An event about the socket `id`, posted to the path it connected on.
+fn socket_event(
+    path: &str,
+    id: &str,
+    kind: EventKind,
+    body: Bytes,
+    extra: Vec<(&'static str, String)>,
+) -> (Work, Request<Bytes>) {
+    let mut req = Request::new(body);
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = path.parse().unwrap_or_default();
+    for (k, v) in extra {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            req.headers_mut().insert(k, v);
+        }
+    }
+    (
+        Work::WebSocket {
+            kind,
+            ws_id: id.to_owned(),
+        },
+        req,
+    )
+}
+
+fn close_event(path: &str, id: &str, code: u16, reason: &str) -> (Work, Request<Bytes>) {
+    socket_event(
+        path,
+        id,
+        EventKind::WebSocketClose,
+        Bytes::new(),
+        vec![
+            (protocol::WEBSOCKET_CLOSE_CODE, code.to_string()),
+            (protocol::WEBSOCKET_CLOSE_REASON, encode(reason)),
+        ],
+    )
 }
 
 /// Resolves at `deadline`, or never without one.

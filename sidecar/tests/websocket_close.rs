@@ -299,3 +299,42 @@ async fn the_app_closes_a_socket_with_a_valid_code_and_cannot_send_a_reserved_on
     let events = app_events(&app, "websocket-close", 1).await;
     assert_eq!(events[0]["stead-websocket-close-code"], "4000");
 }
+
+#[tokio::test]
+async fn a_client_gone_during_the_connect_turn_leaves_no_socket_behind() {
+    let (shard, app) = setup().await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", shard.ingress))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /objects/Counter/name/gone/ws?hold=1000 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        raw_ws::GOOD_KEY
+    );
+    use tokio::io::AsyncWriteExt as _;
+    stream.write_all(req.as_bytes()).await.unwrap();
+    // While the app holds the connect turn (and then accepts), the client resets the connection.
+    eventually("the app was asked to accept", || async {
+        !app.events_of("websocket-connect").is_empty()
+    })
+    .await;
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+    // Once the turn is over, the socket the app accepted is not held, listed or sent to.
+    let held = || async {
+        let v = call(
+            &shard,
+            "gone",
+            "/v1/websockets/broadcast",
+            serde_json::json!({"text": "x"}),
+        )
+        .await;
+        v["body"]["sent"].as_u64().unwrap()
+    };
+    eventually("the abandoned socket left the registry", || async {
+        app.events_of("websocket-connect").len() == 1 && held().await == 0
+    })
+    .await;
+    let listed = call(&shard, "gone", "/v1/websockets/list", serde_json::json!({})).await;
+    assert_eq!(listed["body"]["sockets"], serde_json::json!([]), "{listed}");
+    assert_eq!(shard.metric("stead_websockets_open ").await, 0.0);
+}
