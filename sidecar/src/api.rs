@@ -21,7 +21,9 @@ use crate::ingress::{Target, parse_route};
 use crate::route::ObjectRouter;
 use crate::storage::{ListQuery, Storage, TurnRef, param_from_json};
 use crate::turn::{Outbox, TurnKind, Turns};
-use crate::websocket::{MAX_ATTACHMENT_BYTES, MAX_MESSAGE_BYTES, Outgoing, Sockets, WsMessage};
+use crate::websocket::{
+    MAX_ATTACHMENT_BYTES, MAX_MESSAGE_BYTES, Outgoing, Sockets, WsMessage, is_sendable_close_code,
+};
 
 /// Storage limits of DESIGN §4 (defaults are Cloudflare's figures where it has them).
 #[derive(Debug, Clone, clap::Args)]
@@ -595,6 +597,14 @@ async fn ws_close(
     call: Call<WsCloseBody>,
 ) -> Result<Response, ApiError> {
     let WsCloseBody { id, code, reason } = call.body;
+    if !is_sendable_close_code(code) {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            format!(
+                "{code} is not a close code an endpoint may send: use 1000-1003, 1007-1014 or 3000-4999"
+            ),
+        ));
+    }
     if reason.len() > 123 {
         return Err(ApiError::bad_request(
             "bad_request",

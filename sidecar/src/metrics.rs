@@ -81,6 +81,7 @@ pub struct Metrics {
     pub connections_timed_out: Family<PortLabels, Counter>,
     pub connections_deferred: Family<PortLabels, Counter>,
     pub accept_errors: Family<PortLabels, Counter>,
+    pub websockets_slow_closed: Counter,
 }
 
 impl Default for Metrics {
@@ -122,6 +123,7 @@ impl Metrics {
         let connections_timed_out = Family::<PortLabels, Counter>::default();
         let connections_deferred = Family::<PortLabels, Counter>::default();
         let accept_errors = Family::<PortLabels, Counter>::default();
+        let websockets_slow_closed = Counter::default();
 
         let mut r = Registry::with_prefix("stead");
         r.register(
@@ -254,6 +256,11 @@ impl Metrics {
             "Failed accepts (e.g. EMFILE), by port; the port retries after a pause",
             accept_errors.clone(),
         );
+        r.register(
+            "websockets_slow_closed",
+            "WebSockets closed with 1008 because the client did not read what it was sent",
+            websockets_slow_closed.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,
@@ -282,6 +289,7 @@ impl Metrics {
             connections_timed_out,
             connections_deferred,
             accept_errors,
+            websockets_slow_closed,
         }
     }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod proxy_app;
+pub mod raw_ws;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -134,6 +135,11 @@ impl Shard {
         self.sidecar = Some(child);
         wait_port(self.ingress).await;
         wait_port(self.api).await;
+    }
+
+    /// The sidecar's process id (to read its memory in `/proc`).
+    pub fn sidecar_pid(&self) -> u32 {
+        self.sidecar.as_ref().expect("sidecar running").id()
     }
 
     /// `kill -9` the sidecar and reap it.

@@ -6,7 +6,8 @@
 //! - object event `/calls` with a JSON array of such calls: makes them in order, answers the array;
 //! - object event `/hold?ms=N`: keeps the turn open N ms, then answers 200;
 //! - `alarm` events: answered 200, or 500 while [`ProxyApp::fail_alarms`] is set;
-//! - `websocket-connect`: accepted (tags from `?tags=`), refused with 403 when `?refuse=1`;
+//! - `websocket-connect`: accepted (tags from `?tags=`), refused with 403 when `?refuse=1`,
+//!   answered after `?hold=N` ms;
 //! - `websocket-message`: the room's message number (KV `seq`) is incremented and
 //!   `"{seq}:{text}"` broadcast to every socket; a message `rollback` is broadcast and then
 //!   answered 500, so the turn rolls back;
@@ -132,6 +133,13 @@ async fn handle(State(app): State<ProxyApp>, req: Request) -> Response {
         Some("websocket-connect") => {
             if query.contains("refuse=1") {
                 return answer(403, json!({"refused": true}));
+            }
+            if let Some(ms) = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("hold="))
+                .and_then(|ms| ms.parse().ok())
+            {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             let tags = query
                 .split('&')
