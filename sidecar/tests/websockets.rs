@@ -182,6 +182,11 @@ async fn auto_responses_are_answered_without_waking_the_object() {
         shard.metric("stead_objects_open ").await == 0.0
     })
     .await;
+    // The database closes first, then the app is told: count events only after that notice.
+    eventually("the app heard of the hibernation", || async {
+        !app.events_of("hibernate").is_empty()
+    })
+    .await;
     let events_before = app.events.lock().unwrap().len();
     let opened_before = shard.metric("stead_objects_opened_total").await;
     ws.send(Message::Text("ping".into())).await.unwrap();
