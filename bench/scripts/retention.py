@@ -4,7 +4,7 @@
 Starts a release `stead sidecar` and the counter app on loopback (own temp data dir, both
 killed at the end), touches objects one after another (POST .../increment), and prints the
 sidecar's VmRSS (/proc/<pid>/status) at start, after 10,000 and 20,000 objects, and after
-they all hibernated (stead_objects_open back to 0; --idle-timeout 2s).
+they all hibernated (stead_objects_open back to 0; --idle-timeout 2s) and --settle seconds more.
 
   bench/scripts/retention.py [--objects 20000] [--env NAME=VALUE ...] [--trim-after]
 
@@ -66,6 +66,9 @@ def main():
     ap.add_argument("--port", type=int, default=18787)
     ap.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
     ap.add_argument("--sidecar-arg", action="append", default=[])
+    ap.add_argument("--log", help="file for the sidecar's output (RUST_LOG from --env, else warn)")
+    ap.add_argument("--settle", type=float, default=12.0,
+                    help="seconds to wait once no object is open, before measuring")
     a = ap.parse_args()
     p = a.port
     ing, api, adm, app = p, p + 1000, p + 1001, p + 1002
@@ -84,31 +87,42 @@ def main():
              "--api", f"127.0.0.1:{api}", "--admin", f"127.0.0.1:{adm}", "--app", f"127.0.0.1:{app}",
              "--peer-addr", f"127.0.0.1:{p + 1003}", "--data-dir", data, "--classes", "Counter",
              "--idle-timeout", "2s", *a.sidecar_arg],
-            env={**env, "RUST_LOG": "warn"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env={"RUST_LOG": "warn", **env},
+            stdout=open(a.log, "w") if a.log else subprocess.DEVNULL, stderr=subprocess.STDOUT)
         procs.append(sc)
         wait_port(adm)
         time.sleep(0.5)
         rows = [("start", rss_kib(sc.pid), 0)]
+        peak = [0.0]
+        stop = threading.Event()
+        def watch_open():  # the most objects open at once
+            while not stop.is_set():
+                peak[0] = max(peak[0], metric(adm, "stead_objects_open") or 0)
+                time.sleep(0.2)
+        watcher = threading.Thread(target=watch_open); watcher.start()
         touched, step = 0, 10000
-        while touched < a.objects:
-            n = min(step, a.objects - touched)
-            err = touch(ing, [f"ret-{k}" for k in range(touched, touched + n)])
-            touched += n
-            rows.append((f"after {touched} objects", rss_kib(sc.pid), err))
+        try:
+            while touched < a.objects:
+                n = min(step, a.objects - touched)
+                err = touch(ing, [f"ret-{k}" for k in range(touched, touched + n)])
+                touched += n
+                rows.append((f"after {touched} objects (peak open {peak[0]:.0f})", rss_kib(sc.pid), err))
+        finally:
+            stop.set(); watcher.join()
         end = time.time() + 120
         while time.time() < end and (metric(adm, "stead_objects_open") or 0) > 0:
             time.sleep(0.5)
-        time.sleep(1)
+        time.sleep(a.settle)
         rows.append((f"all hibernated (open {metric(adm, 'stead_objects_open')})", rss_kib(sc.pid), 0))
         if a.trim_after:
             subprocess.run(["gdb", "-p", str(sc.pid), "-batch", "-ex", "call (int) malloc_trim(0)"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
             rows.append(("after malloc_trim(0) via gdb", rss_kib(sc.pid), 0))
-        print(f"sidecar env {a.env} args {a.sidecar_arg}")
+        print(f"sidecar env {a.env} args {a.sidecar_arg}; at most {peak[0]:.0f} objects open at once")
         base = rows[0][1]
         for what, kib, err in rows:
-            print(f"  {what:<40} VmRSS {kib / 1024:8.1f} MiB  (+{(kib - base) / 1024:7.1f} MiB, "
-                  f"{(kib - base) * 1024 / max(a.objects, 1):7.0f} B/object touched)"
+            print(f"  {what:<44} VmRSS {kib / 1024:8.1f} MiB  (+{(kib - base) / 1024:7.1f} MiB, "
+                  f"{(kib - base) * 1024 / max(peak[0], 1):7.0f} B per object open at the peak)"
                   + (f"  {err} non-200" if err else ""))
     finally:
         for pr in procs:

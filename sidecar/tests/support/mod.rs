@@ -125,6 +125,11 @@ impl Shard {
         wait_port(self.api).await;
     }
 
+    /// The sidecar's process id, while it runs.
+    pub fn sidecar_pid(&self) -> Option<u32> {
+        self.sidecar.as_ref().map(Child::id)
+    }
+
     /// `kill -9` the sidecar and reap it.
     pub fn kill_sidecar(&mut self) {
         if let Some(mut c) = self.sidecar.take() {
