@@ -15,16 +15,16 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-const OBJECTS: usize = 1000;
+const OBJECTS: usize = 1500;
 const CLIENTS: usize = 32;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_of_hibernated_objects_is_returned_to_the_system() {
-    let shard = Arc::new(Shard::start(&["--idle-timeout", "5s"]).await);
+    let shard = Arc::new(Shard::start(&["--idle-timeout", "10s"]).await);
     let pid = shard.sidecar_pid().unwrap();
     let before = rss_kib(pid);
 
-    // Open OBJECTS objects, most of them at the same time (the idle timeout is 5 s).
+    // Open OBJECTS objects, most of them at the same time (the idle timeout is 10 s).
     let mut tasks = vec![];
     for c in 0..CLIENTS {
         let shard = shard.clone();
@@ -41,10 +41,10 @@ async fn memory_of_hibernated_objects_is_returned_to_the_system() {
     }
     let open = rss_kib(pid);
     let grown = open.saturating_sub(before);
-    // Each open object holds about 200 KB; the check below means something only if the
-    // objects really took memory.
+    // Each open object holds about 200 KB. The check below means something only if the
+    // objects took far more than what stays after a trim (about 14 MiB in release builds).
     assert!(
-        grown > 40 * 1024,
+        grown > 80 * 1024,
         "opening {OBJECTS} objects grew the sidecar by only {grown} KiB ({before} -> {open})"
     );
 
@@ -62,6 +62,7 @@ async fn memory_of_hibernated_objects_is_returned_to_the_system() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         retained = rss_kib(pid).saturating_sub(before);
     }
+    eprintln!("{OBJECTS} objects took {grown} KiB; {retained} KiB kept once all hibernated");
     assert!(
         retained * 4 < grown,
         "with no object open the sidecar still holds {retained} KiB of the {grown} KiB that \
