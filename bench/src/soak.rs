@@ -11,7 +11,8 @@
 //! Every `--sample-secs` it reads `VmRSS` (`/proc/<pid>/status`) and the open descriptors
 //! (`/proc/<pid>/fd`) of each `--watch`ed process, and at the end prints throughput, latency
 //! percentiles, errors by status and, per process, the RSS and descriptor series summary
-//! (start, max, end, slope), then one JSON line. It stops by itself after `--minutes`.
+//! (start, max, end, slope) and one more sample `--cooldown-secs` after the load stopped, then
+//! one JSON line. It stops by itself after `--minutes` and the cool-down.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -78,6 +79,10 @@ pub struct Args {
     /// Seconds between samples of RSS and descriptors.
     #[arg(long, default_value_t = 5.0)]
     sample_secs: f64,
+    /// After the load, wait this many seconds and sample once more (memory of objects that
+    /// hibernated meanwhile should be back with the system); 0 skips it.
+    #[arg(long, default_value_t = 30.0)]
+    cooldown_secs: f64,
     /// Also write every sample as CSV (`t_s,process,pid,rss_kib,fds`) to this file.
     #[arg(long)]
     series: Option<std::path::PathBuf>,
@@ -574,6 +579,14 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     let fired_total = fired(&metrics).await - fired_before;
+    // (RSS KiB, fds) of each watched process once the load stopped and `--cooldown-secs` passed.
+    let mut after: Vec<Option<(u64, u64)>> = vec![None; watched.len()];
+    if args.cooldown_secs > 0.0 {
+        sleep(Duration::from_secs_f64(args.cooldown_secs)).await;
+        for (w, a) in watched.iter_mut().zip(after.iter_mut()) {
+            *a = w.sample().map(|(_, rss, fds)| (rss, fds));
+        }
+    }
 
     let label = if args.label.is_empty() {
         "stead-bench soak"
@@ -617,7 +630,7 @@ pub async fn run(args: Args) -> Result<()> {
         deliveries as f64 / secs
     );
     let mut procs = serde_json::Map::new();
-    for w in &watched {
+    for (w, idle) in watched.iter().zip(&after) {
         let rss: Vec<(f64, f64)> = w
             .series
             .iter()
@@ -640,6 +653,14 @@ pub async fn run(args: Args) -> Result<()> {
             w.series.len(),
             w.restarts
         );
+        if let Some((rss, fds)) = idle {
+            println!(
+                "  {:<14} {}s after the load: RSS {:.1} MiB, {fds} fds",
+                "",
+                args.cooldown_secs,
+                *rss as f64 / 1024.0
+            );
+        }
         procs.insert(
             w.name.clone(),
             serde_json::json!({
@@ -647,6 +668,8 @@ pub async fn run(args: Args) -> Result<()> {
                             "slope_per_h": round1(r[3]), "slope_2nd_half_per_h": round1(r[4])},
                 "fds": {"start": f[0], "max": f[1], "end": f[2], "slope_per_h": round1(f[3])},
                 "samples": w.series.len(), "restarts": w.restarts,
+                "after_cooldown": idle.map(|(rss, fds)| serde_json::json!({
+                    "rss_mib": round1(rss as f64 / 1024.0), "fds": fds})),
             }),
         );
     }
@@ -656,6 +679,7 @@ pub async fn run(args: Args) -> Result<()> {
         "alarms_per_sec": args.alarms_per_sec, "alarms_fired": fired_total,
         "chat": args.chat, "rooms": args.rooms, "members": args.members,
         "chat_per_sec": args.chat_per_sec, "chat_deliveries": deliveries,
+        "cooldown_s": args.cooldown_secs,
         "kinds": kinds_json, "processes": procs,
     });
     println!("{json}");
