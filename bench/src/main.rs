@@ -4,7 +4,9 @@
 //! - `http`: wrk-like req/s and latency percentiles over keep-alive connections;
 //! - `ws-fanout`: time until every client of a room received a message, and deliveries/s;
 //! - `alarms`: set M alarms, then the fire rate and lag from the sidecar's /metrics;
-//! - `idle-sockets`: server memory per open, idle WebSocket.
+//! - `idle-sockets`: server memory per open, idle WebSocket;
+//! - `soak`: minutes of mixed load (counters, a hot object, alarms, chat) with the servers' RSS
+//!   and open descriptors sampled.
 
 mod alarms;
 mod common;
@@ -12,6 +14,7 @@ mod http;
 mod idle_sockets;
 mod procfs;
 mod prom;
+mod soak;
 mod ws_fanout;
 
 use anyhow::Result;
@@ -28,6 +31,8 @@ enum Cli {
     Alarms(alarms::Args),
     /// Idle WebSockets: server memory (RSS) per open socket.
     IdleSockets(idle_sockets::Args),
+    /// Soak: minutes of mixed load with the servers' RSS and descriptors sampled.
+    Soak(soak::Args),
 }
 
 #[tokio::main]
@@ -37,5 +42,6 @@ async fn main() -> Result<()> {
         Cli::WsFanout(a) => ws_fanout::run(a).await,
         Cli::Alarms(a) => alarms::run(a).await,
         Cli::IdleSockets(a) => idle_sockets::run(a).await,
+        Cli::Soak(a) => soak::run(a).await,
     }
 }

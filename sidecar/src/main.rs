@@ -29,12 +29,41 @@ fn init_logs(json: bool) {
     }
 }
 
+/// How often freed heap memory is handed back to the system (decision 0005).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// glibc malloc keeps what closed objects' SQLite connections freed in its per-thread arenas
+/// (about 200 KB per object open at the peak, for good): trim them every few seconds, on a
+/// thread of its own so that no storage or runtime thread waits for it. Decision 0005.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn start_malloc_trim() -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("stead-malloc-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(MALLOC_TRIM_EVERY);
+                let started = std::time::Instant::now();
+                // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
+                let released = unsafe { libc::malloc_trim(0) };
+                tracing::debug!(released, took = ?started.elapsed(), "malloc_trim");
+            }
+        })?;
+    Ok(())
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn start_malloc_trim() -> std::io::Result<()> {
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Sidecar(config) => {
             init_logs(config.log_format == "json");
+            start_malloc_trim().context("starting the malloc trim thread")?;
             sidecar::run(*config, sidecar::shutdown_signal())
                 .await
                 .context("sidecar failed")?;

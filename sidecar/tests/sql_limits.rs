@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -92,27 +91,6 @@ async fn endless_sql_is_interrupted_at_the_turn_timeout_and_other_objects_keep_w
     assert_eq!(got["value"], json!(b64(b"1")));
 }
 
-/// The process whose command line runs a sidecar on `data_dir`.
-fn sidecar_pid(data_dir: &Path) -> u32 {
-    let want = data_dir.to_str().unwrap();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a == "sidecar") && args.iter().any(|a| a == want) {
-            return pid;
-        }
-    }
-    panic!("no sidecar process for {want}");
-}
-
 /// Peak resident memory of a process, from /proc.
 fn peak_rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -128,7 +106,7 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_huge_sql_result_is_refused_with_413_writes_nothing_and_is_never_built() {
     let (shard, _app) = setup(&[]).await;
-    let pid = sidecar_pid(&shard.data_dir);
+    let pid = shard.sidecar_pid();
     call_in_turn(
         &shard,
         "sql",
