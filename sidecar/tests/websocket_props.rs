@@ -210,9 +210,17 @@ async fn run_case(shard: &Shard, n: usize, case: &Case) -> Result<(), TestCaseEr
             while got.texts.len() < want.len()
                 || (!pings.is_empty() && got.pongs.last() != pings.last())
             {
-                let f = tokio::time::timeout(Duration::from_secs(30), ws.read_frame())
-                    .await
-                    .map_err(|_| TestCaseError::fail("waited 30 s for broadcasts and pongs"))?
+                let f = match tokio::time::timeout(Duration::from_secs(30), ws.read_frame()).await {
+                    Ok(f) => f,
+                    Err(_) => {
+                        let m_in = shard.metric("stead_websocket_messages_in_total").await;
+                        let m_out = shard.metric("stead_websocket_messages_out_total").await;
+                        return Err(TestCaseError::fail(format!(
+                            "waited 30 s for broadcasts and pongs: got {} texts of {}, {} pongs of {} pings; sidecar in {m_in} out {m_out}; texts {:?}",
+                            got.texts.len(), want.len(), got.pongs.len(), pings.len(), got.texts.iter().map(|t| t.chars().take(20).collect::<String>()).collect::<Vec<_>>()
+                        )));
+                    }
+                }
                     .ok_or_else(|| TestCaseError::fail("connection ended early"))?;
                 got.take(f);
             }

@@ -109,7 +109,7 @@ async fn handle(State(app): State<ProxyApp>, req: Request) -> Response {
     let query = req.uri().query().unwrap_or("").to_owned();
     seen.insert(":path".into(), path.clone());
     let token = seen.get("stead-turn").cloned();
-    app.events.lock().unwrap().push(seen);
+    app.events.lock().unwrap().push(seen.clone());
     let body = req.into_body().collect().await.unwrap().to_bytes();
 
     let answer = |status: u16, v: Value| {
@@ -119,12 +119,9 @@ async fn handle(State(app): State<ProxyApp>, req: Request) -> Response {
             .body(Body::from(v.to_string()))
             .unwrap()
     };
-    let kind = app
-        .events
-        .lock()
-        .unwrap()
-        .last()
-        .and_then(|e| e.get("stead-event").cloned());
+    // This request's own kind: the last recorded event may be another request's, handled at
+    // the same time (a hibernate notice, another object's event).
+    let kind = seen.get("stead-event").cloned();
     match kind.as_deref() {
         Some("alarm") => {
             let failing = app.fail_alarms.load(std::sync::atomic::Ordering::SeqCst);
