@@ -20,7 +20,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::metrics::Metrics;
 use crate::object::{ObjectKey, ObjectRef};
-use crate::storage::{FaultPoint, Faults, volume_is_full};
+use crate::faults::{FaultPoint, Faults, volume_is_full};
 
 /// Retries after a failed alarm: 2 s, then doubling, at most this many.
 pub const MAX_RETRIES: u32 = 6;
@@ -381,8 +381,8 @@ impl IndexWriter {
         if let Some(fault) = self.faults.at(FaultPoint::AlarmIndex) {
             // As SQLite reports a failed WAL write: ENOSPC as SQLITE_FULL, EIO as IOERR.
             let code = match fault {
-                crate::storage::Fault::NoSpace => rusqlite::ffi::SQLITE_FULL,
-                crate::storage::Fault::Io => rusqlite::ffi::SQLITE_IOERR_WRITE,
+                crate::faults::Fault::NoSpace => rusqlite::ffi::SQLITE_FULL,
+                crate::faults::Fault::Io => rusqlite::ffi::SQLITE_IOERR_WRITE,
             };
             return Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(code),

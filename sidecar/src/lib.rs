@@ -13,6 +13,7 @@ pub mod chain;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod faults;
 pub mod forward;
 pub mod host;
 pub mod ingress;

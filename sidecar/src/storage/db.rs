@@ -13,7 +13,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Batch, Connection, OpenFlags, StatementStatus, params};
 use serde_json::json;
 
-use super::faults::{Fault, FaultPoint, Faults};
+use crate::faults::{Fault, FaultPoint, Faults};
 use super::{Durability, StorageError};
 use crate::alarms::AlarmChange;
 use crate::object::ObjectRef;

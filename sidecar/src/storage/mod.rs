@@ -13,7 +13,6 @@
 
 mod db;
 mod error;
-mod faults;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,7 +25,7 @@ use tokio::sync::oneshot;
 
 pub use db::{DbOptions, ListQuery, SqlBudget, SqlOutput, param_from_json};
 pub use error::StorageError;
-pub use faults::{Fault, FaultPoint, Faults, volume_is_full};
+pub use crate::faults::{Fault, FaultPoint, Faults, volume_is_full};
 
 use crate::alarms::{AlarmChange, Alarms};
 use crate::metrics::Metrics;
