@@ -18,9 +18,9 @@ use rusqlite::{Connection, params};
 use stead_core::{ClassName, ObjectId, ObjectName};
 use tokio::sync::{Notify, Semaphore};
 
+use crate::faults::{FaultPoint, Faults, volume_is_full};
 use crate::metrics::Metrics;
 use crate::object::{ObjectKey, ObjectRef};
-use crate::faults::{FaultPoint, Faults, volume_is_full};
 
 /// Retries after a failed alarm: 2 s, then doubling, at most this many.
 pub const MAX_RETRIES: u32 = 6;

@@ -13,9 +13,9 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Batch, Connection, OpenFlags, StatementStatus, params};
 use serde_json::json;
 
-use crate::faults::{Fault, FaultPoint, Faults};
 use super::{Durability, StorageError};
 use crate::alarms::AlarmChange;
+use crate::faults::{Fault, FaultPoint, Faults};
 use crate::object::ObjectRef;
 
 /// SQLite page cache per open database, in KiB: small, because a shard holds thousands.

@@ -23,9 +23,9 @@ use std::time::Instant;
 use rusqlite::types::Value;
 use tokio::sync::oneshot;
 
+pub use crate::faults::{Fault, FaultPoint, Faults, volume_is_full};
 pub use db::{DbOptions, ListQuery, SqlBudget, SqlOutput, param_from_json};
 pub use error::StorageError;
-pub use crate::faults::{Fault, FaultPoint, Faults, volume_is_full};
 
 use crate::alarms::{AlarmChange, Alarms};
 use crate::metrics::Metrics;
