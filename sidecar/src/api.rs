@@ -17,9 +17,9 @@ use stead_core::protocol;
 
 use crate::chain::CallChain;
 use crate::error::ApiError;
-use crate::ingress::{Target, parse_route};
 use crate::route::ObjectRouter;
 use crate::storage::{ListQuery, Storage, TurnRef, param_from_json};
+use crate::target::{Target, parse_route};
 use crate::turn::{Outbox, TurnKind, Turns};
 use crate::websocket::{
     MAX_ATTACHMENT_BYTES, MAX_MESSAGE_BYTES, Outgoing, Sockets, WsMessage, is_sendable_close_code,

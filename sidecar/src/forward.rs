@@ -1,23 +1,19 @@
-//! The peer hop: sending a request to the shard that owns its slot, and the peer port that
-//! receives such requests from other sidecars (authenticated with the namespace's token).
+//! The peer hop: sending a request (or tunnelling a WebSocket handshake) to the shard that owns
+//! its slot. The other end is the [`peer`](crate::peer) port.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::response::{IntoResponse, Response};
+use axum::extract::Request;
+use axum::response::Response;
 use http::{HeaderValue, StatusCode, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use stead_core::protocol;
 
-use crate::app::{clean_headers, strip_stead_headers};
+use crate::app::clean_headers;
 use crate::chain::CallChain;
-use crate::error::ApiError;
-use crate::ingress::{Target, parse_route};
-use crate::route::ObjectRouter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -178,71 +174,5 @@ impl PeerClient {
         });
         let (parts, _) = resp.into_parts();
         Ok(Response::from_parts(parts, Body::empty()))
-    }
-}
-
-pub struct PeerServer {
-    pub token: Option<String>,
-    pub router: Arc<ObjectRouter>,
-}
-
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The peer port: object requests forwarded by other sidecars.
-pub async fn handle(State(peer): State<Arc<PeerServer>>, mut req: Request) -> Response {
-    let given = req
-        .headers()
-        .get(protocol::PEER_TOKEN)
-        .map(|v| v.as_bytes());
-    let authorized = match (&peer.token, given) {
-        (Some(t), Some(g)) => same_secret(t.as_bytes(), g),
-        _ => false,
-    };
-    if !authorized {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the peer port needs the namespace's peer token",
-        )
-        .into_response();
-    }
-    let hops = req
-        .headers()
-        .get(protocol::HOPS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(1);
-    let chain = match req.headers().get(protocol::CHAIN).map(|v| v.to_str()) {
-        None => Some(CallChain::default()),
-        Some(Ok(v)) => CallChain::parse(v),
-        Some(Err(_)) => None,
-    };
-    let Some(chain) = chain else {
-        return ApiError::bad_request("invalid_chain", "malformed stead-chain header")
-            .into_response();
-    };
-    // Hop-by-hop headers stay: a tunnelled WebSocket handshake needs them.
-    strip_stead_headers(req.headers_mut());
-    let target = parse_route(
-        req.method(),
-        req.uri().path(),
-        req.uri().query(),
-        peer.router.slots,
-        |c| peer.router.knows_class(c),
-    );
-    match target {
-        Ok(Target::Object { object, rest }) => {
-            peer.router.object(object, rest, req, chain, hops).await
-        }
-        Ok(_) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "the peer port serves object routes only",
-        )
-        .into_response(),
-        Err(e) => e.into_response(),
     }
 }

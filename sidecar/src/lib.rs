@@ -1,7 +1,8 @@
 //! The Stead sidecar. A request's path through it is the table of contents:
-//! [`ingress`] (parse the route, strip headers) → [`route`] (which shard owns the slot:
-//! [`ownership`], [`membership`]) → [`forward`] (the peer hop) or [`host`] (mailbox, one turn at
-//! a time) →
+//! [`ingress`] (the client port: the [`target`] a path asks for, the [`body`] read whole, headers
+//! stripped) → [`route`] (which shard owns the slot: [`ownership`], [`membership`]) →
+//! [`forward`] (the peer hop, received by the other shard's [`peer`] port) or [`host`] (mailbox,
+//! one turn at a time) →
 //! [`app`] (deliver the event) → [`api`] (the app's calls back, bound to the [`turn`]) →
 //! [`storage`] (SQLite, commit, output gate) → back out. [`dev`] runs it all locally.
 
@@ -9,6 +10,7 @@ pub mod admin;
 pub mod alarms;
 pub mod api;
 pub mod app;
+pub mod body;
 pub mod chain;
 pub mod config;
 pub mod dev;
@@ -21,9 +23,11 @@ pub mod membership;
 pub mod metrics;
 pub mod object;
 pub mod ownership;
+pub mod peer;
 pub mod route;
 pub mod serve;
 pub mod sidecar;
 pub mod storage;
+pub mod target;
 pub mod turn;
 pub mod websocket;

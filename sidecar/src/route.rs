@@ -11,11 +11,11 @@ use http::StatusCode;
 use stead_core::protocol;
 
 use crate::app::clean_headers;
+use crate::body::{read_body, refuse_declared_length};
 use crate::chain::{CallChain, MAX_DEPTH};
 use crate::error::ApiError;
 use crate::forward::PeerClient;
 use crate::host::Host;
-use crate::ingress::{read_body, refuse_declared_length};
 use crate::membership::Membership;
 use crate::metrics::{ForwardLabels, Metrics};
 use crate::object::ObjectRef;

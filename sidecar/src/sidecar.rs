@@ -10,12 +10,13 @@ use crate::alarms::Alarms;
 use crate::api::{self, ApiState};
 use crate::app::AppClient;
 use crate::config::SidecarConfig;
-use crate::forward::{self, PeerClient, PeerServer};
+use crate::forward::PeerClient;
 use crate::host::{Host, HostConfig};
 use crate::ingress::{self, Ingress};
 use crate::membership::{Membership, StaticMembership};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
+use crate::peer::{self, PeerServer};
 use crate::route::ObjectRouter;
 use crate::serve::{self, Port};
 use crate::storage::{DbOptions, Storage, StorageConfig};
@@ -228,7 +229,7 @@ pub async fn run(
     });
     if let Some(peer_l) = peer_l {
         let peer_app = axum::Router::new()
-            .fallback(forward::handle)
+            .fallback(peer::handle)
             .with_state(peer_state);
         tokio::spawn(serve::serve(
             peer_l,

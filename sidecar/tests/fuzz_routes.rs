@@ -6,7 +6,7 @@ use http::Method;
 use proptest::prelude::*;
 use stead_core::{ClassName, ObjectId, ObjectName};
 use stead_sidecar::chain::CallChain;
-use stead_sidecar::ingress::{Target, parse_route};
+use stead_sidecar::target::{Target, parse_route};
 
 const SLOTS: u32 = 4096;
 
