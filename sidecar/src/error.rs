@@ -3,7 +3,6 @@ use http::{HeaderValue, StatusCode, header};
 use stead_core::ErrorBody;
 
 use crate::storage::StorageError;
-use crate::turn::TurnError;
 
 /// An error answered to a client or to the app: a status and the JSON error body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,17 +77,6 @@ impl From<StorageError> for ApiError {
             | StorageError::Closed => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", msg)
             }
-        }
-    }
-}
-
-impl From<TurnError> for ApiError {
-    fn from(e: TurnError) -> Self {
-        match e {
-            TurnError::Unknown => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "unknown_turn", e.to_string())
-            }
-            TurnError::Finished => ApiError::new(StatusCode::GONE, "turn_finished", e.to_string()),
         }
     }
 }

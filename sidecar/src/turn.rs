@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use http::StatusCode;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::chain::CallChain;
+use crate::error::ApiError;
 use crate::object::ObjectRef;
 use crate::storage::TurnRef;
 use crate::websocket::Outgoing;
@@ -38,6 +40,17 @@ pub enum TurnError {
     Unknown,
     #[error("the turn of this token has ended; storage calls must happen before the app answers")]
     Finished,
+}
+
+impl From<TurnError> for ApiError {
+    fn from(e: TurnError) -> Self {
+        match e {
+            TurnError::Unknown => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unknown_turn", e.to_string())
+            }
+            TurnError::Finished => ApiError::new(StatusCode::GONE, "turn_finished", e.to_string()),
+        }
+    }
 }
 
 /// WebSocket output of a turn, held back until the turn commits (the output gate).
