@@ -21,7 +21,7 @@ use crate::route::ObjectRouter;
 use crate::storage::{ListQuery, Storage, TurnRef, param_from_json};
 use crate::target::{Target, parse_route};
 use crate::turn::{Outbox, TurnKind, Turns};
-use crate::websocket::{
+use crate::websocket::registry::{
     MAX_ATTACHMENT_BYTES, MAX_MESSAGE_BYTES, Outgoing, Sockets, WsMessage, is_sendable_close_code,
 };
 

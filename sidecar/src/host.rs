@@ -25,7 +25,7 @@ use crate::metrics::{Metrics, OutcomeLabels, ResultLabels};
 use crate::object::{ObjectKey, ObjectRef};
 use crate::storage::Storage;
 use crate::turn::{ObjectTurn, Turns};
-use crate::websocket::Sockets;
+use crate::websocket::registry::Sockets;
 
 #[derive(Debug, Clone)]
 pub struct HostConfig {

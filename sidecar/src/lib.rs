@@ -4,7 +4,9 @@
 //! [`forward`] (the peer hop, received by the other shard's [`peer`] port) or [`host`] (mailbox,
 //! one turn at a time) →
 //! [`app`] (deliver the event) → [`api`] (the app's calls back, bound to the [`turn`]) →
-//! [`storage`] (SQLite, commit, output gate) → back out. [`dev`] runs it all locally.
+//! [`storage`] (SQLite, commit, output gate) → back out. [`alarms`] and [`websocket`]s (the
+//! socket [`registry`](websocket::registry), each socket's [`connection`](websocket::connection))
+//! produce events into the same mailboxes. [`dev`] runs it all locally.
 
 pub mod admin;
 pub mod alarms;

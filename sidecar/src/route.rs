@@ -20,7 +20,8 @@ use crate::membership::Membership;
 use crate::metrics::{ForwardLabels, Metrics};
 use crate::object::ObjectRef;
 use crate::ownership::Ownership;
-use crate::websocket::{self, Sockets};
+use crate::websocket::connection::{self, is_upgrade};
+use crate::websocket::registry::Sockets;
 
 /// Most sidecars a request may pass through: the router's hop, and one more from a shard that
 /// handed the slot away. More is a routing loop.
@@ -99,7 +100,7 @@ impl ObjectRouter {
             )
             .into_response();
         };
-        if websocket::is_upgrade(&req) {
+        if is_upgrade(&req) {
             return match self.peers.tunnel(owner, &addr, req, hops + 1).await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -158,8 +159,8 @@ impl ObjectRouter {
             )
             .into_response();
         }
-        if websocket::is_upgrade(&req) {
-            return websocket::connect(
+        if is_upgrade(&req) {
+            return connection::connect(
                 self.host.clone(),
                 self.sockets.clone(),
                 object,

@@ -21,7 +21,7 @@ use crate::route::ObjectRouter;
 use crate::serve::{self, Port};
 use crate::storage::{DbOptions, Storage, StorageConfig};
 use crate::turn::Turns;
-use crate::websocket::Sockets;
+use crate::websocket::registry::Sockets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

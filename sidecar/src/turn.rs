@@ -19,7 +19,7 @@ use crate::chain::CallChain;
 use crate::error::ApiError;
 use crate::object::ObjectRef;
 use crate::storage::TurnRef;
-use crate::websocket::Outgoing;
+use crate::websocket::registry::Outgoing;
 
 #[derive(Debug, Clone)]
 pub enum TurnKind {
