@@ -6,20 +6,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use support::proxy_app::ProxyApp;
-use support::{Shard, eventually, free_port};
+use support::{Shard, eventually, with_proxy_app};
 
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-async fn setup(extra: &[&str]) -> (Shard, ProxyApp) {
-    let api = free_port();
-    let app = ProxyApp::start(api).await;
-    let shard = Shard::start_for(app.port, api, extra).await;
-    (shard, app)
 }
 
 /// Makes one app API call inside a turn of `name`; `rollback` makes the turn fail.
@@ -46,7 +39,7 @@ fn alarms_for(app: &ProxyApp, name: &str) -> Vec<u32> {
 
 #[tokio::test]
 async fn an_alarm_fires_once_at_its_time_and_is_then_cleared() {
-    let (shard, app) = setup(&[]).await;
+    let (shard, app) = with_proxy_app(&[]).await;
     let due = now_ms() + 300;
     let set = in_turn(
         &shard,
@@ -82,7 +75,7 @@ async fn an_alarm_fires_once_at_its_time_and_is_then_cleared() {
 
 #[tokio::test]
 async fn an_alarm_set_in_a_rolled_back_turn_never_fires() {
-    let (shard, app) = setup(&[]).await;
+    let (shard, app) = with_proxy_app(&[]).await;
     in_turn(
         &shard,
         "rb",
@@ -117,7 +110,7 @@ async fn an_alarm_set_in_a_rolled_back_turn_never_fires() {
 
 #[tokio::test]
 async fn a_failing_alarm_is_retried_with_backoff_then_dropped() {
-    let (shard, app) = setup(&["--alarm-first-retry", "50ms"]).await;
+    let (shard, app) = with_proxy_app(&["--alarm-first-retry", "50ms"]).await;
     app.fail_alarms
         .store(true, std::sync::atomic::Ordering::SeqCst);
     in_turn(
@@ -155,7 +148,7 @@ async fn a_failing_alarm_is_retried_with_backoff_then_dropped() {
 
 #[tokio::test]
 async fn an_alarm_pending_at_kill_9_fires_once_after_restart() {
-    let (mut shard, app) = setup(&[]).await;
+    let (mut shard, app) = with_proxy_app(&[]).await;
     let due = now_ms() + 1500;
     in_turn(&shard, "k", "/v1/alarm/set", json!({"time_ms": due}), false).await;
     shard.kill_sidecar();
@@ -175,7 +168,7 @@ async fn an_alarm_pending_at_kill_9_fires_once_after_restart() {
 
 #[tokio::test]
 async fn a_handler_that_sets_a_new_alarm_keeps_it() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     // Deleting returns whether there was one.
     let d = in_turn(&shard, "d", "/v1/alarm/delete", json!({}), false).await;
     assert_eq!(d["body"]["deleted"], false);

@@ -4,32 +4,10 @@ mod support;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::proxy_app::ProxyApp;
-use support::{Shard, free_port};
-
-async fn setup(extra: &[&str]) -> (Shard, ProxyApp) {
-    let api = free_port();
-    let app = ProxyApp::start(api).await;
-    let shard = Shard::start_for(app.port, api, extra).await;
-    (shard, app)
-}
+use support::{Shard, call_in_turn, with_proxy_app};
 
 fn b64(s: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// Makes one API call inside a turn of object `name`; returns the API's status and body.
-async fn call_in_turn(shard: &Shard, name: &str, path: &str, body: Value) -> (u16, Value) {
-    let (status, text) = shard
-        .send(
-            "POST",
-            &format!("/objects/Counter/name/{name}/call"),
-            &json!({"path": path, "body": body}).to_string(),
-        )
-        .await;
-    assert_eq!(status, 200, "turn failed: {text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    (v["status"].as_u64().unwrap() as u16, v["body"].clone())
 }
 
 async fn all_keys(shard: &Shard, name: &str) -> Vec<String> {
@@ -45,7 +23,7 @@ async fn all_keys(shard: &Shard, name: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn kv_calls_round_trip_within_and_across_turns() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let (s, b) = call_in_turn(
         &shard,
         "kv",
@@ -109,7 +87,7 @@ async fn kv_calls_round_trip_within_and_across_turns() {
 
 #[tokio::test]
 async fn sql_exec_returns_columns_rows_and_counts() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let (s, b) = call_in_turn(
         &shard,
         "sql",
@@ -145,7 +123,7 @@ async fn sql_exec_returns_columns_rows_and_counts() {
 
 #[tokio::test]
 async fn every_limit_and_malformed_call_is_refused_with_a_json_error_and_writes_nothing() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let big_key = "k".repeat(2049);
     let big_value = b64(&vec![7u8; (2 << 20) + 1]);
     let batch: Vec<Value> = (0..129)
@@ -278,7 +256,7 @@ async fn every_limit_and_malformed_call_is_refused_with_a_json_error_and_writes_
 
 #[tokio::test]
 async fn a_batch_that_fails_midway_writes_nothing() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let entries = vec![
         json!({"key": "ok1", "value": b64(b"1")}),
         json!({"key": "k".repeat(3000), "value": b64(b"2")}),
@@ -290,7 +268,7 @@ async fn a_batch_that_fails_midway_writes_nothing() {
 
 #[tokio::test]
 async fn a_rolled_back_turn_leaves_no_trace() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let (status, _) = shard
         .send(
             "POST",
@@ -308,7 +286,7 @@ async fn a_rolled_back_turn_leaves_no_trace() {
 
 #[tokio::test]
 async fn a_turn_token_reaches_only_its_own_object() {
-    let (shard, app) = setup(&[]).await;
+    let (shard, app) = with_proxy_app(&[]).await;
     // Object A's turn stays open while B's turn runs; A's token writes, B reads.
     let a = {
         let url = "/objects/Counter/name/A/hold?ms=1500";
@@ -345,7 +323,7 @@ async fn a_turn_token_reaches_only_its_own_object() {
 
 #[tokio::test]
 async fn tokens_are_checked_missing_unknown_finished_and_stateless() {
-    let (shard, app) = setup(&[]).await;
+    let (shard, app) = with_proxy_app(&[]).await;
     let put = json!({"key": "x", "value": b64(b"1")}).to_string();
     let (s, b) = app.api_call(None, "/v1/kv/put", &put).await;
     assert_eq!(
@@ -382,7 +360,7 @@ async fn tokens_are_checked_missing_unknown_finished_and_stateless() {
 
 #[tokio::test]
 async fn client_stead_headers_never_reach_the_app() {
-    let (shard, app) = setup(&[]).await;
+    let (shard, app) = with_proxy_app(&[]).await;
     let forged_id = "0".repeat(64);
     let (status, _) = shard
         .send_with(

@@ -9,44 +9,19 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use support::proxy_app::ProxyApp;
-use support::{Shard, free_port};
+use support::{call_in_turn, with_proxy_app};
 
 const ENDLESS: &str =
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
-
-async fn setup(extra: &[&str]) -> (Shard, ProxyApp) {
-    let api = free_port();
-    let app = ProxyApp::start(api).await;
-    let shard = Shard::start_for(app.port, api, extra).await;
-    (shard, app)
-}
 
 fn b64(s: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// Makes one API call inside a committed turn of `name`; returns the API's status and body.
-async fn call_in_turn(shard: &Shard, name: &str, path: &str, body: Value) -> (u16, Value) {
-    let (status, text) = tokio::time::timeout(
-        Duration::from_secs(30),
-        shard.send(
-            "POST",
-            &format!("/objects/Counter/name/{name}/call"),
-            &json!({"path": path, "body": body}).to_string(),
-        ),
-    )
-    .await
-    .expect("the turn did not end");
-    assert_eq!(status, 200, "turn of {name} failed: {text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    (v["status"].as_u64().unwrap() as u16, v["body"].clone())
-}
-
 #[tokio::test]
 async fn endless_sql_is_interrupted_at_the_turn_timeout_and_other_objects_keep_working() {
     // One storage thread: the endless statement and the bystander share it.
-    let (shard, _app) = setup(&["--turn-timeout", "2s", "--storage-threads", "1"]).await;
+    let (shard, _app) = with_proxy_app(&["--turn-timeout", "2s", "--storage-threads", "1"]).await;
     call_in_turn(
         &shard,
         "slow",
@@ -105,7 +80,7 @@ fn peak_rss_bytes(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn a_huge_sql_result_is_refused_with_413_writes_nothing_and_is_never_built() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let pid = shard.sidecar_pid();
     call_in_turn(
         &shard,

@@ -9,17 +9,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use support::proxy_app::ProxyApp;
 use support::raw_ws::{self, OP_BINARY, OP_CONTINUE, OP_PING, OP_TEXT, RawWs, frame, header};
-use support::{Shard, eventually, free_port};
+use support::{Shard, eventually, with_proxy_app};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-async fn setup() -> (Shard, ProxyApp) {
-    let api = free_port();
-    let app = ProxyApp::start(api).await;
-    let shard = Shard::start_for(app.port, api, &[]).await;
-    (shard, app)
-}
 
 async fn raw(shard: &Shard, room: &str) -> RawWs {
     let path = format!("/objects/Counter/name/{room}/ws");
@@ -59,7 +52,7 @@ async fn app_events(
 
 #[tokio::test]
 async fn a_clients_close_is_echoed_with_its_code_before_the_connection_drops() {
-    let (shard, app) = setup().await;
+    let (shard, app) = with_proxy_app(&[]).await;
     for (i, code) in [1000u16, 4001].into_iter().enumerate() {
         let url = format!(
             "ws://127.0.0.1:{}/objects/Counter/name/echo{i}/ws",
@@ -93,7 +86,7 @@ async fn a_clients_close_is_echoed_with_its_code_before_the_connection_drops() {
 
 #[tokio::test]
 async fn a_close_without_a_code_is_echoed_without_one() {
-    let (shard, app) = setup().await;
+    let (shard, app) = with_proxy_app(&[]).await;
     let code = close_code_after(&shard, "empty", &frame(true, 0, 0x8, &[], true)).await;
     assert_eq!(code, Some(1005), "an empty Close is echoed empty");
     let events = app_events(&app, "websocket-close", 1).await;
@@ -102,7 +95,7 @@ async fn a_close_without_a_code_is_echoed_without_one() {
 
 #[tokio::test]
 async fn invalid_utf8_in_a_text_message_is_closed_with_1007() {
-    let (shard, app) = setup().await;
+    let (shard, app) = with_proxy_app(&[]).await;
     // Whole, and split so that the invalid sequence is only seen when the message completes.
     let whole = frame(true, 0, OP_TEXT, b"ok \xff\xfe", true);
     let mut split = frame(false, 0, OP_TEXT, b"ok \xe2\x82", true);
@@ -126,7 +119,7 @@ async fn invalid_utf8_in_a_text_message_is_closed_with_1007() {
 
 #[tokio::test]
 async fn protocol_errors_are_closed_with_1002() {
-    let (shard, app) = setup().await;
+    let (shard, app) = with_proxy_app(&[]).await;
     let mut fragmented_ping = frame(false, 0, OP_PING, b"a", true);
     fragmented_ping.extend(frame(true, 0, OP_CONTINUE, b"b", true));
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -166,7 +159,7 @@ async fn protocol_errors_are_closed_with_1002() {
 
 #[tokio::test]
 async fn messages_over_32_mib_are_closed_with_1009() {
-    let (shard, app) = setup().await;
+    let (shard, app) = with_proxy_app(&[]).await;
     // One frame announcing 32 MiB + 1: refused from its header, before its payload is read.
     let mut one = header(true, 0, OP_BINARY, (32 << 20) + 1, true);
     one.extend_from_slice(&[0, 0, 0, 0]);
@@ -187,7 +180,7 @@ async fn messages_over_32_mib_are_closed_with_1009() {
 
 #[tokio::test]
 async fn messages_of_exactly_32_mib_still_arrive() {
-    let (shard, app) = setup().await;
+    let (shard, app) = with_proxy_app(&[]).await;
     let mut ws = raw(&shard, "limit").await;
     ws.send(&frame(true, 0, OP_BINARY, &vec![b'z'; 32 << 20], true))
         .await
@@ -203,7 +196,7 @@ async fn messages_of_exactly_32_mib_still_arrive() {
 
 #[tokio::test]
 async fn handshakes_with_an_invalid_key_are_refused_with_400_json() {
-    let (shard, app) = setup().await;
+    let (shard, app) = with_proxy_app(&[]).await;
     use base64::Engine as _;
     let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![1u8; n]);
     let bad = [
@@ -255,7 +248,7 @@ async fn call(shard: &Shard, room: &str, path: &str, body: serde_json::Value) ->
 
 #[tokio::test]
 async fn the_app_closes_a_socket_with_a_valid_code_and_cannot_send_a_reserved_one() {
-    let (shard, app) = setup().await;
+    let (shard, app) = with_proxy_app(&[]).await;
     let url = format!(
         "ws://127.0.0.1:{}/objects/Counter/name/bye/ws",
         shard.ingress
@@ -302,7 +295,7 @@ async fn the_app_closes_a_socket_with_a_valid_code_and_cannot_send_a_reserved_on
 
 #[tokio::test]
 async fn a_client_gone_during_the_connect_turn_leaves_no_socket_behind() {
-    let (shard, app) = setup().await;
+    let (shard, app) = with_proxy_app(&[]).await;
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", shard.ingress))
         .await
         .unwrap();

@@ -9,22 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::proxy_app::ProxyApp;
 use support::raw_ws::{self, OP_PING, frame};
-use support::{Shard, eventually, free_port};
+use support::{Shard, eventually, with_proxy_app};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 /// How much the sidecar may grow over its baseline while a hostile client pushes: well above
 /// one socket's queue bound (16 MiB) plus allocator slack, well below what it grew before.
 const RSS_BOUND_KIB: u64 = 64 << 10;
-
-async fn setup() -> (Shard, ProxyApp) {
-    let api = free_port();
-    let app = ProxyApp::start(api).await;
-    let shard = Shard::start_for(app.port, api, &[]).await;
-    (shard, app)
-}
 
 /// The resident set size of a process, in KiB, from `/proc/<pid>/status`.
 fn rss_kib(pid: u32) -> u64 {
@@ -64,7 +56,7 @@ async fn next_text(ws: &mut futures_util::stream::SplitStream<Client>) -> String
 async fn a_room_member_that_never_reads_is_closed_and_memory_stays_bounded() {
     const MESSAGES: usize = 400;
     const SIZE: usize = 256 << 10;
-    let (shard, _app) = setup().await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let pid = shard.sidecar_pid();
     let (mut talker_tx, mut talker_rx) = connect(&shard, "busy").await.split();
     let (_, mut listener) = connect(&shard, "busy").await.split();
@@ -169,7 +161,7 @@ async fn a_room_member_that_never_reads_is_closed_and_memory_stays_bounded() {
 async fn a_ping_flood_without_reading_is_closed_and_memory_stays_bounded() {
     const BATCH: usize = 1024;
     const MAX_BATCHES: usize = 4096; // 4 Mi pings of 125 bytes, ~520 MiB of pongs owed
-    let (shard, _app) = setup().await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let pid = shard.sidecar_pid();
     let mut ws = raw_ws::connect(
         shard.ingress,
@@ -237,7 +229,7 @@ async fn a_ping_flood_without_reading_is_closed_and_memory_stays_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_reads_may_send_pings_in_a_burst() {
     const PINGS: u64 = 8192;
-    let (shard, _app) = setup().await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let mut ws = raw_ws::connect(
         shard.ingress,
         "/objects/Counter/name/burst/ws",

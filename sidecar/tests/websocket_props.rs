@@ -16,11 +16,10 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use support::proxy_app::ProxyApp;
 use support::raw_ws::{
     self, OP_BINARY, OP_CLOSE, OP_CONTINUE, OP_PING, OP_PONG, OP_TEXT, RawWs, frame, header,
 };
-use support::{Shard, free_port};
+use support::{Shard, with_proxy_app};
 
 #[derive(Debug, Clone)]
 enum Data {
@@ -281,12 +280,7 @@ fn arbitrary_frame_sequences_get_their_messages_delivered_and_the_right_close_co
         .enable_all()
         .build()
         .unwrap();
-    let (shard, _app) = rt.block_on(async {
-        let api = free_port();
-        let app = ProxyApp::start(api).await;
-        let shard = Shard::start_for(app.port, api, &[]).await;
-        (shard, app)
-    });
+    let (shard, _app) = rt.block_on(with_proxy_app(&[]));
     let cases = std::env::var("STEAD_WS_PROP_CASES")
         .ok()
         .and_then(|c| c.parse().ok())

@@ -6,16 +6,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use support::proxy_app::ProxyApp;
-use support::{Shard, eventually, free_port};
+use support::{Shard, eventually, with_proxy_app};
 use tokio_tungstenite::tungstenite::Message;
-
-async fn setup(extra: &[&str]) -> (Shard, ProxyApp) {
-    let api = free_port();
-    let app = ProxyApp::start(api).await;
-    let shard = Shard::start_for(app.port, api, extra).await;
-    (shard, app)
-}
 
 type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -47,7 +39,7 @@ async fn read_n(ws: &mut Client, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_sockets_receive_every_broadcast_in_the_same_order() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let mut clients = vec![];
     for _ in 0..50 {
         clients.push(connect(&shard, "room").await);
@@ -96,7 +88,7 @@ async fn fifty_sockets_receive_every_broadcast_in_the_same_order() {
 
 #[tokio::test]
 async fn messages_of_a_rolled_back_turn_are_never_delivered() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let mut a = connect(&shard, "gate").await;
     let mut b = connect(&shard, "gate").await;
     a.send(Message::Text("one".into())).await.unwrap();
@@ -110,7 +102,7 @@ async fn messages_of_a_rolled_back_turn_are_never_delivered() {
 
 #[tokio::test]
 async fn refused_handshakes_get_the_apps_status_and_tags_filter_broadcasts() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let url = format!(
         "ws://127.0.0.1:{}/objects/Counter/name/r/ws?refuse=1",
         shard.ingress
@@ -141,7 +133,7 @@ async fn refused_handshakes_get_the_apps_status_and_tags_filter_broadcasts() {
 
 #[tokio::test]
 async fn an_object_hibernates_while_its_sockets_stay_open() {
-    let (shard, _app) = setup(&["--idle-timeout", "500ms"]).await;
+    let (shard, _app) = with_proxy_app(&["--idle-timeout", "500ms"]).await;
     let mut ws = connect(&shard, "sleepy").await;
     ws.send(Message::Text("hello".into())).await.unwrap();
     assert_eq!(read_n(&mut ws, 1).await, vec!["1:hello"]);
@@ -165,7 +157,7 @@ async fn an_object_hibernates_while_its_sockets_stay_open() {
 
 #[tokio::test]
 async fn auto_responses_are_answered_without_waking_the_object() {
-    let (shard, app) = setup(&["--idle-timeout", "500ms"]).await;
+    let (shard, app) = with_proxy_app(&["--idle-timeout", "500ms"]).await;
     let mut ws = connect(&shard, "auto").await;
     let (status, _) = shard
         .send(
@@ -209,7 +201,7 @@ async fn auto_responses_are_answered_without_waking_the_object() {
 
 #[tokio::test]
 async fn sockets_close_with_1012_when_the_sidecar_stops() {
-    let (mut shard, _app) = setup(&[]).await;
+    let (mut shard, _app) = with_proxy_app(&[]).await;
     let mut ws = connect(&shard, "bye").await;
     shard.stop_sidecar();
     loop {
@@ -226,7 +218,7 @@ async fn sockets_close_with_1012_when_the_sidecar_stops() {
 
 #[tokio::test]
 async fn large_messages_cross_the_small_read_buffer_whole() {
-    let (shard, _app) = setup(&[]).await;
+    let (shard, _app) = with_proxy_app(&[]).await;
     let mut ws = connect(&shard, "big").await;
     let big = "x".repeat(3 << 20);
     ws.send(Message::Text(big.clone().into())).await.unwrap();

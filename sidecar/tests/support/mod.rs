@@ -37,6 +37,38 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A shard serving a [`proxy_app::ProxyApp`] that the test drives itself, started with the
+/// sidecar flags `extra`.
+pub async fn with_proxy_app(extra: &[&str]) -> (Shard, proxy_app::ProxyApp) {
+    let api = free_port();
+    let app = proxy_app::ProxyApp::start(api).await;
+    let shard = Shard::start_for(app.port, api, extra).await;
+    (shard, app)
+}
+
+/// Makes one app API call inside a committed turn of object `name` of a [`with_proxy_app`]
+/// shard; returns the API's status and body.
+pub async fn call_in_turn(
+    shard: &Shard,
+    name: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let (status, text) = tokio::time::timeout(
+        Duration::from_secs(30),
+        shard.send(
+            "POST",
+            &format!("/objects/Counter/name/{name}/call"),
+            &serde_json::json!({"path": path, "body": body}).to_string(),
+        ),
+    )
+    .await
+    .expect("the turn did not end");
+    assert_eq!(status, 200, "turn of {name} failed: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (v["status"].as_u64().unwrap() as u16, v["body"].clone())
+}
+
 /// The `counter` binary built beside `stead` (the test command builds every binary first).
 pub fn counter_bin() -> PathBuf {
     let stead = PathBuf::from(env!("CARGO_BIN_EXE_stead"));
