@@ -2,6 +2,9 @@
 //! from flags now; the Kubernetes source (namespace status + headless Service DNS) implements the
 //! same trait.
 
+#[cfg(feature = "kube")]
+pub mod kube;
+
 use std::sync::Arc;
 
 use stead_core::Ring;
