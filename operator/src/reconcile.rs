@@ -164,7 +164,10 @@ async fn reconcile_inner(dns: &DurableNamespace, ctx: &Context) -> Result<Action
     write_status(dns, ctx, &status).await?;
     events::publish(ctx, dns, &to_publish).await;
 
-    Ok(if outcome.condition.0 {
+    Ok(if outcome.failure.is_some() {
+        // Published as Degraded; retried (POSTed again) in the next reconcile.
+        Action::requeue(REQUEUE_NOT_READY)
+    } else if outcome.condition.0 {
         Action::requeue(REQUEUE_RESHARDING)
     } else if status::is_ready(Some(&status)) {
         Action::requeue(ctx.config.resync)
