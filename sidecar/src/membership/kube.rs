@@ -60,6 +60,27 @@ pub struct KubeSettings {
     pub ring_wait: Duration,
 }
 
+impl KubeSettings {
+    /// The settings of a sidecar in Kubernetes: no `--peers`, a peer template, and the pod's
+    /// namespace and DurableNamespace (both set by the operator). `None` otherwise (local mode).
+    pub fn from_config(
+        config: &crate::config::SidecarConfig,
+        peer_template: Option<&str>,
+    ) -> Option<Self> {
+        if !config.peers.is_empty() {
+            return None;
+        }
+        Some(Self {
+            namespace: config.pod_namespace.clone().filter(|s| !s.is_empty())?,
+            name: config.durable_namespace.clone().filter(|s| !s.is_empty())?,
+            me: config.ordinal(),
+            peer_template: peer_template.filter(|t| !t.is_empty())?.to_owned(),
+            slots: config.slots,
+            ring_wait: DEFAULT_RING_WAIT,
+        })
+    }
+}
+
 /// Membership that follows the `DurableNamespace` status.
 #[derive(Debug)]
 pub struct KubeMembership {
@@ -248,6 +269,53 @@ mod tests {
             Ring::new(epoch, 64, shards),
         )
         .expect("membership")
+    }
+
+    #[test]
+    fn kubernetes_membership_is_chosen_only_for_a_pod_with_a_template_and_no_peer_list() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: crate::config::SidecarConfig,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["stead", "--classes", "Counter"][..], args].concat())
+                .expect("config")
+                .config
+        };
+        let pod = parse(&[
+            "--pod-name",
+            "chat-2",
+            "--pod-namespace",
+            "apps",
+            "--durable-namespace",
+            "chat",
+        ]);
+        let template = Some("chat-{i}.chat-peers.apps.svc:7878");
+        let s = KubeSettings::from_config(&pod, template).expect("kubernetes");
+        assert_eq!(
+            (s.namespace.as_str(), s.name.as_str(), s.me),
+            ("apps", "chat", 2)
+        );
+        assert!(
+            KubeSettings::from_config(&pod, None).is_none(),
+            "no template"
+        );
+        let local = parse(&[
+            "--peers",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--pod-namespace",
+            "apps",
+            "--durable-namespace",
+            "chat",
+        ]);
+        assert!(
+            KubeSettings::from_config(&local, template).is_none(),
+            "a peer list is local mode"
+        );
+        let bare = parse(&[]);
+        assert!(KubeSettings::from_config(&bare, template).is_none());
     }
 
     #[test]
