@@ -143,6 +143,22 @@ impl KubeMembership {
         Ok((membership, task))
     }
 
+    /// The Kubernetes branch of the sidecar's choice of membership: `Ok(None)` when `config` is
+    /// not a Kubernetes pod's (see [`KubeSettings::from_config`]); else [`Self::start`] with this
+    /// pod's service account.
+    pub async fn start_for(
+        config: &crate::config::SidecarConfig,
+        peer_template: Option<&str>,
+        offer: impl Fn(Ring) -> bool + Send + Sync + 'static,
+    ) -> Result<Option<(Arc<Self>, tokio::task::JoinHandle<()>)>, KubeMembershipError> {
+        let Some(settings) = KubeSettings::from_config(config, peer_template) else {
+            return Ok(None);
+        };
+        Self::start(client().await?, settings, offer)
+            .await
+            .map(Some)
+    }
+
     /// Take `ring` if its epoch is newer than the current one. Returns whether it was taken.
     /// (The peers come from the template, so a peer list is not needed here.)
     pub fn offer(&self, ring: Ring, _peers: Option<Vec<String>>) -> bool {
