@@ -481,12 +481,15 @@ struct Shard0 {
     posts: Vec<i32>,
     conflicts: u32,
     token: String,
+    /// The next progress request finds the resharding failed with this error.
+    fail_next: Option<String>,
+    error: Option<String>,
 }
 
 impl Shard0 {
     fn progress(&self) -> serde_json::Value {
         json!({"state": self.state, "from": self.from, "to": self.to, "epoch": self.ring.1 + 1,
-               "moved": self.moved, "total": self.total, "bytes": 0, "seconds": 0.0, "error": null})
+               "moved": self.moved, "total": self.total, "bytes": 0, "seconds": 0.0, "error": self.error})
     }
 
     /// A restart: the coordinator keeps no state; the shards keep what they own.
@@ -532,7 +535,9 @@ async fn shard0(shards: i32, token: &str) -> (String, SharedShard0) {
                 );
             }
             if s.state != "running" {
-                let resumed = s.state == "idle" && s.to == to && s.moved < s.total;
+                let resumed =
+                    matches!(s.state, "idle" | "failed") && s.to == to && s.moved < s.total;
+                s.error = None;
                 if !resumed {
                     s.from = s.ring.0;
                     s.to = to;
@@ -554,7 +559,10 @@ async fn shard0(shards: i32, token: &str) -> (String, SharedShard0) {
                     axum::Json(json!({"error": {"code": "unauthorized", "message": "bad token"}})),
                 );
             }
-            if s.state == "running" {
+            if s.state == "running" && s.fail_next.is_some() {
+                s.state = "failed";
+                s.error = s.fail_next.take();
+            } else if s.state == "running" {
                 s.moved = (s.moved + (s.total + 1) / 2).min(s.total);
                 if s.moved == s.total {
                     s.state = "done";
@@ -827,6 +835,70 @@ async fn a_restarted_operator_and_a_restarted_shard_0_finish_the_resharding() {
         "the restarted coordinator was asked again, same target"
     );
     assert_eq!(s.conflicts, 0);
+}
+
+#[tokio::test]
+async fn a_failed_resharding_is_degraded_then_retried_and_finished() {
+    let plane = plane!("a_failed_resharding_is_degraded_then_retried_and_finished");
+    let (client, ns) = setup("reshard-failed", plane).await;
+    let ctx0 = operator(&client, "127.0.0.1:1");
+    let (api, token) = running_namespace(&client, &ns, "counter", 3, &ctx0).await;
+    let (addr, shard0) = shard0(3, &token).await;
+    let ctx = operator(&client, &addr);
+
+    set_shards(&api, "counter", 5).await;
+    reconcile(&api, "counter", &ctx).await;
+    pods_ready(&client, &ns, "counter", 5).await;
+    reconcile(&api, "counter", &ctx).await; // 3→5 starts
+    shard0.lock().unwrap().fail_next = Some("shard 4 does not answer GET /v1/admin/slots".into());
+    reconcile(&api, "counter", &ctx).await;
+    let status = api
+        .get("counter")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    let degraded = status.condition("Degraded").expect("Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ReshardFailed")
+    );
+    assert!(
+        degraded.message.contains("shard 4 does not answer"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(
+        status.ring.as_ref().map(|r| r.shards),
+        Some(3),
+        "the old ring stands"
+    );
+
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        reconcile(&api, "counter", &ctx).await;
+        seen.push(observe(&client, &ns, "counter").await);
+    }
+    assert_eq!(
+        seen,
+        [
+            // Retried: POSTed again with the same target; it resumes.
+            "replicas=5 ring=3@1/moving 128 Resharding=True:MovingSlots Ready=False:Resharding",
+            "replicas=5 ring=3@1/moving 64 Resharding=True:MovingSlots Ready=False:Resharding",
+            "replicas=5 ring=5@2/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady",
+        ]
+    );
+    let status = api
+        .get("counter")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(
+        status.condition("Degraded").expect("Degraded").status,
+        "False"
+    );
+    assert_eq!(shard0.lock().unwrap().posts, [5, 5]);
 }
 
 #[tokio::test]
