@@ -65,7 +65,7 @@ async fn reconcile_inner(dns: &DurableNamespace, ctx: &Context) -> Result<Action
         Some(_) => ByteString(Vec::new()),
         None => build::secret::generate_token()?,
     };
-    apply(
+    let secret = apply(
         client,
         &namespace,
         &build::secret::peer_token_secret(&spec, existing_secret.as_ref(), fresh),
@@ -110,9 +110,8 @@ async fn reconcile_inner(dns: &DurableNamespace, ctx: &Context) -> Result<Action
         .await?;
     }
 
-    let token = existing_secret
-        .as_ref()
-        .and_then(|s| build::secret::existing_token(Some(s)))
+    // Shard 0 wants the token the shards read from the Secret.
+    let token = build::secret::existing_token(Some(&secret))
         .map(|t| String::from_utf8_lossy(&t.0).into_owned())
         .unwrap_or_default();
     let target = Target {

@@ -142,10 +142,16 @@ impl Outcome {
             reshard: None,
             condition: (
                 true,
-                reason::COORDINATOR_UNREACHABLE,
+                if error.is_refusal() {
+                    reason::FAILED
+                } else {
+                    reason::COORDINATOR_UNREACHABLE
+                },
                 format!("resharding {from}→{to} not started: {error}; retrying"),
             ),
-            failure: error.is_refusal().then(|| error.to_string()),
+            failure: error
+                .is_refusal()
+                .then(|| format!("resharding {from}→{to} not started: {error}")),
             post_again: false,
         }
     }
@@ -473,6 +479,23 @@ mod tests {
         assert_eq!(o.condition.1, reason::OTHER_RESHARD_RUNNING);
         assert!(!o.post_again);
         assert_eq!(o.ring, None);
+    }
+
+    #[test]
+    fn a_coordinator_that_refuses_to_start_is_a_failure_one_that_is_down_is_not() {
+        let refused = CoordinatorError::Refused {
+            status: 401,
+            code: "unauthorized".into(),
+            message: "wrong peer token".into(),
+        };
+        let o = Outcome::not_started(3, 5, &refused);
+        assert_eq!(o.condition.1, reason::FAILED);
+        assert!(o.failure.expect("degraded").contains("wrong peer token"));
+        assert_eq!(o.reshard, None, "nothing runs");
+        let down = CoordinatorError::Unreachable("connection refused".into());
+        let o = Outcome::not_started(3, 5, &down);
+        assert_eq!(o.condition.1, reason::COORDINATOR_UNREACHABLE);
+        assert_eq!(o.failure, None);
     }
 
     #[test]
