@@ -77,6 +77,13 @@ pub struct SidecarConfig {
     /// The pod's name (from the downward API in Kubernetes).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// The pod's Kubernetes namespace (downward API); with --durable-namespace and a peer
+    /// template, the ring comes from that DurableNamespace's status (`membership::kube`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Name of the DurableNamespace this shard belongs to (set by the operator).
+    #[arg(long, env = "STEAD_NAMESPACE")]
+    pub durable_namespace: Option<String>,
     /// Peer-port addresses (host:port) of every shard, in ordinal order. Empty: a single shard
     /// that owns every slot.
     #[arg(long, env = "STEAD_PEERS", value_delimiter = ',')]

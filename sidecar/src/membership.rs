@@ -2,6 +2,9 @@
 //! changes only by resharding: a newer ring (higher epoch) is offered by the coordinator or read
 //! from the namespace status, and replaces the current one.
 
+#[cfg(feature = "kube")]
+pub mod kube;
+
 use std::sync::{Arc, RwLock};
 
 use stead_core::Ring;

@@ -45,6 +45,9 @@ pub enum StartError {
     Ownership(#[from] crate::ownership::OwnershipError),
     #[error("{0}")]
     Alarms(#[from] crate::alarms::AlarmError),
+    #[cfg(feature = "kube")]
+    #[error("{0}")]
+    Kube(#[from] crate::membership::kube::KubeMembershipError),
     #[error("cleaning up the shard's slot folders: {0}")]
     Io(#[from] std::io::Error),
     #[error("no randomness: {0}")]
@@ -309,6 +312,18 @@ pub async fn run(
 
 /// Who the shards are: the peer list or template from the flags, and the ring they start with.
 async fn membership(config: &SidecarConfig) -> Result<Arc<dyn Membership>, StartError> {
+    // In Kubernetes (a peer template, the pod's namespace and DurableNamespace, no --peers): the
+    // ring is the one the operator publishes in the namespace status, followed by a watch.
+    #[cfg(feature = "kube")]
+    if let Some((m, _watch)) = crate::membership::kube::KubeMembership::start_for(
+        config,
+        config.peer_template.as_deref(),
+        |_| false,
+    )
+    .await?
+    {
+        return Ok(m);
+    }
     Ok(Arc::new(StaticMembership::new(
         config.ordinal(),
         config.peers.clone(),
