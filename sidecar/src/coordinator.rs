@@ -225,6 +225,9 @@ impl Coordinator {
     async fn run(self: &Arc<Self>, to: u32, span: u32) -> Result<(), String> {
         let epoch = self.lock().epoch;
         let target = Ring::new(epoch, self.slots, to);
+        // Every source must reach every target: give each shard the whole peer list first.
+        let current = self.membership.ring();
+        self.offer_to_all(&current, span, true).await?;
         let mut last_error = None;
         let mut counted = false;
         for _round in 0..MAX_ROUNDS {
@@ -331,6 +334,12 @@ impl Coordinator {
     /// Tells every shard the new ring. Shards of the new ring must take it; shards past it
     /// (about to be stopped) are told when they still answer.
     async fn publish(&self, ring: &Ring, span: u32) -> Result<(), String> {
+        self.offer_to_all(ring, span, false).await
+    }
+
+    /// Offers `ring` with the peer list of every ordinal `0..span` to every shard. Shards of
+    /// `ring` must answer; with `all`, every shard must.
+    async fn offer_to_all(&self, ring: &Ring, span: u32, all: bool) -> Result<(), String> {
         let peers: Vec<String> = (0..span)
             .filter_map(|i| self.membership.peer_addr(i))
             .collect();
@@ -359,7 +368,7 @@ impl Coordinator {
                     .await;
                 match r {
                     Ok((s, _)) if s.is_success() => break,
-                    _ if ordinal >= ring.shards => break,
+                    _ if ordinal >= ring.shards && !all => break,
                     Ok((s, b)) if tries >= 5 => {
                         return Err(format!(
                             "shard {ordinal} refused the ring ({s}): {}",

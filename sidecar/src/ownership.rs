@@ -187,8 +187,12 @@ impl Ownership {
 
         let states: Vec<AtomicU32> = (0..slots).map(|_| AtomicU32::new(NOT_OWNED)).collect();
         {
-            let mut stmt = conn.prepare("SELECT slot, to_shard FROM tombstones")?;
-            for row in stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?)))? {
+            // Tombstones of hand-offs the ring already reflects are obsolete (see `ring_taken`).
+            let mut stmt =
+                conn.prepare("SELECT slot, to_shard FROM tombstones WHERE epoch > ?1")?;
+            for row in stmt.query_map(params![ring.epoch as i64], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?))
+            })? {
                 let (s, to) = row?;
                 if let Some(st) = states.get(s as usize) {
                     st.store(encode(SlotState::Gone { to }), Ordering::SeqCst);
@@ -418,6 +422,33 @@ impl Ownership {
         Ok(())
     }
 
+    /// A ring of `epoch` was taken: every slot is where that ring says, so the tombstones of
+    /// hand-offs up to that epoch are obsolete (their targets may since have handed the slot on,
+    /// or been removed); requests for those slots route by the ring again.
+    pub fn ring_taken(&self, epoch: u64) -> Result<usize, OwnershipError> {
+        let slots: Vec<u32> = {
+            let mut conn = self.lock_db();
+            let tx = conn.transaction()?;
+            let slots = {
+                let mut stmt = tx.prepare("SELECT slot FROM tombstones WHERE epoch <= ?1")?;
+                stmt.query_map(params![epoch as i64], |r| r.get::<_, u32>(0))?
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            tx.execute(
+                "DELETE FROM tombstones WHERE epoch <= ?1",
+                params![epoch as i64],
+            )?;
+            tx.commit()?;
+            slots
+        };
+        for s in &slots {
+            if let SlotState::Gone { .. } = self.state(Slot(*s)) {
+                self.set(Slot(*s), SlotState::NotOwned);
+            }
+        }
+        Ok(slots.len())
+    }
+
     /// The hand-off journal, for the admin view: (slot, to, step).
     pub fn journal_rows(&self) -> Result<Vec<(u32, u32, String)>, OwnershipError> {
         let conn = self.lock_db();
@@ -541,6 +572,22 @@ mod tests {
         );
         o.roll_back(Slot(2)).unwrap();
         assert_eq!(o.state(Slot(2)), SlotState::Owned);
+    }
+
+    #[test]
+    fn a_newer_ring_retires_the_tombstones_it_reflects() {
+        let dir = tempdir();
+        let (o, _, _) = Ownership::load(&dir, 0, &Ring::new(1, 16, 1)).unwrap();
+        o.handed_over(Slot(1), 2, 2).unwrap();
+        o.handed_over(Slot(2), 2, 3).unwrap();
+        assert_eq!(o.ring_taken(2).unwrap(), 1);
+        assert_eq!(o.state(Slot(1)), SlotState::NotOwned);
+        assert_eq!(o.state(Slot(2)), SlotState::Gone { to: 2 });
+        o.record_ring(&Ring::new(3, 16, 3)).unwrap();
+        drop(o);
+        // A restart routes by the recorded ring, not by a tombstone that ring reflects.
+        let (o, _, _) = Ownership::load(&dir, 0, &Ring::new(1, 16, 1)).unwrap();
+        assert_eq!(o.state(Slot(2)), SlotState::NotOwned);
     }
 
     #[tokio::test]

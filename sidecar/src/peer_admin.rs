@@ -176,8 +176,8 @@ impl PeerAdmin {
             (&Method::POST, "handoff") => {
                 let order: HandoffOrder = json_body(req.into_body()).await?;
                 let h = self.handoffs.clone();
-                let moved = detached(async move { h.hand_off(slot, order.to, order.epoch).await })
-                    .await?;
+                let moved =
+                    detached(async move { h.hand_off(slot, order.to, order.epoch).await }).await?;
                 self.metrics.slots_owned.set(self.ownership.count() as i64);
                 Ok(axum::Json(moved).into_response())
             }
@@ -255,7 +255,12 @@ impl PeerAdmin {
         let taken = self.membership.offer(ring.clone(), offer.peers);
         if taken {
             let o = self.ownership.clone();
-            let recorded = match tokio::task::spawn_blocking(move || o.record_ring(&ring)).await {
+            let recorded = match tokio::task::spawn_blocking(move || {
+                o.record_ring(&ring)?;
+                o.ring_taken(ring.epoch)
+            })
+            .await
+            {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
