@@ -27,6 +27,7 @@ pub mod object;
 pub mod ownership;
 pub mod peer;
 pub mod route;
+pub mod scale;
 pub mod serve;
 pub mod sidecar;
 pub mod storage;
