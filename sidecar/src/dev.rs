@@ -1245,6 +1245,14 @@ impl Cluster {
             let status: ReshardStatus = serde_json::from_value(answer.body)
                 .map_err(|e| DevError::Reshard(format!("unexpected answer of shard 0: {e}")))?;
             let ours = status.to == to;
+            if ours {
+                self.update_progress(|p| {
+                    p.moved = status.moved;
+                    p.total = status.total;
+                    p.bytes = status.bytes;
+                    p.seconds = started.elapsed().as_secs_f64();
+                });
+            }
             match status.state.as_str() {
                 "done" if ours => return Ok(status),
                 "failed" if ours => {
@@ -1254,12 +1262,6 @@ impl Cluster {
                 }
                 "running" if ours => {
                     ask = false;
-                    self.update_progress(|p| {
-                        p.moved = status.moved;
-                        p.total = status.total;
-                        p.bytes = status.bytes;
-                        p.seconds = started.elapsed().as_secs_f64();
-                    });
                     if last_print.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                         last_print = Some(Instant::now());
                         println!("stead dev: moved {}/{} slots", status.moved, status.total);
