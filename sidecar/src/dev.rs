@@ -1249,6 +1249,7 @@ impl Cluster {
                 self.update_progress(|p| {
                     p.moved = status.moved;
                     p.total = status.total;
+                    p.objects = status.objects;
                     p.bytes = status.bytes;
                     p.seconds = started.elapsed().as_secs_f64();
                 });
@@ -1287,6 +1288,8 @@ struct ReshardStatus {
     moved: u64,
     #[serde(default)]
     total: u64,
+    #[serde(default)]
+    objects: u64,
     #[serde(default)]
     bytes: u64,
     #[serde(default)]

@@ -79,6 +79,9 @@ pub struct ResizeProgress {
     /// Slots moved so far, out of `total` to move.
     pub moved: u64,
     pub total: u64,
+    /// Objects moved with those slots.
+    #[serde(default)]
+    pub objects: u64,
     /// Bytes of object databases copied.
     pub bytes: u64,
     /// Seconds since the resize began.
@@ -188,10 +191,11 @@ async fn read_control(data_dir: &Path) -> Result<ControlFile, ScaleError> {
 /// A summary of a finished resize, as `stead scale` and `stead dev` print it.
 pub fn summary(p: &ResizeProgress) -> String {
     format!(
-        "resized from {} to {} shards: moved {} slots ({} of objects) in {:.1} s; ring epoch {}",
+        "resized from {} to {} shards: moved {} slots and {} objects ({}) in {:.1} s; ring epoch {}",
         p.from,
         p.to,
         p.moved,
+        p.objects,
         human_bytes(p.bytes),
         p.seconds,
         p.epoch
@@ -311,6 +315,7 @@ mod tests {
             to: 3,
             moved: 2731,
             total: 2731,
+            objects: 40,
             bytes: 3 * 1024 * 1024 + 512 * 1024,
             seconds: 4.25,
             epoch: 2,
@@ -318,7 +323,7 @@ mod tests {
         };
         assert_eq!(
             summary(&p),
-            "resized from 1 to 3 shards: moved 2731 slots (3.5 MiB of objects) in 4.2 s; ring epoch 2"
+            "resized from 1 to 3 shards: moved 2731 slots and 40 objects (3.5 MiB) in 4.2 s; ring epoch 2"
         );
     }
 
@@ -361,6 +366,7 @@ mod tests {
             to: 4,
             moved: 1,
             total: 9,
+            objects: 2,
             bytes: 10,
             seconds: 0.5,
             epoch: 3,
