@@ -686,6 +686,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             epoch: record.epoch,
             ..ResizeProgress::default()
         }),
+        resize_task: Mutex::new(None),
         control_token: random_hex()?,
     });
     for shard in shards {
@@ -957,6 +958,9 @@ struct Cluster {
     /// In ordinal order.
     supervised: tokio::sync::Mutex<Vec<Supervised>>,
     progress: Mutex<ResizeProgress>,
+    /// The resize running, if any (stopped first when `stead dev` stops; it resumes at the
+    /// next start).
+    resize_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     control_token: String,
 }
 
@@ -1015,7 +1019,18 @@ impl Cluster {
         }
     }
 
+    /// Stops the running resize (recorded: the next start resumes it), then every shard.
     async fn stop_all(&self) {
+        let resize = self
+            .resize_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = resize {
+            task.abort();
+            // Dropping the aborted task drops a shard it was starting, which kills its processes.
+            let _ = task.await;
+        }
         self.stop_from(0).await;
     }
 
@@ -1056,7 +1071,8 @@ impl Cluster {
         drop(progress);
         if !nothing_to_do {
             let cluster = self.clone();
-            tokio::spawn(async move { cluster.resize(to).await });
+            let task = tokio::spawn(async move { cluster.resize(to).await });
+            *self.resize_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
         Ok(answer)
     }
