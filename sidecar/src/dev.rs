@@ -1175,9 +1175,12 @@ impl Cluster {
             }
         }
         self.set_state(ResizeState::Moving, started);
-        let status = self
-            .reshard(to, launch.peers(running.max(to)), started)
-            .await?;
+        let peers = launch.peers(running.max(to));
+        // Every shard that hands slots over must reach the joining ones.
+        for ordinal in 0..running.min(to) {
+            self.tell_peers(ordinal, &peers).await;
+        }
+        let status = self.reshard(to, peers, started).await?;
         let epoch = status.epoch.max(record.epoch);
         launch.update(|t| {
             t.ring_shards = to;
@@ -1195,6 +1198,42 @@ impl Cluster {
         })
         .await?;
         Ok(epoch)
+    }
+
+    /// Offers shard `ordinal` its current ring with the longer peer list `peers` (taken: same
+    /// epoch, more peers). Best effort: a shard that is restarting gets them from its flags.
+    async fn tell_peers(&self, ordinal: u16, peers: &[String]) {
+        let Some(addr) = self.launch.peers(ordinal + 1).pop() else {
+            return;
+        };
+        let token = (
+            stead_core::protocol::PEER_TOKEN,
+            self.launch.peer_token.as_str(),
+        );
+        let slots = format!("http://{addr}/v1/admin/slots");
+        let ring = match json_call(Method::GET, &slots, token, None).await {
+            Ok(a) if a.status.is_success() => a.body.get("ring").cloned(),
+            _ => None,
+        };
+        let (Some(epoch), Some(shards)) = (
+            ring.as_ref().and_then(|r| r.get("epoch")?.as_u64()),
+            ring.as_ref().and_then(|r| r.get("shards")?.as_u64()),
+        ) else {
+            println!(
+                "stead dev: shard {ordinal} did not say its ring; it learns the peers at its restart"
+            );
+            return;
+        };
+        let body = serde_json::json!({ "epoch": epoch, "shards": shards, "peers": peers });
+        let url = format!("http://{addr}/v1/admin/ring");
+        match json_call(Method::PUT, &url, token, Some(&body)).await {
+            Ok(a) if a.status.is_success() => {}
+            Ok(a) => println!(
+                "stead dev: shard {ordinal} refused the peer list: {}",
+                a.message()
+            ),
+            Err(e) => println!("stead dev: shard {ordinal} did not take the peer list: {e}"),
+        }
     }
 
     fn shard0_peer(&self) -> String {
