@@ -645,9 +645,8 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     .await?;
     let plan = StartPlan::of(recorded, args.shards);
     let record = plan.record;
-    if recorded.is_none() {
-        save_record(&data_dir, record).await?;
-    }
+    // Also when inferred from a folder of an earlier version: from now on the file says it.
+    save_record(&data_dir, record).await?;
     let launch = Arc::new(Launch {
         exe,
         app_bin,

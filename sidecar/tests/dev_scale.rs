@@ -22,6 +22,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// Objects written before each resize.
 const OBJECTS: usize = 40;
+/// Slots of the tests' clusters: fewer than the default, so that a resize takes seconds.
+const SLOTS: u32 = 512;
 
 /// A base port (a multiple of ten) whose ports for `shards` shards are all free: the ingresses
 /// `p..p+shards` and each shard's block `p+1000+10·i ..= +3`.
@@ -80,13 +82,19 @@ struct Dev {
 }
 
 impl Dev {
+    /// On the scratch folder, with [`SLOTS`] slots.
     fn start(scratch: &Scratch, port: u16, shards: Option<u16>, name: &str) -> Dev {
+        let slots = format!("--sidecar-arg=--slots={SLOTS}");
         let out = scratch.0.join(format!("{name}.out"));
+        Self::start_on(&scratch.data(), out, port, shards, &[&slots])
+    }
+
+    fn start_on(data: &Path, out: PathBuf, port: u16, shards: Option<u16>, extra: &[&str]) -> Dev {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_stead"));
         cmd.arg("dev")
             .args(["--example", "counter", "--port", &port.to_string()])
             .arg("--data-dir")
-            .arg(scratch.data())
+            .arg(data)
             .arg("--app-bin")
             .arg(counter_bin())
             .env("RUST_LOG", "warn")
@@ -98,6 +106,7 @@ impl Dev {
         if let Some(n) = shards {
             cmd.args(["--shards", &n.to_string()]);
         }
+        cmd.args(extra);
         stead_sidecar::dev::die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("start stead dev");
         Dev { child, out, port }
@@ -125,6 +134,11 @@ impl Dev {
         }
         panic!("stead dev did not stop within 60 s:\n{}", self.output());
     }
+
+    fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Dev {
@@ -132,6 +146,18 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET` the control port of the `stead dev` on `data`: the resize progress.
+async fn progress(data: &Path) -> serde_json::Value {
+    let control: ControlFile =
+        serde_json::from_slice(&std::fs::read(data.join(CONTROL_FILE)).unwrap()).unwrap();
+    let url = format!("http://{}{RESIZE_PATH}", control.addr);
+    let (status, body) = call("GET", &url, Some((CONTROL_TOKEN, &control.token)), "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 /// Runs `stead scale` to its end (at most 120 s): exit status, stdout, stderr.
@@ -364,6 +390,17 @@ fn children(pid: i32) -> Vec<(i32, String)> {
     out
 }
 
+/// Present in `/proc` and not a zombie (a zombie holds no port).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, after) = stat.rsplit_once(')')?;
+            after.split_whitespace().next().map(|s| s != "Z")
+        })
+        .unwrap_or(false)
+}
+
 /// The sidecars among `stead dev`'s children: `(pid, command line)`.
 fn sidecars(dev: &Dev) -> Vec<(i32, String)> {
     children(dev.pid())
@@ -555,4 +592,111 @@ async fn a_restart_with_another_shards_flag_reshards_and_a_second_resize_is_refu
     let status = dev.stop().await;
     assert!(status.success(), "{status}");
     assert!(!data.join(CONTROL_FILE).exists(), "removed at a clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stead_dev_killed_mid_resize_finishes_it_at_its_next_start() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let scratch = Scratch::new("resume");
+    let data = scratch.data();
+    let port = dev_base_port(3);
+    let dev = Dev::start(&scratch, port, None, "dev1");
+    wait_serving(&dev, 1).await;
+    let expected = write_objects(port, 1, "k").await;
+
+    // A resize 1 -> 3 through the control port; `stead dev` is killed once slots move.
+    let control: ControlFile =
+        serde_json::from_slice(&std::fs::read(data.join(CONTROL_FILE)).unwrap()).unwrap();
+    let url = format!("http://{}{RESIZE_PATH}", control.addr);
+    let (status, body) = call(
+        "POST",
+        &url,
+        Some((CONTROL_TOKEN, &control.token)),
+        r#"{"shards":3}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let mut moving = false;
+    for _ in 0..1200 {
+        let p = progress(&data).await;
+        assert!(p["state"] != "failed" && p["state"] != "done", "{p}");
+        if p["state"] == "moving" && p["moved"].as_u64().unwrap_or(0) > 0 {
+            moving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(moving, "no slot moved within 24 s");
+    let during = record(&data);
+    let children: Vec<i32> = children(dev.pid()).into_iter().map(|(p, _)| p).collect();
+    dev.kill_9();
+    eventually("the killed stead dev's children die with it", || {
+        let left = children.iter().any(|&c| alive(c));
+        async move { !left }
+    })
+    .await;
+    assert_eq!(
+        during.resizing_to,
+        Some(3),
+        "recorded before anything moved"
+    );
+
+    // The next start (no --shards) runs all three shards and finishes the resize.
+    let dev = Dev::start(&scratch, port, None, "dev2");
+    eventually("the resumed resize is recorded as done", || {
+        let done = std::fs::read(data.join(CLUSTER_FILE))
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<ClusterRecord>(&raw).ok())
+            .is_some_and(|r| r.shards == 3 && r.resizing_to.is_none());
+        async move { done }
+    })
+    .await;
+    let out = dev.output();
+    assert!(
+        out.contains("resuming the resize from 1 to 3 shards"),
+        "{out}"
+    );
+    check_values(port, 3, &expected).await;
+    check_one_copy_each(&data, OBJECTS + 1);
+    assert!(dev.stop().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shard_folder_of_a_plain_sidecar_moves_into_shard_0_and_keeps_its_objects() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let scratch = Scratch::new("adopt");
+    // A folder laid out as one sidecar (and `stead dev` before resizing) left it: `shard.sqlite`
+    // and `slots/` at its root.
+    let mut plain = support::Shard::start(&[]).await;
+    let mut expected = BTreeMap::new();
+    for i in 0..10 {
+        let name = format!("p{i}");
+        let (status, body) = plain
+            .send(
+                "POST",
+                &format!("/objects/Counter/name/{name}/increment"),
+                "",
+            )
+            .await;
+        assert_eq!((status, body.trim()), (200, "1"));
+        expected.insert(name, 1);
+    }
+    plain.stop_sidecar();
+    assert!(plain.wait_sidecar_exit().success());
+    let data = plain.data_dir.clone();
+    assert!(data.join("shard.sqlite").exists() && data.join("slots").exists());
+
+    let port = dev_base_port(1);
+    // The default slots, as the plain sidecar had.
+    let dev = Dev::start_on(&data, scratch.0.join("dev.out"), port, None, &[]);
+    wait_serving(&dev, 1).await;
+    check_values(port, 1, &expected).await;
+    let out = dev.output();
+    assert!(out.contains("into shard-0/"), "{out}");
+    assert!(!data.join("shard.sqlite").exists() && !data.join("slots").exists());
+    assert!(data.join("shard-0").join("shard.sqlite").exists());
+    check_one_copy_each(&data, expected.len() + 1);
+    assert_eq!(record(&data).shards, 1);
+    assert!(dev.stop().await.success());
 }
