@@ -31,6 +31,8 @@ pub mod condition {
     pub const PROGRESSING: &str = "Progressing";
     /// Something needs the user's attention; the reason says what.
     pub const DEGRADED: &str = "Degraded";
+    /// Slots are being moved to a new ring (a change of `spec.shards`); the message says how far.
+    pub const RESHARDING: &str = "Resharding";
 }
 
 /// A Stead application: one app image serving one or more classes of durable objects, run as
@@ -50,7 +52,9 @@ pub mod condition {
     doc = "A Stead application: durable objects of the listed classes, served by an app image on `shards` StatefulSet pods.",
     printcolumn(name = "Shards", type_ = "integer", json_path = ".spec.shards"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyShards"),
+    printcolumn(name = "Ring", type_ = "integer", json_path = ".status.ring.shards"),
     printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.ring.epoch"),
+    printcolumn(name = "Moving", type_ = "integer", json_path = ".status.ring.moving"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -59,7 +63,8 @@ pub mod condition {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DurableNamespaceSpec {
-    /// Number of shards (pods). Changing it on an existing namespace needs slot migration.
+    /// Number of shards (pods). Changing it reshards live: slots and their objects move to the
+    /// new ring, then the pods no longer needed stop.
     #[schemars(range(min = 1))]
     pub shards: i32,
     /// Number of slots objects are hashed into. Fixed at creation.
@@ -125,6 +130,10 @@ pub struct StorageSpec {
     /// StorageClass of the volumes; the cluster default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// What happens to the volume of a shard removed by lowering `shards` (after its slots moved
+    /// away): `Retain` (the default) keeps it, `Delete` deletes it.
+    #[serde(default)]
+    pub when_scaled_down: VolumePolicy,
 }
 
 impl Default for StorageSpec {
@@ -132,6 +141,27 @@ impl Default for StorageSpec {
         Self {
             size: default_storage_size(),
             storage_class_name: None,
+            when_scaled_down: VolumePolicy::default(),
+        }
+    }
+}
+
+/// What happens to a shard's PersistentVolumeClaim when the shard goes away.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum VolumePolicy {
+    /// Keep the claim (and its volume); delete it by hand when no longer wanted.
+    #[default]
+    Retain,
+    /// Delete the claim with the shard.
+    Delete,
+}
+
+impl VolumePolicy {
+    /// The word of the StatefulSet's `persistentVolumeClaimRetentionPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumePolicy::Retain => "Retain",
+            VolumePolicy::Delete => "Delete",
         }
     }
 }
@@ -217,6 +247,25 @@ pub struct DurableNamespaceStatus {
     /// The routing table the sidecars follow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring: Option<RingStatus>,
+    /// The resharding in progress, if any: the ring moves from `from` to `to` shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshard: Option<ReshardStatus>,
+}
+
+/// A resharding the operator started and follows until the coordinator (shard 0) says it is done.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReshardStatus {
+    /// Shards of the ring before.
+    pub from: i32,
+    /// Shards of the ring after.
+    pub to: i32,
+    /// Slots moved so far.
+    #[serde(default)]
+    pub moved: i64,
+    /// Slots that move in all.
+    #[serde(default)]
+    pub total: i64,
 }
 
 /// The published ring: which shards own the slots, at which epoch.
@@ -227,7 +276,7 @@ pub struct RingStatus {
     pub epoch: i64,
     /// Shards the ring spreads the slots over.
     pub shards: i32,
-    /// Slots being handed from one shard to another.
+    /// Slots still to be handed from one shard to another.
     pub moving: i32,
 }
 

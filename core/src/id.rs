@@ -127,6 +127,11 @@ impl ObjectId {
         Ok(Self(id))
     }
 
+    /// The id of these 32 bytes (as they travel in binary form, e.g. a slot hand-off).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

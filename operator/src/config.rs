@@ -17,6 +17,10 @@ pub struct OperatorConfig {
     pub service_monitors: bool,
     /// Reconcile every namespace at least this often, to repair drift.
     pub resync: Duration,
+    /// Tests only: `host:port` used for every namespace's shard 0 (the resharding coordinator)
+    /// instead of its DNS name `{name}-0.{name}-peers.{ns}.svc:7878`, so that tests can run real
+    /// sidecars on loopback against an API server without pods.
+    pub coordinator_addr: Option<String>,
 }
 
 /// Leader election settings.
@@ -44,6 +48,7 @@ impl Default for OperatorConfig {
             lease: None,
             service_monitors: true,
             resync: Duration::from_secs(300),
+            coordinator_addr: None,
         }
     }
 }

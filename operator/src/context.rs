@@ -8,6 +8,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::Mutex;
 
 use crate::config::OperatorConfig;
+use crate::coordinator::{Coordinator, HttpCoordinator};
 use crate::metrics::Metrics;
 
 /// Shared state of the controller.
@@ -16,6 +17,8 @@ pub struct Context {
     pub config: OperatorConfig,
     pub metrics: Metrics,
     pub recorder: Recorder,
+    /// Shard 0's resharding coordinator.
+    pub coordinator: Arc<dyn Coordinator>,
     /// Whether the ServiceMonitor CRD exists, and when that was last checked.
     service_monitor_crd: Mutex<Option<(Instant, bool)>>,
 }
@@ -25,6 +28,15 @@ const SERVICE_MONITOR_RECHECK: Duration = Duration::from_secs(300);
 
 impl Context {
     pub fn new(client: Client, config: OperatorConfig) -> Arc<Context> {
+        Self::with_coordinator(client, config, Arc::new(HttpCoordinator::default()))
+    }
+
+    /// A context that reaches the resharding coordinator through `coordinator`.
+    pub fn with_coordinator(
+        client: Client,
+        config: OperatorConfig,
+        coordinator: Arc<dyn Coordinator>,
+    ) -> Arc<Context> {
         let reporter = Reporter {
             controller: crate::FIELD_MANAGER.to_owned(),
             instance: config.lease.as_ref().map(|l| l.identity.clone()),
@@ -34,6 +46,7 @@ impl Context {
             client,
             config,
             metrics: Metrics::default(),
+            coordinator,
             service_monitor_crd: Mutex::new(None),
         })
     }

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{Config, Controller};
 use kube::runtime::watcher;
 use stead_core::crd::DurableNamespace;
 
@@ -17,6 +17,9 @@ use crate::config::OperatorConfig;
 use crate::context::Context;
 use crate::error::Error;
 use crate::reconcile::{error_policy, reconcile};
+
+/// Quiet time before a change triggers a reconcile (see [`run`]).
+pub const TRIGGER_DEBOUNCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Build a [`Context`] and run the controller until `shutdown` completes.
 pub async fn run_controller(
@@ -47,7 +50,11 @@ pub async fn run(
     let owned =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={}", crate::FIELD_MANAGER));
     tracing::info!("controller started");
+    // The operator's own status writes trigger a reconcile too. While a resharding runs the
+    // status changes with every progress report, so without a pause between them the operator
+    // would poll shard 0 and the API server in a tight loop: debounce the triggers.
     Controller::new(namespaces, watcher::Config::default().any_semantic())
+        .with_config(Config::default().debounce(TRIGGER_DEBOUNCE))
         .owns(statefulsets, owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -8,12 +8,6 @@ pub enum Error {
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
 
-    /// The number of shards changed on an existing namespace, which needs slot migration.
-    #[error(
-        "spec.shards changed from {current} to {requested}, but slot migration is not available yet: the namespace stays at {current} shards and nothing was changed; set spec.shards back to {current} to clear this"
-    )]
-    ShardChangeNeedsMigration { current: i32, requested: i32 },
-
     /// The object lacks metadata the API server always sets (name, namespace, uid).
     #[error("DurableNamespace is missing metadata.{0}")]
     MissingMetadata(&'static str),
@@ -48,7 +42,6 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "invalid_spec",
-            Error::ShardChangeNeedsMigration { .. } => "shard_change_needs_migration",
             Error::MissingMetadata(_) => "missing_metadata",
             Error::Kube(_) => "kube_api",
             Error::Serialize { .. } => "serialize",
@@ -62,7 +55,6 @@ impl Error {
     pub fn condition_reason(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",
-            Error::ShardChangeNeedsMigration { .. } => "ShardChangeNeedsMigration",
             Error::MissingMetadata(_) => "InvalidSpec",
             Error::Kube(_) => "KubernetesApiError",
             _ => "OperatorError",
@@ -71,10 +63,7 @@ impl Error {
 
     /// Errors the user must fix in the manifest: retrying will not help until the spec changes.
     pub fn is_user_error(&self) -> bool {
-        matches!(
-            self,
-            Error::InvalidSpec(_) | Error::ShardChangeNeedsMigration { .. }
-        )
+        matches!(self, Error::InvalidSpec(_))
     }
 }
 

@@ -22,17 +22,31 @@ pub fn transitions(
         && d.status == "True"
         && was(condition::DEGRADED) != Some(("True", d.reason.as_str()))
     {
-        let reason = match d.reason.as_str() {
-            "ShardChangeNeedsMigration" => "ShardChangeRefused",
-            other => other,
-        };
         events.push(Event {
             type_: EventType::Warning,
-            reason: reason.to_owned(),
+            reason: d.reason.clone(),
             note: Some(d.message.clone()),
             action: "Reconcile".into(),
             secondary: None,
         });
+    }
+    if let Some(r) = next.condition(condition::RESHARDING)
+        && was(condition::RESHARDING).map(|(s, _)| s) != Some(r.status.as_str())
+    {
+        let (reason, type_) = match r.status.as_str() {
+            "True" => ("Resharding", EventType::Normal),
+            _ => ("Resharded", EventType::Normal),
+        };
+        // The first Resharding=False of a new namespace is no news.
+        if r.status == "True" || was(condition::RESHARDING).is_some() {
+            events.push(Event {
+                type_,
+                reason: reason.into(),
+                note: Some(r.message.clone()),
+                action: "Reshard".into(),
+                secondary: None,
+            });
+        }
     }
     if let Some(r) = next.condition(condition::READY)
         && r.status == "True"
@@ -105,6 +119,7 @@ mod tests {
             statefulset: Some(sts),
             pods: &[],
             problem,
+            resharding: None,
             now: Timestamp::UNIX_EPOCH,
         })
     }
@@ -123,15 +138,12 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_shard_change_is_a_warning_once() {
+    fn a_refused_spec_is_a_warning_once() {
         let ready = status(&sts(2), None, None);
-        let err = Error::ShardChangeNeedsMigration {
-            current: 2,
-            requested: 4,
-        };
+        let err = Error::InvalidSpec("spec.shards is 0".into());
         let refused = status(&sts(2), Some(&err), Some(&ready));
         let events = transitions(Some(&ready), &refused);
-        assert_eq!(reasons(&events), ["ShardChangeRefused"]);
+        assert_eq!(reasons(&events), ["InvalidSpec"]);
         assert_eq!(events[0].type_, EventType::Warning);
         assert!(transitions(Some(&refused), &refused).is_empty());
     }

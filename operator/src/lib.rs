@@ -4,7 +4,8 @@
 //! [`validate`] (spec → [`validate::ValidatedSpec`] or an error the user can act on) →
 //! [`build`] (pure functions, one per child object) → [`apply`] (server-side apply under one
 //! field manager) → [`status`] (computed from what was applied and observed). [`reconcile`] ties
-//! them together; [`controller`] runs it for every namespace; [`lease`] makes sure only one
+//! them together, and [`reshard`] decides (as pure functions) how a change of `spec.shards` is
+//! carried out by the resharding coordinator in shard 0 ([`coordinator`]); [`controller`] runs it for every namespace; [`lease`] makes sure only one
 //! replica of the operator does.
 
 pub mod apply;
@@ -12,11 +13,13 @@ pub mod build;
 pub mod config;
 pub mod context;
 pub mod controller;
+pub mod coordinator;
 pub mod error;
 pub mod events;
 pub mod lease;
 pub mod metrics;
 pub mod reconcile;
+pub mod reshard;
 pub mod status;
 pub mod validate;
 

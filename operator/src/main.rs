@@ -52,6 +52,10 @@ struct Args {
     /// `text` or `json`.
     #[arg(long, env = "STEAD_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Tests only: reach every namespace's resharding coordinator (shard 0) at this `host:port`
+    /// instead of its DNS name.
+    #[arg(long, hide = true)]
+    test_coordinator_addr: Option<String>,
 }
 
 #[derive(Clone)]
@@ -79,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             duration: Duration::from_secs(args.lease_seconds.max(3)),
         }),
         service_monitors: args.service_monitors,
+        coordinator_addr: args.test_coordinator_addr.clone(),
         ..OperatorConfig::default()
     };
     tracing::info!(sidecar_image = %config.sidecar_image, leader_election = args.leader_election, "starting");

@@ -16,6 +16,12 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReshardLabels {
+    /// `started`, `done`, `failed` or `resumed`.
+    pub event: String,
+}
+
 /// The operator's metrics, registered in their own registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -23,6 +29,7 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub leader: Gauge,
+    pub reshards: Family<ReshardLabels, Counter>,
     registry: Registry,
 }
 
@@ -32,6 +39,7 @@ impl Default for Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
+        let reshards = Family::<ReshardLabels, Counter>::default();
         let mut registry = Registry::with_prefix("stead_operator");
         registry.register(
             "reconciles",
@@ -53,11 +61,17 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "reshards",
+            "Reshardings started, resumed, done and failed",
+            reshards.clone(),
+        );
         Self {
             reconciles,
             errors,
             duration,
             leader,
+            reshards,
             registry,
         }
     }
@@ -73,6 +87,15 @@ impl Metrics {
         self.errors
             .get_or_create(&ErrorLabels {
                 reason: error.metric_label().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count a resharding event (`started`, `resumed`, `done`, `failed`).
+    pub fn reshard(&self, event: &str) {
+        self.reshards
+            .get_or_create(&ReshardLabels {
+                event: event.to_owned(),
             })
             .inc();
     }
@@ -94,16 +117,15 @@ mod tests {
     fn errors_are_counted_by_reason() {
         let m = Metrics::default();
         m.failed(&Error::InvalidSpec("x".into()));
-        m.failed(&Error::ShardChangeNeedsMigration {
-            current: 1,
-            requested: 2,
-        });
+        m.failed(&Error::MissingMetadata("uid"));
+        m.reshard("started");
         m.reconciled(Duration::from_millis(20));
         let text = m.encode();
         assert!(text.contains(r#"stead_operator_reconcile_errors_total{reason="invalid_spec"} 1"#));
-        assert!(text.contains(
-            r#"stead_operator_reconcile_errors_total{reason="shard_change_needs_migration"} 1"#
-        ));
+        assert!(
+            text.contains(r#"stead_operator_reconcile_errors_total{reason="missing_metadata"} 1"#)
+        );
+        assert!(text.contains(r#"stead_operator_reshards_total{event="started"} 1"#));
         assert!(text.contains("stead_operator_reconciles_total 1"));
         assert!(text.contains("stead_operator_reconcile_duration_seconds_count 1"));
     }

@@ -9,18 +9,22 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use stead_core::crd::{DurableNamespace, DurableNamespaceStatus};
+use stead_core::crd::{DurableNamespace, DurableNamespaceStatus, ReshardStatus};
 
 use crate::apply::{apply, apply_dynamic, apply_status, get, list};
 use crate::build::{self, names};
 use crate::context::Context;
+use crate::coordinator::{CoordinatorError, Target};
 use crate::error::Error;
 use crate::events;
+use crate::reshard::{self, Outcome, Step};
 use crate::status::{self, Observed};
 use crate::validate::{ValidatedSpec, validate};
 
 /// Look again this soon while shards are starting or failing.
 pub const REQUEUE_NOT_READY: Duration = Duration::from_secs(15);
+/// Look again this soon while a resharding runs or waits for its shards.
+pub const REQUEUE_RESHARDING: Duration = Duration::from_secs(2);
 
 /// Bring the children of `dns` to what its spec asks for, and publish its status.
 pub async fn reconcile(dns: Arc<DurableNamespace>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -55,23 +59,13 @@ async fn reconcile_inner(dns: &DurableNamespace, ctx: &Context) -> Result<Action
         Err(e) if e.is_user_error() => return refuse(dns, ctx, existing.as_ref(), e).await,
         Err(e) => return Err(e),
     };
-    if let Some(current) = running_shards(dns, existing.as_ref())
-        && current != spec.shards
-    {
-        let e = Error::ShardChangeNeedsMigration {
-            current,
-            requested: spec.shards,
-        };
-        return refuse(dns, ctx, existing.as_ref(), e).await;
-    }
-
     let secret_name = names::token_secret(&spec.name);
     let existing_secret: Option<Secret> = get(client, &namespace, &secret_name).await?;
     let fresh = match build::secret::existing_token(existing_secret.as_ref()) {
         Some(_) => ByteString(Vec::new()),
         None => build::secret::generate_token()?,
     };
-    apply(
+    let secret = apply(
         client,
         &namespace,
         &build::secret::peer_token_secret(&spec, existing_secret.as_ref(), fresh),
@@ -88,12 +82,23 @@ async fn reconcile_inner(dns: &DurableNamespace, ctx: &Context) -> Result<Action
         &build::pdb::pod_disruption_budget(&spec),
     )
     .await?;
-    let mut desired = build::statefulset::statefulset(&spec, &ctx.config.sidecar_image);
+    let shape = reshard::Shape {
+        wanted: spec.shards,
+        ring: dns.status.as_ref().and_then(|s| s.ring.as_ref()),
+        reshard: dns.status.as_ref().and_then(|s| s.reshard.as_ref()),
+        ready: ready_replicas(existing.as_ref()),
+        replicas: existing
+            .as_ref()
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.replicas),
+    };
+    let replicas = reshard::desired_replicas(&shape);
+    let mut desired = build::statefulset::statefulset(&spec, &ctx.config.sidecar_image, replicas);
     if build::statefulset::keep_volume_claims(&mut desired, existing.as_ref()) {
         tracing::info!(namespace = %namespace, name = %spec.name,
             "spec.storage changed; existing volumes keep their size and class (expand PVCs directly)");
     }
-    let applied = apply(client, &namespace, &desired).await?;
+    let mut applied = apply(client, &namespace, &desired).await?;
     if ctx.service_monitors_available().await? {
         let resource = build::servicemonitor::api_resource();
         apply_dynamic(
@@ -105,6 +110,41 @@ async fn reconcile_inner(dns: &DurableNamespace, ctx: &Context) -> Result<Action
         .await?;
     }
 
+    // Shard 0 wants the token the shards read from the Secret.
+    let token = build::secret::existing_token(Some(&secret))
+        .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+        .unwrap_or_default();
+    let target = Target {
+        addr: ctx
+            .config
+            .coordinator_addr
+            .clone()
+            .unwrap_or_else(|| build::statefulset::peer_addr(&spec, 0)),
+        token,
+    };
+    let outcome = drive_reshard(
+        ctx,
+        &target,
+        reshard::step(&shape),
+        dns.status.as_ref(),
+        shape.ready,
+    )
+    .await;
+    // A finished shrink: the shards beyond the new ring own nothing now; stop them.
+    if let Some(ring) = &outcome.ring {
+        let after = reshard::Shape {
+            ring: Some(ring),
+            reshard: None,
+            ..shape
+        };
+        let fewer = reshard::desired_replicas(&after);
+        if fewer != replicas {
+            desired = build::statefulset::statefulset(&spec, &ctx.config.sidecar_image, fewer);
+            build::statefulset::keep_volume_claims(&mut desired, Some(&applied));
+            applied = apply(client, &namespace, &desired).await?;
+        }
+    }
+
     let pods: Vec<Pod> = list(client, &namespace, &selector(&spec)).await?;
     let status = status::compute(Observed {
         generation: dns.metadata.generation,
@@ -112,6 +152,7 @@ async fn reconcile_inner(dns: &DurableNamespace, ctx: &Context) -> Result<Action
         statefulset: Some(&applied),
         pods: &pods,
         problem: None,
+        resharding: Some(&outcome),
         now: Timestamp::now(),
     });
     let mut to_publish = Vec::new();
@@ -122,19 +163,90 @@ async fn reconcile_inner(dns: &DurableNamespace, ctx: &Context) -> Result<Action
     write_status(dns, ctx, &status).await?;
     events::publish(ctx, dns, &to_publish).await;
 
-    Ok(if status::is_ready(Some(&status)) {
+    Ok(if outcome.failure.is_some() {
+        // Published as Degraded; retried (POSTed again) in the next reconcile.
+        Action::requeue(REQUEUE_NOT_READY)
+    } else if outcome.condition.0 {
+        Action::requeue(REQUEUE_RESHARDING)
+    } else if status::is_ready(Some(&status)) {
         Action::requeue(ctx.config.resync)
     } else {
         Action::requeue(REQUEUE_NOT_READY)
     })
 }
 
-/// The shard count the namespace runs now: the StatefulSet's, or the last published one.
-pub fn running_shards(dns: &DurableNamespace, existing: Option<&StatefulSet>) -> Option<i32> {
-    existing
-        .and_then(|s| s.spec.as_ref())
-        .and_then(|s| s.replicas)
-        .or_else(|| dns.status.as_ref().and_then(|s| s.shards))
+/// Ask the coordinator what `step` needs, and fold its answers into an [`Outcome`]. Its
+/// failures end up in the status (and a short requeue), never in a failed reconcile: the rest
+/// of the namespace is reconciled all the same.
+async fn drive_reshard(
+    ctx: &Context,
+    target: &Target,
+    step: Step,
+    previous: Option<&DurableNamespaceStatus>,
+    ready: i32,
+) -> Outcome {
+    let reported = reshard::failure_reported(previous);
+    let outcome = match step {
+        Step::Settled { shards } => return Outcome::settled(shards),
+        Step::WaitForShards { from, to, want } => return Outcome::waiting(from, to, want, ready),
+        Step::Start { from, to } => {
+            let r = ReshardStatus {
+                from,
+                to,
+                moved: 0,
+                total: 0,
+            };
+            match ctx.coordinator.start(target, to).await {
+                Ok(p) => {
+                    tracing::info!(from, to, "resharding started");
+                    ctx.metrics.reshard("started");
+                    reshard::follow(&r, Ok(&p), reported)
+                }
+                // Another resharding runs (one this operator started and forgot, or someone
+                // else's): follow it as "waiting"; ours starts when it ends.
+                Err(CoordinatorError::Busy) => match ctx.coordinator.progress(target).await {
+                    Ok(p) => {
+                        let mut o = reshard::follow(&r, Ok(&p), reported);
+                        o.reshard = None;
+                        o
+                    }
+                    Err(e) => Outcome::not_started(from, to, &e),
+                },
+                Err(e) => Outcome::not_started(from, to, &e),
+            }
+        }
+        Step::Follow(r) => {
+            let answer = ctx.coordinator.progress(target).await;
+            reshard::follow(&r, answer.as_ref(), reported)
+        }
+    };
+    if outcome.ring.is_some() {
+        ctx.metrics.reshard("done");
+    }
+    if outcome.failure.is_some() && !reported {
+        ctx.metrics.reshard("failed");
+    }
+    if !outcome.post_again {
+        return outcome;
+    }
+    // Shard 0 forgot the resharding (it restarted) or the last attempt failed: start it again;
+    // the coordinator resumes from what the shards own.
+    let Some(r) = outcome.reshard.clone() else {
+        return outcome;
+    };
+    ctx.metrics.reshard("resumed");
+    tracing::info!(from = r.from, to = r.to, "resharding resumed");
+    match ctx.coordinator.start(target, r.to).await {
+        Ok(p) => reshard::follow(&r, Ok(&p), false),
+        Err(e) => reshard::follow(&r, Err(&e), false),
+    }
+}
+
+/// Ready pods of the StatefulSet, as its status says.
+fn ready_replicas(sts: Option<&StatefulSet>) -> i32 {
+    sts.and_then(|s| s.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
 }
 
 /// The spec cannot be applied as it is: publish why, change nothing else.
@@ -152,6 +264,7 @@ async fn refuse(
         statefulset: existing,
         pods: &[],
         problem: Some(&problem),
+        resharding: None,
         now: Timestamp::now(),
     });
     let to_publish = events::transitions(dns.status.as_ref(), &status);

@@ -9,6 +9,7 @@ use stead_core::crd::{DurableNamespaceStatus, RingStatus, condition};
 
 use crate::build::SIDECAR_CONTAINER;
 use crate::error::Error;
+use crate::reshard::{self, Outcome};
 
 /// Condition reasons besides those of [`Error::condition_reason`].
 pub mod reason {
@@ -19,6 +20,7 @@ pub mod reason {
     pub const STABLE: &str = "Stable";
     pub const SHARD_FAILING: &str = "ShardFailing";
     pub const AS_EXPECTED: &str = "AsExpected";
+    pub const RESHARDING: &str = "Resharding";
 }
 
 /// Waiting reasons of a container that will not fix themselves.
@@ -48,6 +50,9 @@ pub struct Observed<'a> {
     pub pods: &'a [Pod],
     /// What stopped this reconcile short, if anything (invalid spec, refused shard change).
     pub problem: Option<&'a Error>,
+    /// What the resharding step concluded; `None` when it did not run (a refused spec): the
+    /// published ring and resharding stay as they are.
+    pub resharding: Option<&'a Outcome>,
     pub now: Timestamp,
 }
 
@@ -64,7 +69,7 @@ pub fn compute(o: Observed<'_>) -> DurableNamespaceStatus {
         shards.is_some_and(|n| sts_observed >= sts_generation && updated >= n && ready >= n);
     let failing = shard_failures(o.pods);
 
-    let ready_condition = match shards {
+    let mut ready_condition = match shards {
         None => (
             false,
             reason::CREATING,
@@ -84,7 +89,11 @@ pub fn compute(o: Observed<'_>) -> DurableNamespaceStatus {
             ),
         },
     };
-    let progressing = match (shards, o.problem) {
+    let resharding = o.resharding.filter(|r| r.condition.0);
+    if let (Some(r), (true, _, _)) = (resharding, &ready_condition) {
+        ready_condition = (false, reason::RESHARDING, r.condition.2.clone());
+    }
+    let mut progressing = match (shards, o.problem) {
         (None, None) => (true, reason::CREATING, "creating the shards".to_owned()),
         (None, Some(_)) => (
             false,
@@ -102,32 +111,59 @@ pub fn compute(o: Observed<'_>) -> DurableNamespaceStatus {
             format!("{n} shards run the current spec"),
         ),
     };
-    let degraded = match (o.problem, failing.is_empty()) {
-        (Some(problem), _) => (true, problem.condition_reason(), problem.to_string()),
-        (None, false) => (true, reason::SHARD_FAILING, failing.join("; ")),
-        (None, true) => (false, reason::AS_EXPECTED, String::new()),
+    if let (Some(r), (false, _, _)) = (resharding, &progressing) {
+        progressing = (true, reason::RESHARDING, r.condition.2.clone());
+    }
+    let reshard_failure = o.resharding.and_then(|r| r.failure.clone());
+    let degraded = match (o.problem, reshard_failure, failing.is_empty()) {
+        (Some(problem), _, _) => (true, problem.condition_reason(), problem.to_string()),
+        (None, Some(failure), _) => (true, reshard::reason::FAILED, failure),
+        (None, None, false) => (true, reason::SHARD_FAILING, failing.join("; ")),
+        (None, None, true) => (false, reason::AS_EXPECTED, String::new()),
     };
 
-    let conditions = vec![
+    let mut conditions = vec![
         make_condition(condition::READY, ready_condition, &previous, o),
         make_condition(condition::PROGRESSING, progressing, &previous, o),
         make_condition(condition::DEGRADED, degraded, &previous, o),
     ];
-    // The ring is published once the shards exist and kept as it is: only slot migration moves
-    // it to a new epoch.
-    let ring = previous.ring.clone().or_else(|| {
-        shards.map(|n| RingStatus {
-            epoch: 1,
-            shards: n,
-            moving: 0,
-        })
-    });
+    match o.resharding {
+        Some(r) => conditions.push(make_condition(
+            condition::RESHARDING,
+            r.condition.clone(),
+            &previous,
+            o,
+        )),
+        None => conditions.extend(previous.condition(condition::RESHARDING).cloned()),
+    }
+    // The ring is published once the shards exist; only a finished resharding moves it to a new
+    // epoch. While one runs, `moving` counts the slots still to move.
+    let published = o
+        .resharding
+        .and_then(|r| r.ring.clone())
+        .or(previous.ring.clone())
+        .or_else(|| {
+            shards.map(|n| RingStatus {
+                epoch: 1,
+                shards: n,
+                moving: 0,
+            })
+        });
+    let reshard = match o.resharding {
+        Some(r) => r.reshard.clone(),
+        None => previous.reshard.clone(),
+    };
+    let ring = match &reshard {
+        Some(r) => reshard::ring_while_moving(published.as_ref(), r),
+        None => published.map(|r| RingStatus { moving: 0, ..r }),
+    };
     DurableNamespaceStatus {
         observed_generation: o.generation,
         conditions,
         shards: shards.or(previous.shards),
         ready_shards: shards.map(|_| ready).or(previous.ready_shards),
         ring,
+        reshard,
     }
 }
 
@@ -288,6 +324,7 @@ mod tests {
             statefulset: sts,
             pods,
             problem,
+            resharding: None,
             now: Timestamp::UNIX_EPOCH,
         }
     }
@@ -333,25 +370,135 @@ mod tests {
         assert_eq!(cond(&s, "Ready").reason, "Creating");
     }
 
+    fn reshard_status(
+        from: i32,
+        to: i32,
+        moved: i64,
+        total: i64,
+    ) -> stead_core::crd::ReshardStatus {
+        stead_core::crd::ReshardStatus {
+            from,
+            to,
+            moved,
+            total,
+        }
+    }
+
     #[test]
-    fn a_refused_shard_change_is_degraded_and_keeps_the_running_shards() {
-        let sts = sts(3, 3, 3);
-        let err = Error::ShardChangeNeedsMigration {
-            current: 3,
-            requested: 5,
+    fn a_running_resharding_shows_its_progress_and_the_ring_it_leaves() {
+        let sts = sts(5, 5, 5);
+        let before = compute(observe(Some(&sts), &[], None));
+        let outcome = Outcome {
+            ring: None,
+            reshard: Some(reshard_status(3, 5, 812, 1638)),
+            condition: (
+                true,
+                crate::reshard::reason::MOVING_SLOTS,
+                "moved 812/1638 slots".into(),
+            ),
+            failure: None,
+            post_again: false,
         };
-        let s = compute(observe(Some(&sts), &[], Some(&err)));
+        let previous = DurableNamespaceStatus {
+            ring: Some(RingStatus {
+                epoch: 1,
+                shards: 3,
+                moving: 0,
+            }),
+            ..before
+        };
+        let s = compute(Observed {
+            previous: Some(&previous),
+            resharding: Some(&outcome),
+            ..observe(Some(&sts), &[], None)
+        });
+        let r = cond(&s, "Resharding");
+        assert_eq!(
+            (r.status.as_str(), r.message.as_str()),
+            ("True", "moved 812/1638 slots")
+        );
+        assert_eq!(cond(&s, "Ready").status, "False", "Ready again when done");
+        assert_eq!(cond(&s, "Ready").reason, "Resharding");
+        assert_eq!(cond(&s, "Progressing").status, "True");
+        assert_eq!(cond(&s, "Degraded").status, "False");
+        assert_eq!(
+            s.ring,
+            Some(RingStatus {
+                epoch: 1,
+                shards: 3,
+                moving: 826
+            })
+        );
+        assert_eq!(s.reshard, Some(reshard_status(3, 5, 812, 1638)));
+
+        let done = Outcome {
+            ring: Some(RingStatus {
+                epoch: 2,
+                shards: 5,
+                moving: 0,
+            }),
+            reshard: None,
+            condition: (false, crate::reshard::reason::SETTLED, "resharded".into()),
+            failure: None,
+            post_again: false,
+        };
+        let s = compute(Observed {
+            previous: Some(&s),
+            resharding: Some(&done),
+            ..observe(Some(&sts), &[], None)
+        });
+        assert_eq!(cond(&s, "Resharding").status, "False");
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(
+            s.ring.map(|r| (r.epoch, r.shards, r.moving)),
+            Some((2, 5, 0))
+        );
+        assert_eq!(s.reshard, None);
+    }
+
+    #[test]
+    fn a_failed_resharding_is_degraded_with_the_coordinators_error() {
+        let sts = sts(5, 5, 5);
+        let failed = Outcome {
+            ring: None,
+            reshard: Some(reshard_status(3, 5, 10, 1638)),
+            condition: (
+                true,
+                crate::reshard::reason::FAILED,
+                "failed: shard 4".into(),
+            ),
+            failure: Some("resharding 3→5 failed: shard 4 does not answer".into()),
+            post_again: false,
+        };
+        let s = compute(Observed {
+            resharding: Some(&failed),
+            ..observe(Some(&sts), &[], None)
+        });
         let d = cond(&s, "Degraded");
         assert_eq!(d.status, "True");
-        assert_eq!(d.reason, "ShardChangeNeedsMigration");
+        assert_eq!(d.reason, "ReshardFailed");
         assert!(
-            d.message.contains("slot migration is not available yet"),
+            d.message.contains("shard 4 does not answer"),
             "{}",
             d.message
         );
-        assert!(d.message.contains("stays at 3 shards"), "{}", d.message);
-        assert_eq!(s.shards, Some(3));
-        assert_eq!(cond(&s, "Ready").status, "True", "the 3 shards still serve");
+        assert!(crate::reshard::failure_reported(Some(&s)));
+    }
+
+    #[test]
+    fn a_refused_spec_keeps_the_resharding_as_published() {
+        let sts = sts(5, 5, 5);
+        let previous = DurableNamespaceStatus {
+            reshard: Some(reshard_status(3, 5, 1, 2)),
+            ..DurableNamespaceStatus::default()
+        };
+        let err = Error::InvalidSpec("spec.shards is 0".into());
+        let s = compute(Observed {
+            previous: Some(&previous),
+            ..observe(Some(&sts), &[], Some(&err))
+        });
+        assert_eq!(s.reshard, previous.reshard);
+        assert_eq!(cond(&s, "Degraded").reason, "InvalidSpec");
     }
 
     fn waiting_pod(name: &str, container: &str, image: &str, reason: &str, message: &str) -> Pod {

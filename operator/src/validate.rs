@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
-use stead_core::crd::{Durability, DurableNamespace, ServiceType};
+use stead_core::crd::{Durability, DurableNamespace, ServiceType, VolumePolicy};
 use stead_core::{ClassName, parse_duration};
 
 use crate::error::Error;
@@ -38,6 +38,8 @@ pub struct ValidatedSpec {
     pub app: ValidatedApp,
     pub storage_size: String,
     pub storage_class_name: Option<String>,
+    /// What happens to a removed shard's volume (`persistentVolumeClaimRetentionPolicy.whenScaled`).
+    pub when_scaled_down: VolumePolicy,
     pub durability: Durability,
     pub idle_timeout: Duration,
     pub turn_timeout: Duration,
@@ -85,7 +87,7 @@ pub fn validate(dns: &DurableNamespace) -> Result<ValidatedSpec, Error> {
     }
     if spec.shards < 1 {
         return invalid(format!(
-            "spec.shards is {}; a namespace needs at least 1 shard",
+            "spec.shards is {}; a namespace needs at least 1 shard (to stop serving, delete the DurableNamespace)",
             spec.shards
         ));
     }
@@ -157,6 +159,7 @@ pub fn validate(dns: &DurableNamespace) -> Result<ValidatedSpec, Error> {
         },
         storage_size: spec.storage.size.0.clone(),
         storage_class_name: spec.storage.storage_class_name.clone(),
+        when_scaled_down: spec.storage.when_scaled_down,
         durability: spec.durability,
         idle_timeout,
         turn_timeout,

@@ -22,7 +22,7 @@ fn the_crd_enforces_shards_slots_classes_and_durations() {
     assert!(yaml.contains("self == oldSelf"), "slots immutable");
     assert!(yaml.contains("^[A-Za-z][A-Za-z0-9_]{0,63}$"), "class names");
     assert!(yaml.contains("^[0-9]+(ms|s|m|h)$"), "durations");
-    for column in ["Shards", "Ready", "Epoch", "Age"] {
+    for column in ["Shards", "Ready", "Ring", "Epoch", "Moving", "Age"] {
         assert!(
             yaml.contains(&format!("name: {column}")),
             "printer column {column}"

@@ -5,11 +5,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
+use stead_operator::coordinator::{Coordinator, CoordinatorError, Progress, Target};
 use stead_operator::{Context, DurableNamespace, OperatorConfig, reconcile::reconcile};
 
 const SIDECAR: &str = "ghcr.io/stead-dev/stead:test";
@@ -103,11 +105,67 @@ fn answer(world: &World, call: &Call) -> (u16, Value) {
     }
 }
 
+/// Shard 0's coordinator, scripted: every call gets `answer` (a progress report as JSON, or an
+/// error), and is recorded as "POST 5" or "GET".
+#[derive(Default)]
+struct FakeCoordinator {
+    answer: Option<Value>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeCoordinator {
+    fn answering(answer: Value) -> Arc<Self> {
+        Arc::new(Self {
+            answer: Some(answer),
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn reply(&self, call: String) -> Result<Progress, CoordinatorError> {
+        self.calls.lock().expect("calls").push(call);
+        match &self.answer {
+            Some(v) => Ok(serde_json::from_value(v.clone()).expect("progress")),
+            None => Err(CoordinatorError::Unreachable("not scripted".into())),
+        }
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("calls").clone()
+    }
+}
+
+impl Coordinator for FakeCoordinator {
+    fn start<'a>(
+        &'a self,
+        _at: &'a Target,
+        to: i32,
+    ) -> BoxFuture<'a, Result<Progress, CoordinatorError>> {
+        Box::pin(async move { self.reply(format!("POST {to}")) })
+    }
+
+    fn progress<'a>(
+        &'a self,
+        _at: &'a Target,
+    ) -> BoxFuture<'a, Result<Progress, CoordinatorError>> {
+        Box::pin(async move { self.reply("GET".into()) })
+    }
+}
+
 /// Run one reconcile of `dns` against `world`; return its result and the calls made.
 async fn run(
     dns: DurableNamespace,
+    world: World,
+    config: OperatorConfig,
+) -> (Result<Action, stead_operator::Error>, Vec<Call>) {
+    run_with(dns, world, config, Arc::new(FakeCoordinator::default())).await
+}
+
+/// [`run`] with a scripted coordinator.
+async fn run_with(
+    dns: DurableNamespace,
     mut world: World,
     config: OperatorConfig,
+    coordinator: Arc<FakeCoordinator>,
 ) -> (Result<Action, stead_operator::Error>, Vec<Call>) {
     world.namespace = serde_json::to_value(&dns).expect("namespace json");
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -147,7 +205,7 @@ async fn run(
             }
         })
     };
-    let ctx = Context::new(client, config);
+    let ctx = Context::with_coordinator(client, config, coordinator);
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(dns), ctx))
         .await
         .expect("reconcile finished");
@@ -362,59 +420,141 @@ async fn ready_shards_are_published_and_a_second_reconcile_writes_nothing() {
     assert!(events(&calls).is_empty());
 }
 
+/// A status of a namespace that ran ready at `shards` shards, ring epoch `epoch`.
+fn settled_status(shards: i32, epoch: i64) -> Value {
+    json!({
+        "shards": shards, "readyShards": shards, "ring": {"epoch": epoch, "shards": shards, "moving": 0},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "ShardsReady", "message": "ready",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+    })
+}
+
+fn replicas_applied(calls: &[Call]) -> Vec<i64> {
+    calls
+        .iter()
+        .filter(|c| c.method == "PATCH" && c.path.ends_with("/statefulsets/chat"))
+        .map(|c| c.body["spec"]["replicas"].as_i64().expect("replicas"))
+        .collect()
+}
+
 #[tokio::test]
-async fn a_shard_change_is_refused_and_nothing_is_applied() {
+async fn a_grow_first_starts_the_new_shards_and_waits_for_them() {
     let world = World {
         statefulset: Some(running_statefulset(3, 3, "acme/chat:1")),
         ..World::default()
     };
-    // It was running, ready, at 3 shards; the user asks for 5.
     let mut dns = chat(5, "acme/chat:1");
-    dns.status = Some(
-        serde_json::from_value(json!({
-            "shards": 3, "readyShards": 3, "ring": {"epoch": 1, "shards": 3, "moving": 0},
-            "conditions": [{"type": "Ready", "status": "True", "reason": "ShardsReady", "message": "all 3 shards are ready",
-                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]
-        }))
-        .expect("status"),
-    );
-    let (result, calls) = run(dns, world, config()).await;
+    dns.status = Some(serde_json::from_value(settled_status(3, 1)).expect("status"));
+    let coordinator = Arc::new(FakeCoordinator::default());
+    let (result, calls) = run_with(dns, world, config(), coordinator.clone()).await;
     assert!(result.is_ok(), "{result:?}");
-    assert_eq!(
-        lines(&calls),
-        [
-            "GET /apis/apps/v1/namespaces/apps/statefulsets/chat",
-            "PATCH /apis/stead.dev/v1alpha1/namespaces/apps/durablenamespaces/chat/status",
-            "POST /apis/events.k8s.io/v1/namespaces/apps/events",
-        ]
+    assert_eq!(replicas_applied(&calls), [5]);
+    assert!(
+        coordinator.calls().is_empty(),
+        "no slot moves before the new shards are ready"
     );
     let status = &find(&calls, "PATCH", "/status").body["status"];
-    let degraded = condition(status, "Degraded");
-    assert_eq!(degraded["status"], "True");
-    assert_eq!(degraded["reason"], "ShardChangeNeedsMigration");
-    let message = degraded["message"].as_str().expect("message");
-    assert!(message.contains("slot migration"), "{message}");
-    assert!(message.contains("stays at 3 shards"), "{message}");
-    assert_eq!(status["shards"], 3);
-    assert_eq!(events(&calls), ["ShardChangeRefused"]);
+    let resharding = condition(status, "Resharding");
+    assert_eq!(resharding["status"], "True");
+    assert_eq!(resharding["reason"], "WaitingForShards");
+    assert_eq!(
+        status["ring"],
+        json!({"epoch": 1, "shards": 3, "moving": 0})
+    );
+    assert!(status.get("reshard").is_none(), "{status}");
+    // The pod template is the one of 3 shards: no rolling restart.
+    let sts = &find(&calls, "PATCH", "/statefulsets/chat").body;
+    assert_eq!(sidecar_env(sts, "STEAD_PEERS"), Value::Null);
+    assert_eq!(
+        sidecar_env(sts, "STEAD_PEER_TEMPLATE")["value"],
+        "chat-{i}.chat-peers.apps.svc:7878"
+    );
 }
 
 #[tokio::test]
-async fn a_shard_change_is_refused_even_when_only_the_status_remembers_the_count() {
-    let mut dns = chat(2, "acme/chat:1");
-    dns.status = Some(serde_json::from_value(json!({"shards": 1})).expect("status"));
-    let (result, calls) = run(dns, World::default(), config()).await;
+async fn a_grow_with_every_shard_ready_asks_shard_0_to_reshard() {
+    let world = World {
+        statefulset: Some(running_statefulset(5, 5, "acme/chat:1")),
+        ..World::default()
+    };
+    let mut dns = chat(5, "acme/chat:1");
+    dns.status = Some(serde_json::from_value(settled_status(3, 1)).expect("status"));
+    let coordinator = FakeCoordinator::answering(json!({
+        "state": "running", "from": 3, "to": 5, "epoch": 2, "moved": 0, "total": 1638,
+        "bytes": 0, "seconds": 0.0, "error": null
+    }));
+    let (result, calls) = run_with(dns, world, config(), coordinator.clone()).await;
     assert!(result.is_ok(), "{result:?}");
+    assert_eq!(coordinator.calls(), ["POST 5"]);
+    assert_eq!(replicas_applied(&calls), [5]);
+    let status = &find(&calls, "PATCH", "/status").body["status"];
+    assert_eq!(
+        condition(status, "Resharding")["message"],
+        "moved 0/1638 slots"
+    );
+    assert_eq!(condition(status, "Ready")["status"], "False");
+    assert_eq!(
+        status["reshard"],
+        json!({"from": 3, "to": 5, "moved": 0, "total": 1638})
+    );
+    assert_eq!(
+        status["ring"],
+        json!({"epoch": 1, "shards": 3, "moving": 1638})
+    );
     assert!(
-        !lines(&calls)
-            .iter()
-            .any(|l| l.contains("statefulsets") && l.starts_with("PATCH"))
+        events(&calls).contains(&"Resharding".to_owned()),
+        "{:?}",
+        events(&calls)
+    );
+}
+
+#[tokio::test]
+async fn a_finished_shrink_publishes_the_ring_then_stops_the_emptied_shards() {
+    let world = World {
+        statefulset: Some(running_statefulset(5, 5, "acme/chat:1")),
+        ..World::default()
+    };
+    let mut dns = chat(2, "acme/chat:1");
+    let mut status = settled_status(5, 2);
+    status["reshard"] = json!({"from": 5, "to": 2, "moved": 100, "total": 2458});
+    dns.status = Some(serde_json::from_value(status).expect("status"));
+    let coordinator = FakeCoordinator::answering(json!({
+        "state": "done", "from": 5, "to": 2, "epoch": 3, "moved": 2458, "total": 2458, "error": null
+    }));
+    let (result, calls) = run_with(dns, world, config(), coordinator.clone()).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(coordinator.calls(), ["GET"]);
+    assert_eq!(
+        replicas_applied(&calls),
+        [5, 2],
+        "all five run until the ring has two shards"
     );
     let status = &find(&calls, "PATCH", "/status").body["status"];
     assert_eq!(
-        condition(status, "Degraded")["reason"],
-        "ShardChangeNeedsMigration"
+        status["ring"],
+        json!({"epoch": 3, "shards": 2, "moving": 0})
     );
+    assert!(status.get("reshard").is_none(), "{status}");
+    assert_eq!(condition(status, "Resharding")["status"], "False");
+}
+
+#[tokio::test]
+async fn a_coordinator_that_forgot_the_resharding_is_asked_again() {
+    let world = World {
+        statefulset: Some(running_statefulset(5, 5, "acme/chat:1")),
+        ..World::default()
+    };
+    let mut dns = chat(5, "acme/chat:1");
+    let mut status = settled_status(3, 1);
+    status["reshard"] = json!({"from": 3, "to": 5, "moved": 400, "total": 1638});
+    dns.status = Some(serde_json::from_value(status).expect("status"));
+    let coordinator = FakeCoordinator::answering(json!({"state": "idle"}));
+    let (result, calls) = run_with(dns, world, config(), coordinator.clone()).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(coordinator.calls(), ["GET", "POST 5"]);
+    let status = &find(&calls, "PATCH", "/status").body["status"];
+    assert_eq!(status["reshard"]["to"], 5);
+    assert_eq!(status["ring"]["shards"], 3);
 }
 
 #[tokio::test]

@@ -249,6 +249,45 @@ impl Alarms {
         self.changed.notify_one();
     }
 
+    /// Takes over the alarms of objects handed to this shard: records them in the index (durably,
+    /// before the slot is owned) and schedules them. Blocking: call from a blocking task.
+    pub fn adopt(&self, alarms: &[(ObjectRef, i64)]) -> Result<(), AlarmError> {
+        let mut waits = Vec::with_capacity(alarms.len());
+        for (object, time_ms) in alarms {
+            let (ack, done) = std::sync::mpsc::sync_channel(1);
+            self.index
+                .send(IndexOp::Upsert(object.clone(), *time_ms, Some(ack)))
+                .map_err(|_| AlarmError::Stopped)?;
+            waits.push(done);
+        }
+        for done in waits {
+            done.recv().map_err(|_| AlarmError::Stopped)??;
+        }
+        for (object, time_ms) in alarms {
+            self.schedule(object, *time_ms, 0);
+        }
+        Ok(())
+    }
+
+    /// Drops every alarm of `slot` (handed to another shard) from the schedule and the index.
+    pub fn forget_slot(&self, slot: stead_core::Slot) {
+        let keys: Vec<ObjectKey> = self.update(|s| {
+            let keys: Vec<ObjectKey> = s
+                .by_key
+                .values()
+                .filter(|e| e.object.slot == slot)
+                .map(|e| e.object.key())
+                .collect();
+            for k in &keys {
+                s.remove(k);
+            }
+            keys
+        });
+        for k in keys {
+            let _ = self.index.send(IndexOp::Delete(k));
+        }
+    }
+
     /// The object has no alarm (any more): drop it from the schedule and the index.
     pub fn forget(&self, key: &ObjectKey) {
         self.update(|s| s.remove(key));

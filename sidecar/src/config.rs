@@ -77,10 +77,32 @@ pub struct SidecarConfig {
     /// The pod's name (from the downward API in Kubernetes).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// The pod's Kubernetes namespace (downward API); with --durable-namespace and a peer
+    /// template, the ring comes from that DurableNamespace's status (`membership::kube`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Name of the DurableNamespace this shard belongs to (set by the operator).
+    #[arg(long, env = "STEAD_NAMESPACE")]
+    pub durable_namespace: Option<String>,
     /// Peer-port addresses (host:port) of every shard, in ordinal order. Empty: a single shard
     /// that owns every slot.
     #[arg(long, env = "STEAD_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// Shards of the ring this sidecar starts with (default: the number of --peers, or 1). A
+    /// newer ring recorded in the shard's data, or pushed by a resharding, replaces it. A shard
+    /// whose ordinal is past the ring owns nothing until slots are handed to it.
+    #[arg(long, env = "STEAD_RING_SHARDS")]
+    pub ring_shards: Option<u32>,
+    /// Epoch of that ring.
+    #[arg(long, env = "STEAD_RING_EPOCH", default_value_t = 1)]
+    pub ring_epoch: u64,
+    /// The peer-port address of any shard, `{i}` standing for its ordinal (e.g.
+    /// `chat-{i}.chat-peers.apps.svc:7878`); used for ordinals --peers does not list.
+    #[arg(long, env = "STEAD_PEER_TEMPLATE")]
+    pub peer_template: Option<String>,
+    /// Slot hand-offs a resharding runs at once (on the shard that coordinates it).
+    #[arg(long, env = "STEAD_RESHARD_PARALLELISM", default_value_t = 4)]
+    pub reshard_parallelism: usize,
     /// Where this sidecar listens for requests forwarded by other shards (opened only when
     /// --peers lists two or more shards).
     #[arg(long, env = "STEAD_PEER_ADDR", default_value = "0.0.0.0:7878")]
@@ -103,6 +125,10 @@ pub struct SidecarConfig {
         hide = true
     )]
     pub test_abort_at_commit: bool,
+    /// Test hook (never in production): wait this long between the steps of every slot
+    /// hand-off, so a test can kill a process in the middle of one.
+    #[arg(long, env = "STEAD_TEST_HANDOFF_STEP_DELAY", hide = true, value_parser = duration)]
+    pub test_handoff_step_delay: Option<Duration>,
 }
 
 impl SidecarConfig {
@@ -111,6 +137,21 @@ impl SidecarConfig {
         self.shard_ordinal
             .or_else(|| self.pod_name.as_deref().and_then(ordinal_of_pod))
             .unwrap_or(0)
+    }
+
+    /// The ring this sidecar starts with: `--ring-shards` (or one shard per peer) at
+    /// `--ring-epoch`.
+    pub fn ring(&self) -> stead_core::Ring {
+        let shards = self
+            .ring_shards
+            .unwrap_or(self.peers.len().max(1) as u32)
+            .max(1);
+        stead_core::Ring::new(self.ring_epoch.max(1), self.slots, shards)
+    }
+
+    /// Whether this shard talks to peers: the peer port opens when a token is set.
+    pub fn peer_token(&self) -> Option<&str> {
+        self.peer_token.as_deref().filter(|t| !t.is_empty())
     }
 }
 

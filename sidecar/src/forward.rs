@@ -176,3 +176,49 @@ impl PeerClient {
         Ok(Response::from_parts(parts, Body::empty()))
     }
 }
+
+impl PeerClient {
+    /// Calls an admin endpoint (`/v1/admin/…`) on shard `ordinal`'s peer port and reads the whole
+    /// answer, all within `timeout`.
+    pub async fn admin(
+        &self,
+        ordinal: u32,
+        addr: &str,
+        method: http::Method,
+        path: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, bytes::Bytes), ForwardError> {
+        use http_body_util::BodyExt as _;
+        let unreachable = |reason: String| ForwardError::Unreachable {
+            ordinal,
+            addr: addr.to_owned(),
+            reason,
+        };
+        let mut req = http::Request::new(Body::from(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}"))
+            .map_err(|e| unreachable(e.to_string()))?;
+        if let Some(t) = &self.token {
+            req.headers_mut().insert(protocol::PEER_TOKEN, t.clone());
+        }
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ForwardError::Timeout { ordinal, timeout })?
+    }
+}

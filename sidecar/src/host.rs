@@ -23,6 +23,7 @@ use crate::chain::CallChain;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, OutcomeLabels, ResultLabels};
 use crate::object::{ObjectKey, ObjectRef};
+use crate::ownership::{Ownership, SlotGuard, SlotState};
 use crate::storage::Storage;
 use crate::turn::{ObjectTurn, Turns};
 use crate::websocket::registry::Sockets;
@@ -56,6 +57,8 @@ struct Event {
     work: Work,
     request: Request<Bytes>,
     reply: Option<oneshot::Sender<Response<Bytes>>>,
+    /// Admits the event to its slot until its turn ended: a slot hand-off waits for it.
+    _admitted: Option<SlotGuard>,
 }
 
 pub struct Host {
@@ -70,9 +73,27 @@ pub struct Host {
     mailbox_seq: AtomicU64,
     alarms: Alarms,
     sockets: Arc<Sockets>,
+    ownership: Arc<Ownership>,
+}
+
+/// The answer to an event for a slot this shard does not serve (now).
+pub fn slot_error(slot: stead_core::Slot, state: SlotState) -> ApiError {
+    match state {
+        SlotState::Fenced => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "slot_moving",
+            format!("slot {slot} is moving to another shard; retry"),
+        ),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "slot_not_owned",
+            format!("slot {slot} is not served by this shard (it moved); retry"),
+        ),
+    }
 }
 
 impl Host {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: HostConfig,
         storage: Storage,
@@ -81,6 +102,7 @@ impl Host {
         metrics: Metrics,
         alarms: Alarms,
         sockets: Arc<Sockets>,
+        ownership: Arc<Ownership>,
     ) -> Result<Arc<Self>, getrandom::Error> {
         let mut boot = [0u8; 4];
         getrandom::fill(&mut boot)?;
@@ -96,7 +118,15 @@ impl Host {
             mailbox_seq: AtomicU64::new(0),
             alarms,
             sockets,
+            ownership,
         }))
+    }
+
+    /// Forgets the mailboxes of `slot`'s objects (the slot was handed away): their tasks end,
+    /// and if the slot comes back its objects start as new incarnations.
+    pub fn forget_slot(&self, slot: stead_core::Slot, slots: u32) {
+        let mut mailboxes = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
+        mailboxes.retain(|(_, id), _| id.slot(slots) != slot);
     }
 
     /// Queues a request for `object` and waits for its answer.
@@ -125,6 +155,7 @@ impl Host {
             work,
             request,
             reply: Some(reply),
+            _admitted: None,
         };
         if let Err(e) = self.enqueue(event) {
             return e.into_http();
@@ -142,12 +173,22 @@ impl Host {
     /// Queues an event without waiting for its turn, but waiting for room in the mailbox: a
     /// client that sends faster than its object keeps up is slowed down, not dropped.
     pub async fn post(self: &Arc<Self>, object: ObjectRef, work: Work, request: Request<Bytes>) {
+        let admitted = match self.ownership.enter(object.slot) {
+            Ok(g) => g,
+            Err(state) => {
+                // The object's sockets were closed with 1012 for a hand-off: their last events
+                // are not delivered here.
+                tracing::debug!(slot = %object.slot, ?state, "a WebSocket event for a slot not served here was dropped");
+                return;
+            }
+        };
         let mut event = Event {
             object: Arc::new(object),
             chain: CallChain::default(),
             work,
             request,
             reply: None,
+            _admitted: Some(admitted),
         };
         // A mailbox can close between lookup and send (it hibernated): then take the new one.
         for _ in 0..3 {
@@ -193,6 +234,19 @@ impl Host {
 
     /// Delivers a due alarm (called by the alarm schedule) and waits until its turn ended.
     pub async fn deliver_alarm(self: &Arc<Self>, due: DueAlarm) {
+        match self.ownership.state(due.object.slot) {
+            SlotState::Owned => {}
+            SlotState::Fenced => {
+                // The slot is moving: its alarms move with it, or fire here if the move rolls back.
+                self.alarms.reschedule(&due.object, now_ms() + 1000);
+                return;
+            }
+            SlotState::NotOwned | SlotState::Gone { .. } => {
+                // The slot belongs to another shard, which holds the alarm now.
+                self.alarms.forget(&due.object.key());
+                return;
+            }
+        }
         if due.retry == 0 {
             let lag = (now_ms() - due.due_ms).max(0) as f64 / 1000.0;
             self.metrics.alarm_lag_seconds.observe(lag);
@@ -216,6 +270,14 @@ impl Host {
     }
 
     fn enqueue(self: &Arc<Self>, mut event: Event) -> Result<(), ApiError> {
+        if event._admitted.is_none() {
+            let slot = event.object.slot;
+            event._admitted = Some(
+                self.ownership
+                    .enter(slot)
+                    .map_err(|state| slot_error(slot, state))?,
+            );
+        }
         // A mailbox can close between lookup and send (it hibernated): then take the new one.
         for _ in 0..3 {
             let tx = self.mailbox(&event.object.key());
@@ -393,6 +455,10 @@ impl Host {
         let alarm_turn = matches!(event.work, Work::Alarm { .. });
         let outcome = self.storage.finish_turn(&turn, commit, alarm_turn).await;
         let committed = commit && outcome.is_ok();
+        if committed {
+            // A slot being copied must copy this object again.
+            self.ownership.mark_written(&event.object);
+        }
         match outcome {
             Ok(Some(change)) if committed => self.alarms.committed(&event.object, change),
             Ok(_) => {}

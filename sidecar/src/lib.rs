@@ -6,7 +6,8 @@
 //! [`app`] (deliver the event) → [`api`] (the app's calls back, bound to the [`turn`]) →
 //! [`storage`] (SQLite, commit, output gate) → back out. [`alarms`] and [`websocket`]s (the
 //! socket [`registry`](websocket::registry), each socket's [`connection`](websocket::connection))
-//! produce events into the same mailboxes. [`dev`] runs it all locally.
+//! produce events into the same mailboxes. Resharding: the [`coordinator`] orders slot
+//! [`handoff`]s through the [`peer_admin`] endpoints. [`dev`] runs it all locally.
 
 pub mod admin;
 pub mod alarms;
@@ -15,10 +16,12 @@ pub mod app;
 pub mod body;
 pub mod chain;
 pub mod config;
+pub mod coordinator;
 pub mod dev;
 pub mod error;
 pub mod faults;
 pub mod forward;
+pub mod handoff;
 pub mod host;
 pub mod ingress;
 pub mod membership;
@@ -26,6 +29,7 @@ pub mod metrics;
 pub mod object;
 pub mod ownership;
 pub mod peer;
+pub mod peer_admin;
 pub mod route;
 pub mod scale;
 pub mod serve;

@@ -82,6 +82,11 @@ pub struct Metrics {
     pub connections_deferred: Family<PortLabels, Counter>,
     pub accept_errors: Family<PortLabels, Counter>,
     pub websockets_slow_closed: Counter,
+    pub ring_epoch: Gauge,
+    pub handoffs: Family<ResultLabels, Counter>,
+    pub handoff_pause_seconds: Histogram,
+    pub handoff_bytes: Counter,
+    pub slots_moving: Gauge,
 }
 
 impl Default for Metrics {
@@ -124,6 +129,11 @@ impl Metrics {
         let connections_deferred = Family::<PortLabels, Counter>::default();
         let accept_errors = Family::<PortLabels, Counter>::default();
         let websockets_slow_closed = Counter::default();
+        let ring_epoch = Gauge::default();
+        let handoffs = Family::<ResultLabels, Counter>::default();
+        let handoff_pause_seconds = latency_histogram();
+        let handoff_bytes = Counter::default();
+        let slots_moving = Gauge::default();
 
         let mut r = Registry::with_prefix("stead");
         r.register(
@@ -261,6 +271,31 @@ impl Metrics {
             "WebSockets closed with 1008 because the client did not read what it was sent",
             websockets_slow_closed.clone(),
         );
+        r.register(
+            "ring_epoch",
+            "Epoch of the ring this shard routes by",
+            ring_epoch.clone(),
+        );
+        r.register(
+            "handoffs",
+            "Slot hand-offs this shard ran as the source, by result",
+            handoffs.clone(),
+        );
+        r.register(
+            "handoff_pause_seconds",
+            "How long a slot handed away was fenced (requests to it waited or got 503)",
+            handoff_pause_seconds.clone(),
+        );
+        r.register(
+            "handoff_bytes",
+            "Bytes of object databases sent to other shards by slot hand-offs",
+            handoff_bytes.clone(),
+        );
+        r.register(
+            "slots_moving",
+            "Slots of this shard being handed away now (migration progress)",
+            slots_moving.clone(),
+        );
         Self {
             registry: Arc::new(r),
             requests,
@@ -290,6 +325,11 @@ impl Metrics {
             connections_deferred,
             accept_errors,
             websockets_slow_closed,
+            ring_epoch,
+            handoffs,
+            handoff_pause_seconds,
+            handoff_bytes,
+            slots_moving,
         }
     }
 

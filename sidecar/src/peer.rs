@@ -11,12 +11,14 @@ use stead_core::protocol;
 use crate::app::strip_stead_headers;
 use crate::chain::CallChain;
 use crate::error::ApiError;
+use crate::peer_admin::PeerAdmin;
 use crate::route::ObjectRouter;
 use crate::target::{Target, parse_route};
 
 pub struct PeerServer {
     pub token: Option<String>,
     pub router: Arc<ObjectRouter>,
+    pub admin: Arc<PeerAdmin>,
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -41,6 +43,9 @@ pub async fn handle(State(peer): State<Arc<PeerServer>>, mut req: Request) -> Re
             "the peer port needs the namespace's peer token",
         )
         .into_response();
+    }
+    if req.uri().path().starts_with("/v1/admin/") {
+        return peer.admin.handle(req).await;
     }
     let hops = req
         .headers()

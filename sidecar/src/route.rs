@@ -19,13 +19,16 @@ use crate::host::Host;
 use crate::membership::Membership;
 use crate::metrics::{ForwardLabels, Metrics};
 use crate::object::ObjectRef;
-use crate::ownership::Ownership;
+use crate::ownership::{Ownership, SlotState};
 use crate::websocket::connection::{self, is_upgrade};
 use crate::websocket::registry::Sockets;
 
-/// Most sidecars a request may pass through: the router's hop, and one more from a shard that
-/// handed the slot away. More is a routing loop.
-pub const MAX_HOPS: u32 = 2;
+/// Most sidecars a request may pass through: the router's hop, and up to two more from shards
+/// that handed the slot away (a router whose ring is a resharding behind). More is a loop.
+pub const MAX_HOPS: u32 = 3;
+/// How long a request for a fenced slot (being handed to another shard) waits before it is
+/// answered 503 with Retry-After.
+pub const FENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct ObjectRouter {
     pub classes: HashSet<String>,
@@ -34,7 +37,7 @@ pub struct ObjectRouter {
     /// How long a request body may pause before it is refused with 408.
     pub body_timeout: std::time::Duration,
     pub host: Arc<Host>,
-    pub ownership: Ownership,
+    pub ownership: Arc<Ownership>,
     pub membership: Arc<dyn Membership>,
     pub peers: PeerClient,
     pub metrics: Metrics,
@@ -60,11 +63,28 @@ impl ObjectRouter {
         if let Err(e) = refuse_declared_length(req.body(), self.max_request_bytes) {
             return e.into_response();
         }
-        if self.ownership.owns(object.slot) {
-            return self.local(object, rest, req, chain).await;
-        }
+        let mut changes = self.ownership.subscribe();
+        let waiting_until = tokio::time::Instant::now() + FENCE_WAIT;
+        let owner = loop {
+            match self.ownership.state(object.slot) {
+                SlotState::Owned => return self.local(object, rest, req, chain).await,
+                SlotState::Gone { to } => break Some(to),
+                SlotState::NotOwned => break None,
+                SlotState::Fenced => {
+                    // The slot is being handed over: wait for the switch, briefly.
+                    match tokio::time::timeout_at(waiting_until, changes.changed()).await {
+                        Ok(Ok(())) => continue,
+                        _ => {
+                            return crate::host::slot_error(object.slot, SlotState::Fenced)
+                                .into_response();
+                        }
+                    }
+                }
+            }
+        };
+        let tombstone = owner.is_some();
         let ring = self.membership.ring();
-        let owner = ring.owner(object.slot);
+        let owner = owner.unwrap_or_else(|| ring.owner(object.slot));
         if owner == self.membership.me() {
             return ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -87,7 +107,11 @@ impl ObjectRouter {
             )
             .into_response();
         }
-        let reason = if hops == 0 { "not_owner" } else { "stale_ring" };
+        let reason = match (tombstone, hops) {
+            (true, _) => "tombstone",
+            (false, 0) => "not_owner",
+            (false, _) => "stale_ring",
+        };
         self.metrics
             .forwards
             .get_or_create(&ForwardLabels { reason })

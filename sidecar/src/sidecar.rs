@@ -10,13 +10,16 @@ use crate::alarms::Alarms;
 use crate::api::{self, ApiState};
 use crate::app::AppClient;
 use crate::config::SidecarConfig;
+use crate::coordinator::Coordinator;
 use crate::forward::PeerClient;
+use crate::handoff::Handoffs;
 use crate::host::{Host, HostConfig};
 use crate::ingress::{self, Ingress};
 use crate::membership::{Membership, StaticMembership};
 use crate::metrics::Metrics;
 use crate::ownership::Ownership;
 use crate::peer::{self, PeerServer};
+use crate::peer_admin::PeerAdmin;
 use crate::route::ObjectRouter;
 use crate::serve::{self, Port};
 use crate::storage::{DbOptions, Storage, StorageConfig};
@@ -42,6 +45,11 @@ pub enum StartError {
     Ownership(#[from] crate::ownership::OwnershipError),
     #[error("{0}")]
     Alarms(#[from] crate::alarms::AlarmError),
+    #[cfg(feature = "kube")]
+    #[error("{0}")]
+    Kube(#[from] crate::membership::kube::KubeMembershipError),
+    #[error("cleaning up the shard's slot folders: {0}")]
+    Io(#[from] std::io::Error),
     #[error("no randomness: {0}")]
     Random(#[from] getrandom::Error),
     #[error("server failed: {0}")]
@@ -53,19 +61,28 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let metrics = Metrics::new();
-    let membership = StaticMembership::new(config.ordinal(), config.peers.clone(), config.slots)?;
-    if config.peers.len() > 1 && config.peer_token.as_deref().is_none_or(str::is_empty) {
-        return Err(crate::membership::MembershipError::MissingToken.into());
-    }
-    let ownership = {
+    let membership = membership(&config).await?;
+    let (ownership, ring, unfinished) = {
         let dir = config.data_dir.clone();
         let me = config.ordinal();
         let ring = membership.ring();
-        tokio::task::spawn_blocking(move || Ownership::load(&dir, me, &ring))
+        let loaded = tokio::task::spawn_blocking(move || {
+            let loaded = Ownership::load(&dir, me, &ring)?;
+            Handoffs::clean_up(&dir, &loaded.0)?;
+            Ok::<_, StartError>(loaded)
+        });
+        loaded
             .await
             .map_err(|e| StartError::Serve(std::io::Error::other(e)))??
     };
+    membership.offer(ring, None);
+    let ring = membership.ring();
+    let clustered = ring.shards > 1 || config.peers.len() > 1;
+    if clustered && config.peer_token().is_none() {
+        return Err(crate::membership::MembershipError::MissingToken.into());
+    }
     metrics.slots_owned.set(ownership.count() as i64);
+    metrics.ring_epoch.set(ring.epoch as i64);
     let alarms = {
         let dir = config.data_dir.clone();
         let slots = config.slots;
@@ -109,26 +126,52 @@ pub async fn run(
         metrics.clone(),
         alarms.clone(),
         sockets.clone(),
+        ownership.clone(),
     )?;
     {
         let host = host.clone();
-        tokio::spawn(alarms.run(move |due| {
+        tokio::spawn(alarms.clone().run(move |due| {
             let host = host.clone();
             async move { host.deliver_alarm(due).await }
         }));
     }
+    let peers = PeerClient::new(
+        config.peer_token(),
+        config.turn_timeout + Duration::from_secs(5),
+    );
+    let handoffs = Handoffs::new(
+        config.data_dir.clone(),
+        config.slots,
+        ownership.clone(),
+        membership.clone(),
+        storage.clone(),
+        host.clone(),
+        sockets.clone(),
+        alarms.clone(),
+        peers.clone(),
+        metrics.clone(),
+        config.turn_timeout + Duration::from_secs(1),
+        config.test_handoff_step_delay,
+    );
+    for h in unfinished {
+        tracing::warn!(slot = %h.slot, to = h.to, "a hand-off was installing when this shard stopped; asking its target how it ended");
+        handoffs.spawn_resolve(h);
+    }
+    let coordinator = Coordinator::new(
+        config.slots,
+        membership.clone(),
+        peers.clone(),
+        config.reshard_parallelism,
+    );
     let router = Arc::new(ObjectRouter {
         classes: config.classes.iter().map(|c| c.to_string()).collect(),
         slots: config.slots,
         max_request_bytes: config.max_request_bytes,
         body_timeout: config.connections.body_timeout,
         host,
-        ownership,
-        membership: Arc::new(membership),
-        peers: PeerClient::new(
-            config.peer_token.as_deref(),
-            config.turn_timeout + Duration::from_secs(5),
-        ),
+        ownership: ownership.clone(),
+        membership: membership.clone(),
+        peers,
         metrics: metrics.clone(),
         sockets: sockets.clone(),
     });
@@ -139,8 +182,16 @@ pub async fn run(
         metrics: metrics.clone(),
     });
     let peer_state = Arc::new(PeerServer {
-        token: config.peer_token.clone().filter(|t| !t.is_empty()),
+        token: config.peer_token().map(str::to_owned),
         router: router.clone(),
+        admin: Arc::new(PeerAdmin {
+            slots: config.slots,
+            ownership,
+            membership,
+            handoffs,
+            coordinator,
+            metrics: metrics.clone(),
+        }),
     });
     let api_state = Arc::new(ApiState {
         storage,
@@ -158,7 +209,7 @@ pub async fn run(
         nofile,
         config.max_open_objects,
         config.connections.max_connections,
-        config.peers.len() > 1,
+        config.peer_token().is_some(),
     );
     if (nofile as usize) < 2 * config.max_open_objects + serve::BASE_RESERVE + bounds.ingress {
         tracing::warn!(
@@ -183,8 +234,8 @@ pub async fn run(
     let ingress_l = listen("ingress", config.ingress).await?;
     let api_l = listen("app API", config.api).await?;
     let admin_l = listen("admin", config.admin).await?;
-    // One shard has no peers: the peer port opens only with two or more.
-    let peer_l = if config.peers.len() > 1 {
+    // The peer port opens whenever there is a token to guard it: one shard can then be resharded.
+    let peer_l = if config.peer_token().is_some() {
         Some(listen("peer", config.peer_addr).await?)
     } else {
         None
@@ -196,7 +247,8 @@ pub async fn run(
         admin = %config.admin,
         peer = %config.peer_addr,
         shard = config.ordinal(),
-        shards = config.peers.len().max(1),
+        shards = ring.shards,
+        ring_epoch = ring.epoch,
         app = %config.app,
         data_dir = %config.data_dir.display(),
         classes = ?config.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
@@ -256,6 +308,28 @@ pub async fn run(
     .await;
     tracing::info!("sidecar stopped");
     Ok(())
+}
+
+/// Who the shards are: the peer list or template from the flags, and the ring they start with.
+async fn membership(config: &SidecarConfig) -> Result<Arc<dyn Membership>, StartError> {
+    // In Kubernetes (a peer template, the pod's namespace and DurableNamespace, no --peers): the
+    // ring is the one the operator publishes in the namespace status, followed by a watch.
+    #[cfg(feature = "kube")]
+    if let Some((m, _watch)) = crate::membership::kube::KubeMembership::start_for(
+        config,
+        config.peer_template.as_deref(),
+        |_| false,
+    )
+    .await?
+    {
+        return Ok(m);
+    }
+    Ok(Arc::new(StaticMembership::new(
+        config.ordinal(),
+        config.peers.clone(),
+        config.peer_template.clone(),
+        config.ring(),
+    )?))
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the signal to drain and stop.

@@ -27,29 +27,35 @@ use crate::validate::ValidatedSpec;
 pub const RUN_AS: i64 = 65532;
 const TMP_VOLUME: &str = "tmp";
 
-/// The peer list every sidecar gets: shard `i` at `{name}-{i}.{name}-peers.{ns}.svc:7878`, in
-/// ordinal order.
-pub fn peers(spec: &ValidatedSpec) -> String {
-    let service = names::peers_service(&spec.name);
-    (0..spec.shards)
-        .map(|i| {
-            format!(
-                "{}-{i}.{service}.{}.svc:{PEER_PORT}",
-                spec.name, spec.namespace
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+/// Where a sidecar finds any shard: `{i}` is the ordinal, so shard `i` is
+/// `{name}-{i}.{name}-peers.{ns}.svc:7878`. A template, not a list, so that the pod template does
+/// not change with the number of shards (no rolling restart when resharding).
+pub fn peer_template(spec: &ValidatedSpec) -> String {
+    format!(
+        "{}-{{i}}.{}.{}.svc:{PEER_PORT}",
+        spec.name,
+        names::peers_service(&spec.name),
+        spec.namespace
+    )
 }
 
-pub fn statefulset(spec: &ValidatedSpec, sidecar_image: &str) -> StatefulSet {
+/// The shards' StatefulSet with `replicas` pods: the number [`crate::reshard`] decided on, which
+/// differs from `spec.shards` while a resharding runs.
+/// The peer-port address of shard `ordinal` (its stable DNS name), as [`peer_template`] gives it.
+pub fn peer_addr(spec: &ValidatedSpec, ordinal: u32) -> String {
+    peer_template(spec).replace("{i}", &ordinal.to_string())
+}
+
+/// The shards' StatefulSet with `replicas` pods: the number [`crate::reshard`] decided on, which
+/// differs from `spec.shards` while a resharding runs.
+pub fn statefulset(spec: &ValidatedSpec, sidecar_image: &str, replicas: i32) -> StatefulSet {
     let selector = selector_labels(spec);
     let mut pod_labels = super::labels(spec, "shard");
     pod_labels.extend(selector.clone());
     StatefulSet {
         metadata: child_meta(spec, names::shards(&spec.name), "shard"),
         spec: Some(StatefulSetSpec {
-            replicas: Some(spec.shards),
+            replicas: Some(replicas),
             service_name: Some(names::peers_service(&spec.name)),
             pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector {
@@ -59,7 +65,7 @@ pub fn statefulset(spec: &ValidatedSpec, sidecar_image: &str) -> StatefulSet {
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some("Retain".into()),
-                    when_scaled: Some("Retain".into()),
+                    when_scaled: Some(spec.when_scaled_down.as_str().into()),
                 },
             ),
             template: PodTemplateSpec {
@@ -210,7 +216,7 @@ fn sidecar_container(spec: &ValidatedSpec, image: &str) -> Container {
         env("STEAD_PEER_ADDR", format!("0.0.0.0:{PEER_PORT}")),
         env("STEAD_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
         env("STEAD_API_ADDR", format!("127.0.0.1:{API_PORT}")),
-        env("STEAD_PEERS", peers(spec)),
+        env("STEAD_PEER_TEMPLATE", peer_template(spec)),
         EnvVar {
             name: "STEAD_PEER_TOKEN".into(),
             value_from: Some(EnvVarSource {
@@ -336,7 +342,7 @@ mod tests {
     const IMAGE: &str = "ghcr.io/stead-dev/stead:test";
 
     fn sts() -> StatefulSet {
-        statefulset(&chat_spec(), IMAGE)
+        statefulset(&chat_spec(), IMAGE, 3)
     }
 
     fn pod() -> PodSpec {
@@ -426,13 +432,54 @@ mod tests {
     }
 
     #[test]
-    fn the_sidecar_lists_every_shard_by_its_stable_dns_name() {
+    fn the_sidecar_finds_every_shard_by_its_stable_dns_name_through_a_template() {
         let sc = container("sidecar");
         assert_eq!(
-            env_value(&sc, "STEAD_PEERS").as_deref(),
-            Some(
-                "chat-0.chat-peers.apps.svc:7878,chat-1.chat-peers.apps.svc:7878,chat-2.chat-peers.apps.svc:7878"
-            )
+            env_value(&sc, "STEAD_PEER_TEMPLATE").as_deref(),
+            Some("chat-{i}.chat-peers.apps.svc:7878")
+        );
+        assert_eq!(
+            env_value(&sc, "STEAD_PEERS"),
+            None,
+            "no list that changes with shards"
+        );
+        assert_eq!(
+            peer_addr(&chat_spec(), 4),
+            "chat-4.chat-peers.apps.svc:7878"
+        );
+        let ns = env_source(&sc, "POD_NAMESPACE")
+            .and_then(|s| s.field_ref)
+            .expect("fieldRef");
+        assert_eq!(ns.field_path, "metadata.namespace");
+    }
+
+    #[test]
+    fn changing_the_number_of_shards_changes_only_the_replicas() {
+        let three = statefulset(&chat_spec(), IMAGE, 3).spec.expect("spec");
+        let mut spec = chat_spec();
+        spec.shards = 5;
+        let five = statefulset(&spec, IMAGE, 5).spec.expect("spec");
+        assert_eq!(five.replicas, Some(5));
+        assert_eq!(
+            three.template, five.template,
+            "a pod template change would restart every shard"
+        );
+        assert_eq!(three.volume_claim_templates, five.volume_claim_templates);
+    }
+
+    #[test]
+    fn volumes_of_removed_shards_follow_the_namespaces_policy() {
+        let mut spec = chat_spec();
+        spec.when_scaled_down = stead_core::crd::VolumePolicy::Delete;
+        let policy = statefulset(&spec, IMAGE, 3)
+            .spec
+            .and_then(|s| s.persistent_volume_claim_retention_policy)
+            .expect("retention");
+        assert_eq!(policy.when_scaled.as_deref(), Some("Delete"));
+        assert_eq!(
+            policy.when_deleted.as_deref(),
+            Some("Retain"),
+            "deleting the namespace still keeps the data"
         );
     }
 
@@ -602,7 +649,7 @@ mod tests {
         let mut spec = chat_spec();
         spec.storage_size = "50Gi".into();
         spec.storage_class_name = Some("fast".into());
-        let mut desired = statefulset(&spec, IMAGE);
+        let mut desired = statefulset(&spec, IMAGE, 3);
         assert!(keep_volume_claims(&mut desired, Some(&created)));
         assert_eq!(
             desired.spec.and_then(|s| s.volume_claim_templates),
@@ -611,12 +658,5 @@ mod tests {
         let mut fresh = sts();
         assert!(!keep_volume_claims(&mut fresh, None));
         assert!(!keep_volume_claims(&mut fresh, Some(&sts())));
-    }
-
-    #[test]
-    fn one_shard_lists_itself_as_its_only_peer() {
-        let mut spec = chat_spec();
-        spec.shards = 1;
-        assert_eq!(peers(&spec), "chat-0.chat-peers.apps.svc:7878");
     }
 }

@@ -246,6 +246,32 @@ impl ObjectDb {
         Ok(db)
     }
 
+    /// The committed database as one file (the WAL checkpointed into it), its alarm and name. Only
+    /// between turns.
+    pub fn snapshot(&self) -> Result<super::Snapshot, StorageError> {
+        if self.in_tx {
+            return Err(StorageError::Internal(
+                "snapshot of a database inside a turn".into(),
+            ));
+        }
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let bytes = fs::read(&self.path)?;
+        let name = self
+            .conn
+            .query_row(
+                "SELECT value FROM _stead_meta WHERE key = 'name'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .ok();
+        Ok(super::Snapshot::Copied {
+            bytes,
+            alarm: self.alarm_get()?,
+            name,
+        })
+    }
+
     pub fn in_tx(&self) -> bool {
         self.in_tx
     }

@@ -315,10 +315,52 @@ impl Storage {
         .await?
     }
 
+    /// A copy of the object's committed database, for handing its slot to another shard. Runs on
+    /// the object's storage thread, so no turn of the object writes meanwhile; an object inside a
+    /// turn answers [`Snapshot::Busy`] (its writes are copied later, once its slot is fenced).
+    pub async fn snapshot(&self, object: ObjectRef) -> Result<Snapshot, StorageError> {
+        self.call(&object.key(), move |s| s.snapshot(&object))
+            .await?
+    }
+
+    /// Closes every open database of `slot` (its files are about to move or go). Waits for
+    /// every storage thread.
+    pub async fn close_slot(&self, slot: stead_core::Slot, slots: u32) -> Result<(), StorageError> {
+        let mut waits = Vec::with_capacity(self.workers.len());
+        for w in self.workers.iter() {
+            let (tx, rx) = oneshot::channel();
+            w.send(Box::new(move |shelf: &mut Shelf| {
+                shelf.close_slot(slot, slots);
+                let _ = tx.send(());
+            }))
+            .map_err(|_| StorageError::Closed)?;
+            waits.push(rx);
+        }
+        for rx in waits {
+            rx.await.map_err(|_| StorageError::Closed)?;
+        }
+        Ok(())
+    }
+
     /// Closes the object's database (hibernation). A database inside a turn stays open.
     pub async fn close(&self, key: ObjectKey) -> Result<bool, StorageError> {
         self.call(&key.clone(), move |s| s.close(&key)).await
     }
+}
+
+/// An object's database as a slot hand-off copies it.
+#[derive(Debug)]
+pub enum Snapshot {
+    /// No database: the object was never written (or was deleted).
+    Missing,
+    /// A turn of the object is open: copy it again once the slot is fenced.
+    Busy,
+    /// The committed database file, the object's alarm and its name.
+    Copied {
+        bytes: Vec<u8>,
+        alarm: Option<i64>,
+        name: Option<String>,
+    },
 }
 
 fn worker_index(key: &ObjectKey, n: usize) -> usize {
@@ -535,6 +577,36 @@ impl Shelf {
             self.metrics.objects_open.dec();
             if created && let Err(e) = db.discard() {
                 tracing::error!(error = %e, "deleting the database of a rolled-back creation failed");
+            }
+        }
+    }
+
+    fn snapshot(&mut self, obj: &ObjectRef) -> Result<Snapshot, StorageError> {
+        if let Some((db, _)) = self.open.get(&obj.key()) {
+            if db.in_tx() {
+                return Ok(Snapshot::Busy);
+            }
+            return db.snapshot();
+        }
+        match ObjectDb::open_existing(obj, &self.data_dir, &self.opts, &self.faults)? {
+            None => Ok(Snapshot::Missing),
+            Some(db) => db.snapshot(),
+        }
+    }
+
+    fn close_slot(&mut self, slot: stead_core::Slot, slots: u32) {
+        let keys: Vec<ObjectKey> = self
+            .open
+            .keys()
+            .filter(|(_, id)| id.slot(slots) == slot)
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some((db, _)) = self.open.remove(&k) {
+                if db.in_tx() {
+                    tracing::error!("closing a database inside a turn for a slot hand-off");
+                }
+                self.metrics.objects_open.dec();
             }
         }
     }

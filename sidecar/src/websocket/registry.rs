@@ -432,6 +432,25 @@ impl Sockets {
         }
     }
 
+    /// Closes every socket of `slot`'s objects with 1012 (service restart): the slot is being
+    /// handed to another shard, where clients reconnect. Returns how many were closed.
+    pub fn close_slot(&self, slot: stead_core::Slot, slots: u32) -> usize {
+        let mut n = 0;
+        for ((_, id), o) in self.lock().iter() {
+            if id.slot(slots) != slot {
+                continue;
+            }
+            for s in o.sockets.values() {
+                s.close(
+                    CLOSE_SERVICE_RESTART,
+                    "object moving to another shard".into(),
+                );
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Closes every socket with 1012 (service restart): the sidecar is shutting down.
     pub fn close_all(&self) {
         for o in self.lock().values() {
