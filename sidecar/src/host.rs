@@ -532,6 +532,7 @@ impl Host {
                 if let Err(e) = self.storage.alarm_drop(object).await {
                     tracing::error!(error = %e, "deleting the dropped alarm failed");
                 }
+                self.ownership.mark_written(object);
                 self.alarms.forget(&object.key());
             }
         }

@@ -95,6 +95,21 @@ fn query_u64(req: &Request, key: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::bad_request("invalid_query", format!("`{key}` is required")))
 }
 
+/// Runs a hand-off step to its end even if the caller hangs up: a step dropped half-way (a
+/// coordinator killed mid-request) would leave a slot fenced, or installed but not recorded.
+async fn detached<T: Send + 'static>(
+    step: impl Future<Output = Result<T, HandoffError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(step).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "handoff_failed",
+            format!("the hand-off step stopped: {e}"),
+        )),
+    }
+}
+
 impl PeerAdmin {
     /// Serves `/v1/admin/…` (the token was checked by the peer port).
     pub async fn handle(self: &Arc<Self>, req: Request) -> Response {
@@ -160,23 +175,28 @@ impl PeerAdmin {
         match (method, action) {
             (&Method::POST, "handoff") => {
                 let order: HandoffOrder = json_body(req.into_body()).await?;
-                let moved = self.handoffs.hand_off(slot, order.to, order.epoch).await?;
+                let h = self.handoffs.clone();
+                let moved = detached(async move { h.hand_off(slot, order.to, order.epoch).await })
+                    .await?;
                 self.metrics.slots_owned.set(self.ownership.count() as i64);
                 Ok(axum::Json(moved).into_response())
             }
             (&Method::PUT, "stage") => {
                 let attempt = query_u64(&req, "attempt")?;
                 let body = read_body(req.into_body(), MAX_STAGE_BYTES, BODY_TIMEOUT).await?;
-                self.handoffs.stage(slot, attempt, body).await?;
+                let h = self.handoffs.clone();
+                detached(async move { h.stage(slot, attempt, body).await }).await?;
                 Ok(json_response(StatusCode::OK, json!({ "staged": true })))
             }
             (&Method::POST, "install") => {
                 let install: InstallRequest = json_body(req.into_body()).await?;
-                self.handoffs.install(slot, install).await?;
+                let h = self.handoffs.clone();
+                detached(async move { h.install(slot, install).await }).await?;
                 Ok(json_response(StatusCode::OK, json!({ "installed": true })))
             }
             (&Method::POST, "abort") => {
-                let installed = self.handoffs.abort(slot).await?;
+                let h = self.handoffs.clone();
+                let installed = detached(async move { h.abort(slot).await }).await?;
                 Ok(json_response(
                     StatusCode::OK,
                     json!({ "installed": installed }),
