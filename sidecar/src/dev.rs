@@ -18,6 +18,13 @@
 //! The children die with `stead dev`, even with `kill -9` (a parent-death signal), and a second
 //! `stead dev` refuses to start on a data folder that one already uses (a lock file) or on a port
 //! that something already holds, instead of talking to whatever listens there.
+//!
+//! The cluster's size lives in `{data}/cluster.json` ([`ClusterRecord`]), shard `i`'s data in
+//! `{data}/shard-{i}` whatever the size. A loopback control port (written with its token into
+//! [`CONTROL_FILE`]) lets `stead scale` resize the running cluster: a grow starts the new shards
+//! and then asks shard 0 to reshard; a shrink reshards first and then stops the shards that no
+//! longer own slots. The resize is recorded before it begins, so a `stead dev` killed in the
+//! middle resumes it at its next start.
 
 use std::io::IsTerminal as _;
 use std::os::fd::AsRawFd as _;
@@ -27,19 +34,32 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, Method, StatusCode};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
+
+use crate::error::ApiError;
+use crate::scale::{
+    CONTROL_FILE, CONTROL_TOKEN, ControlFile, RESIZE_PATH, ResizeProgress, ResizeState, json_call,
+};
 
 /// Most shards `stead dev` runs (keeps every ingress port below the other ports).
 pub const MAX_SHARDS: u16 = 64;
 
 /// Sidecar environment variables that `stead dev` sets itself, so none leaks in from the shell.
-const PEER_ENV: [&str; 4] = [
+const PEER_ENV: [&str; 7] = [
     "STEAD_SHARD_ORDINAL",
     "STEAD_PEERS",
     "STEAD_PEER_ADDR",
     "STEAD_PEER_TOKEN",
+    "STEAD_PEER_TEMPLATE",
+    "STEAD_RING_SHARDS",
+    "STEAD_RING_EPOCH",
 ];
 
 /// A restarted process that lived shorter than this waits longer before its next restart.
@@ -50,6 +70,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// In the data folder: held locked (`flock`) by the `stead dev` that uses the folder.
 pub const LOCK_FILE: &str = ".stead-dev.lock";
+/// In the data folder: the cluster's size and ring epoch ([`ClusterRecord`]).
+pub const CLUSTER_FILE: &str = "cluster.json";
+/// What a one-shard data folder of earlier versions held at its root (moved into `shard-0/`).
+const SHARD_ENTRIES: [&str; 5] = [
+    "shard.sqlite",
+    "shard.sqlite-wal",
+    "shard.sqlite-shm",
+    "shard.sqlite-journal",
+    "slots",
+];
+/// How often a resize asks shard 0 for the reshard's progress.
+const RESHARD_POLL: Duration = Duration::from_millis(250);
+/// How long a resize waits for shard 0's peer port to answer again (e.g. while it restarts).
+const SHARD0_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
@@ -60,10 +94,12 @@ pub struct DevArgs {
     /// admin, app and peer ports are port+1000+10*i, +1001, +1002 and +1003.
     #[arg(long, default_value_t = 8787)]
     pub port: u16,
-    /// Shards to run, each a sidecar and an app, with a static ring over all of them.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_SHARDS)))]
-    pub shards: u16,
-    /// Folder for the objects' data (with several shards, shard i uses `{data-dir}/shard-{i}`).
+    /// Shards to run, each a sidecar and an app. Default: the size recorded in the data folder,
+    /// else 1. A different size than the recorded one starts the recorded size and then
+    /// reshards to this one (as `stead scale` does).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_SHARDS)))]
+    pub shards: Option<u16>,
+    /// Folder for the objects' data (shard i uses `{data-dir}/shard-{i}`).
     #[arg(long, default_value = ".stead/dev")]
     pub data_dir: PathBuf,
     /// The app binary to run instead of the example's.
@@ -103,8 +139,35 @@ pub enum DevError {
         "port {port} ({what}) is already in use on 127.0.0.1, perhaps by another `stead dev` or by processes a killed one left behind; stop what holds it, or pick other ports with --port"
     )]
     PortInUse { port: u16, what: String },
+    #[error(
+        "the data folder {dir} holds {entry} both at its root (the one-shard layout of earlier versions) and in shard-0/; move one of them away"
+    )]
+    LayoutConflict { dir: String, entry: String },
+    #[error("the cluster record {file} is unreadable ({detail}); fix or remove it")]
+    BadRecord { file: String, detail: String },
+    #[error("resharding on shard 0 failed: {0}")]
+    Reshard(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The size of the local cluster, kept in `{data}/cluster.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    /// Shards of the ring.
+    pub shards: u16,
+    /// The ring's epoch (grows with every reshard).
+    pub epoch: u64,
+    /// A resize that began and has not finished: resumed at the next start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resizing_to: Option<u16>,
+}
+
+impl ClusterRecord {
+    /// Shards whose processes run: during a resize, also the shards joining or leaving.
+    pub fn running(&self) -> u16 {
+        self.shards.max(self.resizing_to.unwrap_or(0))
+    }
 }
 
 /// The classes each example app serves.
@@ -167,6 +230,16 @@ struct ShardSpec {
     data_dir: PathBuf,
 }
 
+/// The ring and peers a sidecar is (re)started with; changes with each resize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Topology {
+    ring_shards: u16,
+    epoch: u64,
+    /// The peer address of every running shard in ordinal order (more than the ring's shards
+    /// while shards join or leave).
+    peers: Vec<String>,
+}
+
 /// What every shard is started with.
 #[derive(Debug)]
 struct Launch {
@@ -174,15 +247,48 @@ struct Launch {
     app_bin: PathBuf,
     example: String,
     sidecar_args: Vec<String>,
-    /// The peer address of every shard in ordinal order; empty with one shard.
-    peers: Vec<String>,
-    /// The shared peer secret of this run; `None` with one shard.
-    peer_token: Option<String>,
+    /// `--port`: shard 0's ingress.
+    base_port: u16,
+    data_dir: PathBuf,
+    topology: Mutex<Topology>,
+    /// The shared peer secret of this run (also with one shard, so that it can be resharded).
+    peer_token: String,
 }
 
 impl Launch {
+    fn topology(&self) -> Topology {
+        self.topology
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Topology)) {
+        f(&mut self.topology.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     fn several(&self) -> bool {
-        self.peers.len() > 1
+        self.topology().peers.len() > 1
+    }
+
+    fn spec(&self, ordinal: u16) -> Result<ShardSpec, DevError> {
+        let ports = ShardPorts::of(self.base_port, ordinal).ok_or(DevError::PortRange {
+            port: self.base_port,
+            shards: ordinal + 1,
+        })?;
+        Ok(ShardSpec {
+            ordinal,
+            ports,
+            data_dir: shard_dir(&self.data_dir, ordinal),
+        })
+    }
+
+    /// The peer addresses of shards `0..n`.
+    fn peers(&self, n: u16) -> Vec<String> {
+        (0..n)
+            .filter_map(|i| ShardPorts::of(self.base_port, i))
+            .map(|p| local(p.peer))
+            .collect()
     }
 
     fn app_command(&self, spec: &ShardSpec) -> Command {
@@ -210,14 +316,14 @@ impl Launch {
         for var in PEER_ENV {
             cmd.env_remove(var);
         }
-        if self.several() {
-            cmd.args(["--shard-ordinal", &spec.ordinal.to_string()])
-                .args(["--peers", &self.peers.join(",")]);
-        }
-        if let Some(token) = &self.peer_token {
+        // Read at every (re)start: a restart after a resize gets the new ring and peers.
+        let topology = self.topology();
+        cmd.args(["--shard-ordinal", &spec.ordinal.to_string()])
+            .args(["--peers", &topology.peers.join(",")])
+            .args(["--ring-shards", &topology.ring_shards.to_string()])
+            .args(["--ring-epoch", &topology.epoch.to_string()])
             // In the environment, not on the command line, where `ps` would show it.
-            cmd.env("STEAD_PEER_TOKEN", token);
-        }
+            .env("STEAD_PEER_TOKEN", &self.peer_token);
         cmd.args(&self.sidecar_args);
         cmd
     }
@@ -463,6 +569,13 @@ impl Shard {
             &local(spec.ports.admin),
         )
         .await?;
+        // The peer port too: a reshard reaches every shard there.
+        wait_listening(
+            &mut sidecar.child,
+            &what(Role::Sidecar),
+            &local(spec.ports.peer),
+        )
+        .await?;
         Ok(Self { spec, sidecar, app })
     }
 
@@ -503,24 +616,56 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         Some(p) => p.clone(),
         None => find_or_build_app(&exe, &args.example).await?,
     };
-    std::fs::create_dir_all(&args.data_dir)?;
-    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let data_dir = blocking({
+        let dir = args.data_dir.clone();
+        move || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::canonicalize(&dir)
+        }
+    })
+    .await?;
     // Held until `stead dev` ends.
-    let _lock = lock_data_dir(&data_dir)?;
-    let specs = shard_specs(&args, &data_dir)?;
-    let several = specs.len() > 1;
+    let _lock = blocking({
+        let dir = data_dir.clone();
+        move || lock_data_dir(&dir)
+    })
+    .await?;
+    let recorded = blocking({
+        let dir = data_dir.clone();
+        move || {
+            if adopt_single_layout(&dir)? {
+                println!(
+                    "stead dev: moved the one-shard data of {} into shard-0/ (the layout of every size)",
+                    dir.display()
+                );
+            }
+            read_record(&dir)
+        }
+    })
+    .await?;
+    let plan = StartPlan::of(recorded, args.shards);
+    let record = plan.record;
+    // Also when inferred from a folder of an earlier version: from now on the file says it.
+    save_record(&data_dir, record).await?;
     let launch = Arc::new(Launch {
         exe,
         app_bin,
         example: args.example.clone(),
         sidecar_args: args.sidecar_args.clone(),
-        peers: if several {
-            specs.iter().map(|s| local(s.ports.peer)).collect()
-        } else {
-            vec![]
-        },
-        peer_token: if several { Some(peer_token()?) } else { None },
+        base_port: args.port,
+        data_dir: data_dir.clone(),
+        topology: Mutex::new(Topology {
+            ring_shards: record.shards,
+            epoch: record.epoch,
+            peers: vec![],
+        }),
+        peer_token: random_hex()?,
     });
+    let running = record.running();
+    launch.update(|t| t.peers = launch.peers(running));
+    let specs = (0..running)
+        .map(|i| launch.spec(i))
+        .collect::<Result<Vec<_>, _>>()?;
 
     check_ports_free(&launch, &specs)?;
     let mut shards = Vec::with_capacity(specs.len());
@@ -530,48 +675,195 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     }
     print_banner(&launch, &shards, &data_dir);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let tasks: Vec<_> = shards
-        .into_iter()
-        .map(|shard| tokio::spawn(supervise(launch.clone(), shard, stop_rx.clone())))
-        .collect();
+    let cluster = Arc::new(Cluster {
+        launch: launch.clone(),
+        record: Mutex::new(record),
+        supervised: tokio::sync::Mutex::new(vec![]),
+        progress: Mutex::new(ResizeProgress {
+            from: record.shards,
+            to: record.shards,
+            epoch: record.epoch,
+            ..ResizeProgress::default()
+        }),
+        resize_task: Mutex::new(None),
+        control_token: random_hex()?,
+    });
+    for shard in shards {
+        cluster.supervise(shard).await;
+    }
+    let control = start_control(&cluster).await?;
+    if let Some(to) = record.resizing_to {
+        println!(
+            "stead dev: resuming the resize from {} to {to} shards that a stopped `stead dev` began",
+            record.shards
+        );
+    }
+    if let Some(k) = plan.then_resize_to {
+        println!(
+            "stead dev: the data folder holds a cluster of {} shards; serving it at that size, then resharding it to {k} shards (--shards {k})",
+            record.resizing_to.unwrap_or(record.shards)
+        );
+    }
+    let startup = {
+        let cluster = cluster.clone();
+        let targets: Vec<u16> = record
+            .resizing_to
+            .into_iter()
+            .chain(plan.then_resize_to)
+            .collect();
+        tokio::spawn(async move {
+            for to in targets {
+                if let Err(e) = cluster.resize_and_wait(to).await {
+                    println!("stead dev: {e}");
+                    break;
+                }
+            }
+        })
+    };
+
     crate::sidecar::shutdown_signal().await;
     println!("stead dev: stopping; shutting down");
-    // Every task holds a receiver until it has stopped its shard, so this cannot fail.
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        if let Err(e) = task.await {
-            println!("stead dev: a shard supervisor failed: {e}");
-        }
+    startup.abort();
+    control.abort();
+    if let Err(e) = tokio::fs::remove_file(data_dir.join(CONTROL_FILE)).await {
+        println!("stead dev: cannot remove the control file: {e}");
     }
+    cluster.stop_all().await;
     println!("stead dev: stopped");
     Ok(())
 }
 
-fn shard_specs(args: &DevArgs, data_dir: &Path) -> Result<Vec<ShardSpec>, DevError> {
-    let several = args.shards > 1;
-    (0..args.shards)
-        .map(|ordinal| {
-            let ports = ShardPorts::of(args.port, ordinal).ok_or(DevError::PortRange {
-                port: args.port,
-                shards: args.shards,
-            })?;
-            let data_dir = if several {
-                data_dir.join(format!("shard-{ordinal}"))
-            } else {
-                data_dir.to_path_buf()
-            };
-            Ok(ShardSpec {
-                ordinal,
-                ports,
-                data_dir,
-            })
-        })
-        .collect()
+/// Runs blocking file-system work off the runtime's threads.
+async fn blocking<T: Send + 'static, E: From<std::io::Error> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| E::from(std::io::Error::other(e)))?
 }
 
-/// 32 random bytes as hex: the secret the shards of this run share on their peer ports.
-fn peer_token() -> Result<String, DevError> {
+/// The data folder of shard `ordinal`, whatever the cluster's size.
+fn shard_dir(data_dir: &Path, ordinal: u16) -> PathBuf {
+    data_dir.join(format!("shard-{ordinal}"))
+}
+
+/// Moves a one-shard data folder of earlier versions (`shard.sqlite` and `slots/` at its root)
+/// into `shard-0/`. Each entry moves on its own (a rename), so a move cut short finishes at the
+/// next start. Returns whether anything moved. Runs under the data folder's lock.
+fn adopt_single_layout(data_dir: &Path) -> Result<bool, DevError> {
+    let target = shard_dir(data_dir, 0);
+    let mut moved = false;
+    for entry in SHARD_ENTRIES {
+        let from = data_dir.join(entry);
+        if std::fs::symlink_metadata(&from).is_err() {
+            continue;
+        }
+        let to = target.join(entry);
+        if std::fs::symlink_metadata(&to).is_ok() {
+            return Err(DevError::LayoutConflict {
+                dir: data_dir.display().to_string(),
+                entry: entry.to_owned(),
+            });
+        }
+        std::fs::create_dir_all(&target)?;
+        std::fs::rename(&from, &to)?;
+        moved = true;
+    }
+    if moved {
+        std::fs::File::open(&target)?.sync_all()?;
+        std::fs::File::open(data_dir)?.sync_all()?;
+    }
+    Ok(moved)
+}
+
+/// The recorded size: `cluster.json`, else (a data folder of an earlier version) the number of
+/// `shard-{i}` folders holding a `shard.sqlite`, counted from 0; `None` for a fresh folder.
+fn read_record(data_dir: &Path) -> Result<Option<ClusterRecord>, DevError> {
+    let file = data_dir.join(CLUSTER_FILE);
+    match std::fs::read(&file) {
+        Ok(raw) => {
+            let bad = |detail: String| DevError::BadRecord {
+                file: CLUSTER_FILE.to_owned(),
+                detail,
+            };
+            let record: ClusterRecord =
+                serde_json::from_slice(&raw).map_err(|e| bad(e.to_string()))?;
+            if record.shards == 0
+                || record.shards > MAX_SHARDS
+                || record.resizing_to.is_some_and(|m| m == 0 || m > MAX_SHARDS)
+            {
+                return Err(bad(format!("shards must be 1 to {MAX_SHARDS}")));
+            }
+            Ok(Some(record))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let shards = (0..MAX_SHARDS)
+                .take_while(|&i| shard_dir(data_dir, i).join("shard.sqlite").exists())
+                .count();
+            Ok(u16::try_from(shards)
+                .ok()
+                .filter(|&n| n > 0)
+                .map(|shards| ClusterRecord {
+                    shards,
+                    epoch: 1,
+                    resizing_to: None,
+                }))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `cluster.json` atomically (aside, synced, renamed over).
+async fn save_record(data_dir: &Path, record: ClusterRecord) -> Result<(), DevError> {
+    let dir = data_dir.to_path_buf();
+    blocking(move || {
+        use std::io::Write as _;
+        let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+        let aside = dir.join(format!("{CLUSTER_FILE}.tmp"));
+        let mut f = std::fs::File::create(&aside)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        std::fs::rename(&aside, dir.join(CLUSTER_FILE))?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok::<_, DevError>(())
+    })
+    .await
+}
+
+/// What a start does with the recorded size and `--shards`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StartPlan {
+    /// The size to start with (and a resize to resume, if one was cut short).
+    record: ClusterRecord,
+    /// A resize to run once started: `--shards` differs from the recorded size.
+    then_resize_to: Option<u16>,
+}
+
+impl StartPlan {
+    fn of(recorded: Option<ClusterRecord>, shards: Option<u16>) -> Self {
+        match recorded {
+            None => Self {
+                record: ClusterRecord {
+                    shards: shards.unwrap_or(1),
+                    epoch: 1,
+                    resizing_to: None,
+                },
+                then_resize_to: None,
+            },
+            Some(record) => {
+                let size_after_resume = record.resizing_to.unwrap_or(record.shards);
+                Self {
+                    record,
+                    then_resize_to: shards.filter(|&k| k != size_after_resume),
+                }
+            }
+        }
+    }
+}
+
+/// 32 random bytes as hex: the secret the shards of this run share on their peer ports, and
+/// the control token.
+fn random_hex() -> Result<String, DevError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(DevError::Random)?;
     Ok(hex::encode(bytes))
@@ -584,7 +876,7 @@ fn print_banner(launch: &Launch, shards: &[Shard], data_dir: &Path) {
     }
 }
 
-fn print_single_banner(launch: &Launch, shard: &Shard, data_dir: &Path) {
+fn print_single_banner(launch: &Launch, shard: &Shard, _data_dir: &Path) {
     let p = shard.spec.ports;
     println!(
         "stead dev: running the {example} example
@@ -593,7 +885,7 @@ fn print_single_banner(launch: &Launch, shard: &Shard, data_dir: &Path) {
   data     {data}
 try:
 {try_lines}
-Ctrl-C stops both.",
+`stead scale --shards N` resizes it; Ctrl-C stops both.",
         example = launch.example,
         try_lines = try_lines(&launch.example, &local(p.ingress)),
         sp = shard.sidecar.pid(),
@@ -603,15 +895,16 @@ Ctrl-C stops both.",
         ap = shard.app.pid(),
         bin = launch.app_bin.display(),
         app = local(p.app),
-        data = data_dir.display(),
+        data = shard.spec.data_dir.display(),
     );
 }
 
 fn print_cluster_banner(launch: &Launch, shards: &[Shard], data_dir: &Path) {
     println!(
-        "stead dev: running the {} example on {} shards (static ring, a fresh peer token for this run)",
+        "stead dev: running the {} example on {} shards (ring epoch {}, a fresh peer token for this run)",
         launch.example,
-        shards.len()
+        shards.len(),
+        launch.topology().epoch
     );
     for shard in shards {
         let p = shard.spec.ports;
@@ -641,12 +934,511 @@ try (every shard's ingress reaches every object; others forward to the owner):
   curl http://{b}/objects/Counter/name/demo/value
   curl http://{a}/objects/Counter/name/demo/whoami
   curl http://{b}/objects/Counter/name/demo/whoami
-Ctrl-C stops every shard.",
+`stead scale --shards N` resizes it; Ctrl-C stops every shard.",
         bin = launch.app_bin.display(),
         data = data_dir.display(),
         a = local(first),
         b = local(last),
     );
+}
+
+/// A shard under supervision: how to stop it, and its supervisor.
+struct Supervised {
+    ordinal: u16,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The running local cluster, as the control port and resizes see it.
+struct Cluster {
+    launch: Arc<Launch>,
+    /// What `cluster.json` holds.
+    record: Mutex<ClusterRecord>,
+    /// In ordinal order.
+    supervised: tokio::sync::Mutex<Vec<Supervised>>,
+    progress: Mutex<ResizeProgress>,
+    /// The resize running, if any (stopped first when `stead dev` stops; it resumes at the
+    /// next start).
+    resize_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    control_token: String,
+}
+
+impl Cluster {
+    fn record(&self) -> ClusterRecord {
+        *self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn set_record(&self, record: ClusterRecord) -> Result<(), DevError> {
+        save_record(&self.launch.data_dir, record).await?;
+        *self.record.lock().unwrap_or_else(|p| p.into_inner()) = record;
+        Ok(())
+    }
+
+    fn progress(&self) -> ResizeProgress {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn update_progress(&self, f: impl FnOnce(&mut ResizeProgress)) {
+        f(&mut self.progress.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    async fn supervise(&self, shard: Shard) {
+        let (stop, rx) = watch::channel(false);
+        let ordinal = shard.spec.ordinal;
+        let task = tokio::spawn(supervise(self.launch.clone(), shard, rx));
+        self.supervised.lock().await.push(Supervised {
+            ordinal,
+            stop,
+            task,
+        });
+    }
+
+    async fn running(&self) -> u16 {
+        u16::try_from(self.supervised.lock().await.len()).unwrap_or(MAX_SHARDS)
+    }
+
+    /// Stops (in order) the shards with an ordinal >= `from`.
+    async fn stop_from(&self, from: u16) {
+        let gone: Vec<Supervised> = {
+            let mut all = self.supervised.lock().await;
+            let keep = all.iter().take_while(|s| s.ordinal < from).count();
+            all.split_off(keep)
+        };
+        for s in &gone {
+            // The supervisor holds its receiver until it has stopped its shard.
+            let _ = s.stop.send(true);
+        }
+        for s in gone {
+            if let Err(e) = s.task.await {
+                println!("stead dev: a shard supervisor failed: {e}");
+            }
+        }
+    }
+
+    /// Stops the running resize (recorded: the next start resumes it), then every shard.
+    async fn stop_all(&self) {
+        let resize = self
+            .resize_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = resize {
+            task.abort();
+            // Dropping the aborted task drops a shard it was starting, which kills its processes.
+            let _ = task.await;
+        }
+        self.stop_from(0).await;
+    }
+
+    /// Begins a resize to `to` shards unless one runs; answers its progress.
+    fn begin_resize(self: &Arc<Self>, to: u16) -> Result<ResizeProgress, ApiError> {
+        if to == 0 || to > MAX_SHARDS {
+            return Err(ApiError::bad_request(
+                "invalid_shards",
+                format!("a local cluster has 1 to {MAX_SHARDS} shards, not {to}"),
+            ));
+        }
+        let record = self.record();
+        let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        if progress.state.is_running() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "resize_in_progress",
+                format!(
+                    "a resize from {} to {} shards is in progress; wait until it is done (`stead scale` returns then), then ask again",
+                    progress.from, progress.to
+                ),
+            ));
+        }
+        let nothing_to_do = to == record.shards && record.resizing_to.is_none();
+        *progress = ResizeProgress {
+            id: progress.id + 1,
+            state: if nothing_to_do {
+                ResizeState::Done
+            } else {
+                ResizeState::Starting
+            },
+            from: record.shards,
+            to,
+            epoch: record.epoch,
+            ..ResizeProgress::default()
+        };
+        let answer = progress.clone();
+        drop(progress);
+        if !nothing_to_do {
+            let cluster = self.clone();
+            let task = tokio::spawn(async move { cluster.resize(to).await });
+            *self.resize_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
+        Ok(answer)
+    }
+
+    /// Begins a resize and waits for its end (used at start); `Err` when it failed.
+    async fn resize_and_wait(self: &Arc<Self>, to: u16) -> Result<(), DevError> {
+        let id = self
+            .begin_resize(to)
+            .map_err(|e| DevError::Reshard(e.message))?
+            .id;
+        loop {
+            let p = self.progress();
+            if p.id != id {
+                return Ok(());
+            }
+            match p.state {
+                ResizeState::Done => return Ok(()),
+                ResizeState::Failed => {
+                    return Err(DevError::Reshard(p.error.unwrap_or_default()));
+                }
+                _ => tokio::time::sleep(RESHARD_POLL).await,
+            }
+        }
+    }
+
+    /// Runs a resize begun by [`Self::begin_resize`] and records how it ended.
+    async fn resize(self: Arc<Self>, to: u16) {
+        let started = Instant::now();
+        let result = self.resize_steps(to, started).await;
+        self.update_progress(|p| {
+            p.seconds = started.elapsed().as_secs_f64();
+            match result {
+                Ok(epoch) => {
+                    p.state = ResizeState::Done;
+                    p.epoch = epoch;
+                }
+                Err(e) => {
+                    p.state = ResizeState::Failed;
+                    p.error = Some(e.to_string());
+                }
+            }
+        });
+        let p = self.progress();
+        match p.state {
+            ResizeState::Done => println!("stead dev: {}", crate::scale::summary(&p)),
+            _ => println!(
+                "stead dev: the resize to {to} shards failed: {}; `stead scale --shards {to}` tries again",
+                p.error.unwrap_or_default()
+            ),
+        }
+    }
+
+    fn set_state(&self, state: ResizeState, started: Instant) {
+        self.update_progress(|p| {
+            p.state = state;
+            p.seconds = started.elapsed().as_secs_f64();
+        });
+        if let Some(line) = crate::scale::progress_line(&self.progress()) {
+            println!("stead dev: {line}");
+        }
+    }
+
+    /// Grow: start the new shards, then reshard. Shrink: reshard, then stop the shards that
+    /// left. Returns the new ring epoch.
+    async fn resize_steps(&self, to: u16, started: Instant) -> Result<u64, DevError> {
+        let record = self.record();
+        // Recorded first: a `stead dev` stopped in the middle resumes it at its next start.
+        self.set_record(ClusterRecord {
+            resizing_to: Some(to),
+            ..record
+        })
+        .await?;
+        let running = self.running().await;
+        let launch = &self.launch;
+        if to > running {
+            self.set_state(ResizeState::Starting, started);
+            // The joining shards start on the ring the cluster has now; they own nothing yet.
+            let (ring_shards, epoch) = self
+                .current_ring()
+                .await
+                .unwrap_or((record.shards, record.epoch));
+            launch.update(|t| {
+                t.ring_shards = ring_shards;
+                t.epoch = t.epoch.max(epoch);
+                t.peers = launch.peers(to);
+            });
+            let specs = (running..to)
+                .map(|i| launch.spec(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            check_ports_free(launch, &specs)?;
+            for spec in specs {
+                let shard = Shard::start(launch, spec).await?;
+                println!(
+                    "stead dev: started shard {} (sidecar pid {}, ingress http://{})",
+                    shard.spec.ordinal,
+                    shard.sidecar.pid(),
+                    local(shard.spec.ports.ingress)
+                );
+                self.supervise(shard).await;
+            }
+        }
+        self.set_state(ResizeState::Moving, started);
+        let peers = launch.peers(running.max(to));
+        // Every shard that hands slots over must reach the joining ones.
+        for ordinal in 0..running.min(to) {
+            self.tell_peers(ordinal, &peers).await;
+        }
+        let status = self.reshard(to, peers, started).await?;
+        let epoch = status.epoch.max(record.epoch);
+        launch.update(|t| {
+            t.ring_shards = to;
+            t.epoch = epoch;
+        });
+        if to < running {
+            self.set_state(ResizeState::Stopping, started);
+            self.stop_from(to).await;
+        }
+        launch.update(|t| t.peers = launch.peers(to));
+        self.set_record(ClusterRecord {
+            shards: to,
+            epoch,
+            resizing_to: None,
+        })
+        .await?;
+        Ok(epoch)
+    }
+
+    /// Offers shard `ordinal` its current ring with the longer peer list `peers` (taken: same
+    /// epoch, more peers). Best effort: a shard that is restarting gets them from its flags.
+    async fn tell_peers(&self, ordinal: u16, peers: &[String]) {
+        let Some(addr) = self.launch.peers(ordinal + 1).pop() else {
+            return;
+        };
+        let token = (
+            stead_core::protocol::PEER_TOKEN,
+            self.launch.peer_token.as_str(),
+        );
+        let slots = format!("http://{addr}/v1/admin/slots");
+        let ring = match json_call(Method::GET, &slots, token, None).await {
+            Ok(a) if a.status.is_success() => a.body.get("ring").cloned(),
+            _ => None,
+        };
+        let (Some(epoch), Some(shards)) = (
+            ring.as_ref().and_then(|r| r.get("epoch")?.as_u64()),
+            ring.as_ref().and_then(|r| r.get("shards")?.as_u64()),
+        ) else {
+            println!(
+                "stead dev: shard {ordinal} did not say its ring; it learns the peers at its restart"
+            );
+            return;
+        };
+        let body = serde_json::json!({ "epoch": epoch, "shards": shards, "peers": peers });
+        let url = format!("http://{addr}/v1/admin/ring");
+        match json_call(Method::PUT, &url, token, Some(&body)).await {
+            Ok(a) if a.status.is_success() => {}
+            Ok(a) => println!(
+                "stead dev: shard {ordinal} refused the peer list: {}",
+                a.message()
+            ),
+            Err(e) => println!("stead dev: shard {ordinal} did not take the peer list: {e}"),
+        }
+    }
+
+    fn shard0_peer(&self) -> String {
+        self.launch.peers(1).pop().unwrap_or_default()
+    }
+
+    /// `(shards, epoch)` of the ring shard 0 serves.
+    async fn current_ring(&self) -> Option<(u16, u64)> {
+        let url = format!("http://{}/v1/admin/slots", self.shard0_peer());
+        let token = (
+            stead_core::protocol::PEER_TOKEN,
+            self.launch.peer_token.as_str(),
+        );
+        let answer = json_call(Method::GET, &url, token, None).await.ok()?;
+        let ring = answer.body.get("ring")?;
+        let shards = u16::try_from(ring.get("shards")?.as_u64()?).ok()?;
+        Some((shards, ring.get("epoch")?.as_u64()?))
+    }
+
+    /// Asks shard 0 to reshard to `to` shards and follows it to the end; asks again when shard
+    /// 0 restarted and forgot it (the reshard resumes from what the shards own).
+    async fn reshard(
+        &self,
+        to: u16,
+        peers: Vec<String>,
+        started: Instant,
+    ) -> Result<ReshardStatus, DevError> {
+        let url = format!("http://{}/v1/admin/reshard", self.shard0_peer());
+        let token = (
+            stead_core::protocol::PEER_TOKEN,
+            self.launch.peer_token.as_str(),
+        );
+        let body = serde_json::json!({ "shards": to, "peers": peers });
+        let mut last_answer = Instant::now();
+        let mut ask = true;
+        let mut last_print = None::<Instant>;
+        loop {
+            let answer = if ask {
+                json_call(Method::POST, &url, token, Some(&body)).await
+            } else {
+                json_call(Method::GET, &url, token, None).await
+            };
+            let answer = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    if last_answer.elapsed() > SHARD0_PATIENCE {
+                        return Err(DevError::Reshard(format!(
+                            "shard 0's peer port has not answered for {} s: {e}",
+                            SHARD0_PATIENCE.as_secs()
+                        )));
+                    }
+                    tokio::time::sleep(RESHARD_POLL).await;
+                    continue;
+                }
+            };
+            last_answer = Instant::now();
+            if !answer.status.is_success() {
+                return Err(DevError::Reshard(format!(
+                    "{} ({})",
+                    answer.message(),
+                    answer.code().unwrap_or("no code")
+                )));
+            }
+            let status: ReshardStatus = serde_json::from_value(answer.body)
+                .map_err(|e| DevError::Reshard(format!("unexpected answer of shard 0: {e}")))?;
+            let ours = status.to == to;
+            if ours {
+                self.update_progress(|p| {
+                    p.moved = status.moved;
+                    p.total = status.total;
+                    p.objects = status.objects;
+                    p.bytes = status.bytes;
+                    p.seconds = started.elapsed().as_secs_f64();
+                });
+            }
+            match status.state.as_str() {
+                "done" if ours => return Ok(status),
+                "failed" if ours => {
+                    return Err(DevError::Reshard(
+                        status.error.unwrap_or_else(|| "no reason given".into()),
+                    ));
+                }
+                "running" if ours => {
+                    ask = false;
+                    if last_print.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        last_print = Some(Instant::now());
+                        println!("stead dev: moved {}/{} slots", status.moved, status.total);
+                    }
+                }
+                // `idle`: shard 0 restarted and forgot it; or the end of an earlier reshard.
+                _ => ask = true,
+            }
+            tokio::time::sleep(RESHARD_POLL).await;
+        }
+    }
+}
+
+/// `GET /v1/admin/reshard` of shard 0 (the contract of issue 9).
+#[derive(Debug, Clone, Deserialize)]
+struct ReshardStatus {
+    state: String,
+    #[serde(default)]
+    to: u16,
+    #[serde(default)]
+    epoch: u64,
+    #[serde(default)]
+    moved: u64,
+    #[serde(default)]
+    total: u64,
+    #[serde(default)]
+    objects: u64,
+    #[serde(default)]
+    bytes: u64,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Opens the control port on loopback and writes [`CONTROL_FILE`]; the task serves it.
+async fn start_control(cluster: &Arc<Cluster>) -> Result<tokio::task::JoinHandle<()>, DevError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let file = ControlFile {
+        addr: addr.to_string(),
+        token: cluster.control_token.clone(),
+        pid: std::process::id(),
+    };
+    let path = cluster.launch.data_dir.join(CONTROL_FILE);
+    blocking(move || {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Created afresh, so that its mode is 0600 whatever an old one had.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(&serde_json::to_vec(&file).map_err(std::io::Error::other)?)?;
+        f.sync_all()
+    })
+    .await?;
+    let router = Router::new()
+        .route(
+            RESIZE_PATH,
+            axum::routing::get(get_resize).post(post_resize),
+        )
+        .with_state(cluster.clone());
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            println!("stead dev: the control port failed: {e}");
+        }
+    }))
+}
+
+fn authorized(cluster: &Cluster, headers: &HeaderMap) -> Result<(), ApiError> {
+    use subtle::ConstantTimeEq as _;
+    let given = headers
+        .get(CONTROL_TOKEN)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if bool::from(given.ct_eq(cluster.control_token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!(
+                "the control port needs the token of {CONTROL_FILE} in the {CONTROL_TOKEN} header"
+            ),
+        ))
+    }
+}
+
+async fn get_resize(State(cluster): State<Arc<Cluster>>, headers: HeaderMap) -> Response {
+    match authorized(&cluster, &headers) {
+        Ok(()) => axum::Json(cluster.progress()).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ResizeRequest {
+    shards: u16,
+}
+
+async fn post_resize(
+    State(cluster): State<Arc<Cluster>>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    let answer = authorized(&cluster, &headers).and_then(|()| {
+        let req: ResizeRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "bad_request",
+                format!("the body must be {{\"shards\": N}}: {e}"),
+            )
+        })?;
+        cluster.begin_resize(req.shards)
+    });
+    match answer {
+        Ok(progress) => (StatusCode::ACCEPTED, axum::Json(progress)).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Restarts the shard's sidecar or app whenever it exits, until `stop` turns true; then stops
@@ -820,8 +1612,14 @@ mod tests {
             app_bin: PathBuf::new(),
             example: "counter".into(),
             sidecar_args: vec![],
-            peers: vec![],
-            peer_token: None,
+            base_port: 8787,
+            data_dir: PathBuf::new(),
+            topology: Mutex::new(Topology {
+                ring_shards: 1,
+                epoch: 1,
+                peers: vec![local(9790)],
+            }),
+            peer_token: String::new(),
         };
         // Port 0 always binds: only the app port is taken.
         let spec = ShardSpec {
@@ -848,5 +1646,173 @@ mod tests {
     fn ports_past_65535_are_refused() {
         assert_eq!(ShardPorts::of(65_000, 0), None);
         assert!(ShardPorts::of(60_000, 2).is_some());
+    }
+
+    fn scratch(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("stead-dev-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_one_shard_folder_of_an_earlier_version_moves_into_shard_0() {
+        let dir = scratch("adopt");
+        std::fs::write(dir.join("shard.sqlite"), b"index").unwrap();
+        std::fs::write(dir.join("shard.sqlite-wal"), b"wal").unwrap();
+        std::fs::create_dir_all(dir.join("slots/12/Counter")).unwrap();
+        std::fs::write(dir.join("slots/12/Counter/abc.sqlite"), b"object").unwrap();
+
+        assert!(adopt_single_layout(&dir).unwrap());
+        let shard0 = dir.join("shard-0");
+        assert_eq!(
+            std::fs::read(shard0.join("shard.sqlite")).unwrap(),
+            b"index"
+        );
+        assert_eq!(
+            std::fs::read(shard0.join("shard.sqlite-wal")).unwrap(),
+            b"wal"
+        );
+        assert_eq!(
+            std::fs::read(shard0.join("slots/12/Counter/abc.sqlite")).unwrap(),
+            b"object"
+        );
+        assert!(!dir.join("shard.sqlite").exists() && !dir.join("slots").exists());
+        // Once only: the next start finds nothing to move, and infers one shard.
+        assert!(!adopt_single_layout(&dir).unwrap());
+        assert_eq!(
+            read_record(&dir).unwrap(),
+            Some(ClusterRecord {
+                shards: 1,
+                epoch: 1,
+                resizing_to: None
+            })
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_move_cut_short_finishes_and_a_double_layout_is_refused() {
+        let dir = scratch("adopt-half");
+        // As if a start died after moving `slots` but before `shard.sqlite`.
+        std::fs::create_dir_all(dir.join("shard-0/slots")).unwrap();
+        std::fs::write(dir.join("shard.sqlite"), b"index").unwrap();
+        assert!(adopt_single_layout(&dir).unwrap());
+        assert!(dir.join("shard-0/shard.sqlite").exists());
+
+        // The same entry on both sides: which one is right is not ours to guess.
+        std::fs::write(dir.join("shard.sqlite"), b"other").unwrap();
+        let err = adopt_single_layout(&dir).unwrap_err();
+        assert!(
+            matches!(&err, DevError::LayoutConflict { entry, .. } if entry == "shard.sqlite"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(dir.join("shard.sqlite")).unwrap(), b"other");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_size_comes_from_cluster_json_else_from_the_shard_folders() {
+        let dir = scratch("record");
+        assert_eq!(read_record(&dir).unwrap(), None);
+        for i in 0..3 {
+            std::fs::create_dir_all(shard_dir(&dir, i)).unwrap();
+            std::fs::write(shard_dir(&dir, i).join("shard.sqlite"), b"").unwrap();
+        }
+        assert_eq!(read_record(&dir).unwrap().map(|r| r.shards), Some(3));
+
+        let record = ClusterRecord {
+            shards: 2,
+            epoch: 7,
+            resizing_to: Some(5),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(save_record(&dir, record)).unwrap();
+        assert_eq!(read_record(&dir).unwrap(), Some(record));
+        assert_eq!(record.running(), 5);
+
+        std::fs::write(dir.join(CLUSTER_FILE), br#"{"shards":0,"epoch":1}"#).unwrap();
+        let err = read_record(&dir).unwrap_err();
+        assert!(err.to_string().contains("shards must be 1 to 64"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_different_shards_flag_starts_the_recorded_size_then_reshards() {
+        let three = ClusterRecord {
+            shards: 3,
+            epoch: 4,
+            resizing_to: None,
+        };
+        let plan = StartPlan::of(Some(three), Some(5));
+        assert_eq!((plan.record, plan.then_resize_to), (three, Some(5)));
+        // No flag, or the same size: the recorded size, nothing else.
+        assert_eq!(StartPlan::of(Some(three), None).then_resize_to, None);
+        assert_eq!(StartPlan::of(Some(three), Some(3)).then_resize_to, None);
+        // A fresh folder starts at the flag's size.
+        let fresh = StartPlan::of(None, Some(2));
+        assert_eq!((fresh.record.shards, fresh.record.epoch), (2, 1));
+        assert_eq!(fresh.then_resize_to, None);
+        assert_eq!(StartPlan::of(None, None).record.shards, 1);
+        // A resize cut short is resumed; --shards equal to its target adds nothing.
+        let cut = ClusterRecord {
+            resizing_to: Some(5),
+            ..three
+        };
+        assert_eq!(StartPlan::of(Some(cut), Some(5)).then_resize_to, None);
+        assert_eq!(StartPlan::of(Some(cut), Some(3)).then_resize_to, Some(3));
+    }
+
+    #[test]
+    fn every_sidecar_gets_the_ring_the_peers_and_its_ordinal() {
+        let launch = Launch {
+            exe: PathBuf::from("/bin/stead"),
+            app_bin: PathBuf::new(),
+            example: "counter".into(),
+            sidecar_args: vec![],
+            base_port: 8787,
+            data_dir: PathBuf::from("/data"),
+            topology: Mutex::new(Topology {
+                ring_shards: 1,
+                epoch: 1,
+                peers: vec![],
+            }),
+            peer_token: "secret".into(),
+        };
+        launch.update(|t| t.peers = launch.peers(1));
+        let args = |launch: &Launch, i| {
+            let cmd = launch.sidecar_command(&launch.spec(i).unwrap());
+            let std = cmd.as_std();
+            let token = std
+                .get_envs()
+                .find(|(k, _)| *k == "STEAD_PEER_TOKEN")
+                .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()));
+            let args: Vec<String> = std
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            (args.join(" "), token)
+        };
+        let (one, token) = args(&launch, 0);
+        assert_eq!(token.as_deref(), Some("secret"), "also with one shard");
+        assert!(
+            one.contains("--shard-ordinal 0 --peers 127.0.0.1:9790 --ring-shards 1 --ring-epoch 1"),
+            "{one}"
+        );
+        assert!(one.contains("--data-dir /data/shard-0"), "{one}");
+        // A restart after a resize gets the new ring.
+        launch.update(|t| {
+            t.ring_shards = 3;
+            t.epoch = 2;
+            t.peers = launch.peers(3);
+        });
+        let (two, _) = args(&launch, 2);
+        assert!(
+            two.contains("--shard-ordinal 2 --peers 127.0.0.1:9790,127.0.0.1:9800,127.0.0.1:9810 --ring-shards 3 --ring-epoch 2"),
+            "{two}"
+        );
+        assert!(two.contains("--data-dir /data/shard-2"), "{two}");
     }
 }

@@ -31,6 +31,7 @@ pub mod ownership;
 pub mod peer;
 pub mod peer_admin;
 pub mod route;
+pub mod scale;
 pub mod serve;
 pub mod sidecar;
 pub mod storage;

@@ -1,6 +1,6 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use stead_sidecar::{config::SidecarConfig, dev, sidecar};
+use stead_sidecar::{config::SidecarConfig, dev, scale, sidecar};
 
 /// Stead: durable objects on your own machines.
 #[derive(Parser)]
@@ -16,6 +16,8 @@ enum Command {
     Sidecar(Box<SidecarConfig>),
     /// Run a sidecar and an example app locally, without Kubernetes.
     Dev(dev::DevArgs),
+    /// Resize the local cluster that a running `stead dev` serves (moves slots and objects).
+    Scale(scale::ScaleArgs),
 }
 
 fn init_logs(json: bool) {
@@ -71,6 +73,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => {
             init_logs(false);
             dev::run(args).await.context("stead dev failed")?;
+        }
+        Command::Scale(args) => {
+            init_logs(false);
+            scale::run(args).await.context("stead scale failed")?;
         }
     }
     Ok(())
