@@ -1119,3 +1119,260 @@ async fn the_charts_cluster_role_is_enough_for_a_reconcile() {
         "status written with the chart's permissions"
     );
 }
+
+/// A real cluster for the operator: five `stead sidecar` + counter processes on loopback whose
+/// ring starts at three shards (`--ring-shards 3`), so shard 0's real coordinator does the
+/// resharding the operator asks for. Its peer token is put in the namespace's Secret before the
+/// first reconcile (the operator keeps an existing token), so the operator authenticates to it.
+mod real {
+    use super::*;
+    use stead_e2e::cluster::{CLASS, names_by_owner};
+    use stead_e2e::{Cluster, LocalCluster};
+
+    /// How long one real resharding may take (a debug build on a busy two-core machine).
+    const RESHARD_BOUND: Duration = Duration::from_secs(150);
+    const POLL: Duration = Duration::from_millis(500);
+
+    pub async fn cluster() -> LocalCluster {
+        LocalCluster::start_with_sidecar_args(5, &["--ring-shards", "3"])
+            .await
+            .unwrap_or_else(|e| {
+                panic!("start 5 sidecars (build them first: cargo build -p stead-sidecar -p counter --bins): {e:#}")
+            })
+    }
+
+    /// The Secret `{name}-peer-token` holding `token`, made before the operator makes its own.
+    pub async fn peer_token_secret(client: &Client, ns: &str, name: &str, token: &str) {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}-peer-token")),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                "token".to_owned(),
+                k8s_openapi::ByteString(token.as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("create the peer-token Secret");
+    }
+
+    pub async fn secret_token(client: &Client, ns: &str, name: &str) -> String {
+        let secret: Secret = Api::namespaced(client.clone(), ns)
+            .get(&format!("{name}-peer-token"))
+            .await
+            .expect("token secret");
+        secret
+            .data
+            .and_then(|d| d.get("token").cloned())
+            .map(|t| String::from_utf8(t.0).expect("utf8"))
+            .expect("token")
+    }
+
+    /// Two counter names per shard of the 5-shard ring: those of shards 3 and 4 live in slots
+    /// that a 3→5 resharding moves, and move back in 5→3.
+    pub fn names() -> Vec<String> {
+        names_by_owner("envtest", 2, 4096, 5).concat()
+    }
+
+    /// Increments the `k`-th name `k + 1` times, through the entries in turn.
+    pub async fn write_counters(c: &LocalCluster, names: &[String]) {
+        let client = stead_e2e::Client::new();
+        let entries = c.entries();
+        for (k, name) in names.iter().enumerate() {
+            for i in 0..=k {
+                let url = format!(
+                    "{}/objects/{CLASS}/name/{name}/increment",
+                    entries[(k + i) % entries.len()]
+                );
+                let r = client.post(&url, "").await.expect("increment");
+                assert_eq!(r.status, 200, "{url}: {}", r.body);
+                assert_eq!(r.number(), Some(i as u64 + 1), "{url}: {}", r.body);
+            }
+        }
+    }
+
+    /// Every counter's value, read through shard 0's entry (503 with Retry-After retried).
+    pub async fn read_counters(c: &LocalCluster, names: &[String]) -> Vec<u64> {
+        let client = stead_e2e::Client::new();
+        let entry = c.entries()[0].clone();
+        let mut out = Vec::new();
+        for name in names {
+            let url = format!("{entry}/objects/{CLASS}/name/{name}/value");
+            let mut tries = 0;
+            let r = loop {
+                let r = client.get(&url).await.expect("read a counter");
+                tries += 1;
+                if !(r.is_unavailable() && tries < 50) {
+                    break r;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(r.status, 200, "{url}: {}", r.body);
+            out.push(r.number().unwrap_or_else(|| panic!("{url}: {}", r.body)));
+        }
+        out
+    }
+
+    /// What each shard owns, checked against the ring of `shards` shards: every slot of that
+    /// ring's shard `i` is owned by real shard `i`, and shards beyond it own nothing.
+    pub async fn assert_owned_per_ring(c: &LocalCluster, shards: u32, epoch: u64) {
+        let ring = stead_core::Ring::new(epoch, 4096, shards);
+        for i in 0..c.shard_count() {
+            let view = stead_e2e::reshard::owned_slots(c, i)
+                .await
+                .unwrap_or_else(|e| panic!("slots of shard {i}: {e:#}"));
+            let mut owned: Vec<u64> = view["owned"]
+                .as_array()
+                .expect("owned")
+                .iter()
+                .map(|s| s.as_u64().expect("slot number"))
+                .collect();
+            owned.sort_unstable();
+            let want: Vec<u64> = ring.slots_of(i as u32).map(|s| u64::from(s.0)).collect();
+            assert_eq!(
+                owned.len(),
+                want.len(),
+                "shard {i} owns {} slots, the {shards}-shard ring gives it {}",
+                owned.len(),
+                want.len()
+            );
+            assert!(owned == want, "shard {i}'s slots differ from the ring's");
+            assert_eq!(
+                view["moving"].as_array().map_or(0, Vec::len),
+                0,
+                "shard {i} still moves slots: {view}"
+            );
+            assert_eq!(
+                (&view["ring"]["shards"], &view["ring"]["epoch"]),
+                (&json!(shards), &json!(epoch)),
+                "shard {i} was told the new ring: {view}"
+            );
+        }
+    }
+
+    /// Reconciles (pausing between) until the Resharding condition is False again, at most
+    /// [`RESHARD_BOUND`]; returns every distinct observation on the way, in order.
+    pub async fn reconcile_until_settled(
+        api: &Api<DurableNamespace>,
+        client: &Client,
+        ns: &str,
+        ctx: &Arc<Context>,
+    ) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + RESHARD_BOUND;
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let result = reconcile(api, "counter", ctx).await;
+            let now = observe(client, ns, "counter").await;
+            if seen.last() != Some(&now) {
+                eprintln!("reconcile: {now} ({result})");
+                seen.push(now.clone());
+            }
+            if now.contains("Resharding=False") {
+                return seen;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the resharding did not finish within {RESHARD_BOUND:?}: {seen:#?}; coordinator: {:?}",
+                api.get("counter").await.ok().and_then(|d| d.status)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_operator_reshards_real_sidecars_3_to_5_and_back_to_3() {
+    use stead_e2e::Cluster as _;
+    let plane = plane!("the_operator_reshards_real_sidecars_3_to_5_and_back_to_3");
+    let (client, ns) = setup("reshard-real-sidecars", plane).await;
+    let cluster = real::cluster().await;
+    let token = cluster.peer_token().expect("the cluster's peer token");
+    real::peer_token_secret(&client, &ns, "counter", &token).await;
+    let shard0 = cluster.peer_url(0);
+    let ctx = operator(&client, shard0.trim_start_matches("http://"));
+
+    let api: Api<DurableNamespace> = Api::namespaced(client.clone(), &ns);
+    create(&api, &counter("counter", 3)).await;
+    reconcile(&api, "counter", &ctx).await;
+    pods_ready(&client, &ns, "counter", 3).await;
+    reconcile(&api, "counter", &ctx).await;
+    assert_eq!(
+        observe(&client, &ns, "counter").await,
+        "replicas=3 ring=3@1/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady"
+    );
+    assert_eq!(
+        real::secret_token(&client, &ns, "counter").await,
+        token,
+        "the operator kept the Secret's token"
+    );
+    real::assert_owned_per_ring(&cluster, 3, 1).await;
+    let names = real::names();
+    real::write_counters(&cluster, &names).await;
+    let written: Vec<u64> = (1..=names.len() as u64).collect();
+    assert_eq!(real::read_counters(&cluster, &names).await, written);
+
+    // Grow: the pods first, then the real coordinator moves slots, then the ring is published.
+    set_shards(&api, "counter", 5).await;
+    reconcile(&api, "counter", &ctx).await;
+    assert_eq!(
+        observe(&client, &ns, "counter").await,
+        "replicas=5 ring=3@1/moving 0 Resharding=True:WaitingForShards Ready=False:ShardsNotReady"
+    );
+    pods_ready(&client, &ns, "counter", 5).await;
+    let seen = real::reconcile_until_settled(&api, &client, &ns, &ctx).await;
+    assert!(
+        seen.iter()
+            .all(|s| s.starts_with("replicas=5 ring=3@1/") || s == seen.last().unwrap()),
+        "the old ring stands, with 5 pods, until the end: {seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.contains("Resharding=True:MovingSlots")),
+        "the operator followed the coordinator: {seen:#?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("replicas=5 ring=5@2/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady")
+    );
+    let status = api
+        .get("counter")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(status.reshard, None);
+    assert_eq!(
+        status.condition("Degraded").expect("Degraded").status,
+        "False"
+    );
+    real::assert_owned_per_ring(&cluster, 5, 2).await;
+    assert_eq!(
+        real::read_counters(&cluster, &names).await,
+        written,
+        "the counters kept their values through 3→5"
+    );
+
+    // Shrink: slots move off shards 3 and 4 while all 5 run; only then do the pods go to 3.
+    set_shards(&api, "counter", 3).await;
+    let seen = real::reconcile_until_settled(&api, &client, &ns, &ctx).await;
+    assert!(
+        seen.iter()
+            .all(|s| s.starts_with("replicas=5 ring=5@2/") || s == seen.last().unwrap()),
+        "5 pods run until the ring has 3 shards: {seen:#?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("replicas=3 ring=3@3/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady")
+    );
+    real::assert_owned_per_ring(&cluster, 3, 3).await;
+    assert_eq!(
+        real::read_counters(&cluster, &names).await,
+        written,
+        "the counters kept their values through 5→3"
+    );
+}
