@@ -1129,12 +1129,16 @@ mod real {
     use stead_e2e::cluster::{CLASS, names_by_owner};
     use stead_e2e::{Cluster, LocalCluster};
 
+    /// Slots of the namespace and of the sidecars: fewer than the default 4096, so that the
+    /// real coordinator moves a few hundred slots and a resharding takes seconds, not a minute.
+    pub const SLOTS: u32 = 256;
+    const SLOTS_ARG: &str = "256";
     /// How long one real resharding may take (a debug build on a busy two-core machine).
     const RESHARD_BOUND: Duration = Duration::from_secs(150);
     const POLL: Duration = Duration::from_millis(500);
 
     pub async fn cluster() -> LocalCluster {
-        LocalCluster::start_with_sidecar_args(5, &["--ring-shards", "3"])
+        LocalCluster::start_with_sidecar_args(5, &["--ring-shards", "3", "--slots", SLOTS_ARG])
             .await
             .unwrap_or_else(|e| {
                 panic!("start 5 sidecars (build them first: cargo build -p stead-sidecar -p counter --bins): {e:#}")
@@ -1176,7 +1180,7 @@ mod real {
     /// Two counter names per shard of the 5-shard ring: those of shards 3 and 4 live in slots
     /// that a 3→5 resharding moves, and move back in 5→3.
     pub fn names() -> Vec<String> {
-        names_by_owner("envtest", 2, 4096, 5).concat()
+        names_by_owner("envtest", 2, SLOTS, 5).concat()
     }
 
     /// Increments the `k`-th name `k + 1` times, through the entries in turn.
@@ -1221,7 +1225,7 @@ mod real {
     /// What each shard owns, checked against the ring of `shards` shards: every slot of that
     /// ring's shard `i` is owned by real shard `i`, and shards beyond it own nothing.
     pub async fn assert_owned_per_ring(c: &LocalCluster, shards: u32, epoch: u64) {
-        let ring = stead_core::Ring::new(epoch, 4096, shards);
+        let ring = stead_core::Ring::new(epoch, SLOTS, shards);
         for i in 0..c.shard_count() {
             let view = stead_e2e::reshard::owned_slots(c, i)
                 .await
@@ -1297,7 +1301,9 @@ async fn the_operator_reshards_real_sidecars_3_to_5_and_back_to_3() {
     let ctx = operator(&client, shard0.trim_start_matches("http://"));
 
     let api: Api<DurableNamespace> = Api::namespaced(client.clone(), &ns);
-    create(&api, &counter("counter", 3)).await;
+    let mut dn = counter("counter", 3);
+    dn.spec.slots = real::SLOTS as i32;
+    create(&api, &dn).await;
     reconcile(&api, "counter", &ctx).await;
     pods_ready(&client, &ns, "counter", 3).await;
     reconcile(&api, "counter", &ctx).await;
