@@ -1259,16 +1259,77 @@ mod real {
         }
     }
 
+    /// The real cluster, and the namespace `counter` at 3 shards over it, reconciled and ready,
+    /// with the operator that reaches shard 0's real coordinator; counters written and read back.
+    pub async fn running(
+        client: &Client,
+        ns: &str,
+    ) -> (
+        LocalCluster,
+        Api<DurableNamespace>,
+        Arc<Context>,
+        Vec<String>,
+        Vec<u64>,
+    ) {
+        use stead_e2e::Cluster as _;
+        let cluster = cluster().await;
+        let token = cluster.peer_token().expect("the cluster's peer token");
+        peer_token_secret(client, ns, "counter", &token).await;
+        let ctx = operator(client, &shard0_addr(&cluster));
+
+        let api: Api<DurableNamespace> = Api::namespaced(client.clone(), ns);
+        let mut dn = counter("counter", 3);
+        dn.spec.slots = SLOTS as i32;
+        create(&api, &dn).await;
+        reconcile(&api, "counter", &ctx).await;
+        pods_ready(client, ns, "counter", 3).await;
+        reconcile(&api, "counter", &ctx).await;
+        assert_eq!(
+            observe(client, ns, "counter").await,
+            "replicas=3 ring=3@1/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady"
+        );
+        assert_eq!(
+            secret_token(client, ns, "counter").await,
+            token,
+            "the operator kept the Secret's token"
+        );
+        assert_owned_per_ring(&cluster, 3, 1).await;
+        let names = names();
+        write_counters(&cluster, &names).await;
+        let written: Vec<u64> = (1..=names.len() as u64).collect();
+        assert_eq!(read_counters(&cluster, &names).await, written);
+        (cluster, api, ctx, names, written)
+    }
+
+    /// `host:port` of shard 0's peer port: the operator's `coordinator_addr`.
+    pub fn shard0_addr(c: &LocalCluster) -> String {
+        c.peer_url(0).trim_start_matches("http://").to_owned()
+    }
+
+    /// Shard 0's coordinator state (`GET /v1/admin/reshard`), asked directly.
+    pub async fn coordinator_state(c: &LocalCluster) -> serde_json::Value {
+        let token = c.peer_token().expect("token");
+        let url = format!("{}/v1/admin/reshard", c.peer_url(0));
+        let r = stead_e2e::Client::new()
+            .send("GET", &url, &[("stead-peer-token", token.as_str())], "")
+            .await
+            .expect("ask shard 0");
+        assert_eq!(r.status, 200, "{url}: {}", r.body);
+        r.json().expect("progress is JSON")
+    }
+
     /// Reconciles (pausing between) until the Resharding condition is False again, at most
-    /// [`RESHARD_BOUND`]; returns every distinct observation on the way, in order.
+    /// [`RESHARD_BOUND`]; returns every distinct observation on the way, in order, and every
+    /// distinct message of the Resharding condition.
     pub async fn reconcile_until_settled(
         api: &Api<DurableNamespace>,
         client: &Client,
         ns: &str,
         ctx: &Arc<Context>,
-    ) -> Vec<String> {
+    ) -> (Vec<String>, Vec<String>) {
         let deadline = tokio::time::Instant::now() + RESHARD_BOUND;
         let mut seen: Vec<String> = Vec::new();
+        let mut messages: Vec<String> = Vec::new();
         loop {
             let result = reconcile(api, "counter", ctx).await;
             let now = observe(client, ns, "counter").await;
@@ -1276,8 +1337,18 @@ mod real {
                 eprintln!("reconcile: {now} ({result})");
                 seen.push(now.clone());
             }
+            let message = api
+                .get("counter")
+                .await
+                .expect("get")
+                .status
+                .and_then(|s| s.condition("Resharding").map(|c| c.message.clone()))
+                .unwrap_or_default();
+            if !messages.contains(&message) {
+                messages.push(message);
+            }
             if now.contains("Resharding=False") {
-                return seen;
+                return (seen, messages);
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -1291,36 +1362,9 @@ mod real {
 
 #[tokio::test]
 async fn the_operator_reshards_real_sidecars_3_to_5_and_back_to_3() {
-    use stead_e2e::Cluster as _;
     let plane = plane!("the_operator_reshards_real_sidecars_3_to_5_and_back_to_3");
     let (client, ns) = setup("reshard-real-sidecars", plane).await;
-    let cluster = real::cluster().await;
-    let token = cluster.peer_token().expect("the cluster's peer token");
-    real::peer_token_secret(&client, &ns, "counter", &token).await;
-    let shard0 = cluster.peer_url(0);
-    let ctx = operator(&client, shard0.trim_start_matches("http://"));
-
-    let api: Api<DurableNamespace> = Api::namespaced(client.clone(), &ns);
-    let mut dn = counter("counter", 3);
-    dn.spec.slots = real::SLOTS as i32;
-    create(&api, &dn).await;
-    reconcile(&api, "counter", &ctx).await;
-    pods_ready(&client, &ns, "counter", 3).await;
-    reconcile(&api, "counter", &ctx).await;
-    assert_eq!(
-        observe(&client, &ns, "counter").await,
-        "replicas=3 ring=3@1/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady"
-    );
-    assert_eq!(
-        real::secret_token(&client, &ns, "counter").await,
-        token,
-        "the operator kept the Secret's token"
-    );
-    real::assert_owned_per_ring(&cluster, 3, 1).await;
-    let names = real::names();
-    real::write_counters(&cluster, &names).await;
-    let written: Vec<u64> = (1..=names.len() as u64).collect();
-    assert_eq!(real::read_counters(&cluster, &names).await, written);
+    let (cluster, api, ctx, names, written) = real::running(&client, &ns).await;
 
     // Grow: the pods first, then the real coordinator moves slots, then the ring is published.
     set_shards(&api, "counter", 5).await;
@@ -1330,7 +1374,7 @@ async fn the_operator_reshards_real_sidecars_3_to_5_and_back_to_3() {
         "replicas=5 ring=3@1/moving 0 Resharding=True:WaitingForShards Ready=False:ShardsNotReady"
     );
     pods_ready(&client, &ns, "counter", 5).await;
-    let seen = real::reconcile_until_settled(&api, &client, &ns, &ctx).await;
+    let (seen, _) = real::reconcile_until_settled(&api, &client, &ns, &ctx).await;
     assert!(
         seen.iter()
             .all(|s| s.starts_with("replicas=5 ring=3@1/") || s == seen.last().unwrap()),
@@ -1365,7 +1409,7 @@ async fn the_operator_reshards_real_sidecars_3_to_5_and_back_to_3() {
 
     // Shrink: slots move off shards 3 and 4 while all 5 run; only then do the pods go to 3.
     set_shards(&api, "counter", 3).await;
-    let seen = real::reconcile_until_settled(&api, &client, &ns, &ctx).await;
+    let (seen, _) = real::reconcile_until_settled(&api, &client, &ns, &ctx).await;
     assert!(
         seen.iter()
             .all(|s| s.starts_with("replicas=5 ring=5@2/") || s == seen.last().unwrap()),
@@ -1380,5 +1424,73 @@ async fn the_operator_reshards_real_sidecars_3_to_5_and_back_to_3() {
         real::read_counters(&cluster, &names).await,
         written,
         "the counters kept their values through 5→3"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_real_shard_0_and_a_new_operator_finish_the_resharding() {
+    use stead_e2e::Cluster as _;
+    let plane = plane!("a_restarted_real_shard_0_and_a_new_operator_finish_the_resharding");
+    let (client, ns) = setup("reshard-real-restart", plane).await;
+    let (cluster, api, first, names, written) = real::running(&client, &ns).await;
+
+    set_shards(&api, "counter", 5).await;
+    reconcile(&api, "counter", &first).await;
+    pods_ready(&client, &ns, "counter", 5).await;
+    reconcile(&api, "counter", &first).await; // 3→5 starts
+    drop(first); // the operator goes away: what it knew is in the status
+    let before = real::coordinator_state(&cluster).await;
+    assert_eq!(before["state"], "running", "{before}");
+    cluster.restart(0).await.expect("restart shard 0");
+    let after = real::coordinator_state(&cluster).await;
+    assert_eq!(
+        after["state"], "idle",
+        "a restarted coordinator forgot: {after}"
+    );
+
+    let second = operator(&client, &real::shard0_addr(&cluster));
+    let (seen, _) = real::reconcile_until_settled(&api, &client, &ns, &second).await;
+    // The restarted coordinator was idle: only the new operator's POST (same target) resumed it.
+    let metrics = second.metrics.encode();
+    for line in [
+        r#"stead_operator_reshards_total{event="resumed"} 1"#,
+        r#"stead_operator_reshards_total{event="done"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains(r#"event="started""#),
+        "the new operator resumed, it did not start another: {metrics}"
+    );
+    let now = real::coordinator_state(&cluster).await;
+    assert_eq!(
+        (&now["state"], &now["to"]),
+        (&json!("done"), &json!(5)),
+        "{now}"
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.starts_with("replicas=5 ring=3@1/") || s == seen.last().unwrap()),
+        "the old ring stands until the end: {seen:#?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("replicas=5 ring=5@2/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady")
+    );
+    let status = api
+        .get("counter")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(
+        status.condition("Degraded").expect("Degraded").status,
+        "False"
+    );
+    real::assert_owned_per_ring(&cluster, 5, 2).await;
+    assert_eq!(
+        real::read_counters(&cluster, &names).await,
+        written,
+        "the counters kept their values through the restart"
     );
 }
