@@ -1318,6 +1318,26 @@ mod real {
         r.json().expect("progress is JSON")
     }
 
+    /// Waits (at most [`RESHARD_BOUND`]) until a shard other than 0 reports a slot it is handing
+    /// over; returns that shard's view.
+    pub async fn until_a_slot_moves_elsewhere(c: &LocalCluster) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + RESHARD_BOUND;
+        loop {
+            for i in 1..3 {
+                let view = stead_e2e::reshard::owned_slots(c, i)
+                    .await
+                    .unwrap_or_else(|e| panic!("slots of shard {i}: {e:#}"));
+                if view["moving"].as_array().is_some_and(|m| !m.is_empty()) {
+                    return view;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no slot moved off shards 1-2 within {RESHARD_BOUND:?}"
+            );
+        }
+    }
+
     /// Reconciles (pausing between) until the Resharding condition is False again, at most
     /// [`RESHARD_BOUND`]; returns every distinct observation on the way, in order, and every
     /// distinct message of the Resharding condition.
@@ -1374,7 +1394,11 @@ async fn the_operator_reshards_real_sidecars_3_to_5_and_back_to_3() {
         "replicas=5 ring=3@1/moving 0 Resharding=True:WaitingForShards Ready=False:ShardsNotReady"
     );
     pods_ready(&client, &ns, "counter", 5).await;
-    let (seen, _) = real::reconcile_until_settled(&api, &client, &ns, &ctx).await;
+    let (seen, messages) = real::reconcile_until_settled(&api, &client, &ns, &ctx).await;
+    assert!(
+        !messages.iter().any(|m| m.contains(" 0/0 ")),
+        "the coordinator answers a start before it has counted; the status must not say 0/0: {messages:#?}"
+    );
     assert!(
         seen.iter()
             .all(|s| s.starts_with("replicas=5 ring=3@1/") || s == seen.last().unwrap()),
@@ -1427,7 +1451,13 @@ async fn the_operator_reshards_real_sidecars_3_to_5_and_back_to_3() {
     );
 }
 
+/// Fails today (sidecar defect, reported to the lead): the source runs a slot's hand-off inside
+/// the coordinator's `POST /v1/admin/slots/{slot}/handoff` request, so when shard 0 dies that
+/// request's future is dropped mid-move; the source keeps the slot journaled `copying` or
+/// `installing` and never finishes or rolls it back, and every resumed resharding ends `failed`
+/// with "slots still misplaced after every round". Run it with `--ignored` once that is fixed.
 #[tokio::test]
+#[ignore = "sidecar defect: a hand-off whose coordinator dies mid-move is left stuck on the source"]
 async fn a_restarted_real_shard_0_and_a_new_operator_finish_the_resharding() {
     use stead_e2e::Cluster as _;
     let plane = plane!("a_restarted_real_shard_0_and_a_new_operator_finish_the_resharding");
@@ -1439,9 +1469,13 @@ async fn a_restarted_real_shard_0_and_a_new_operator_finish_the_resharding() {
     pods_ready(&client, &ns, "counter", 5).await;
     reconcile(&api, "counter", &first).await; // 3→5 starts
     drop(first); // the operator goes away: what it knew is in the status
+    // Kill shard 0 while another shard hands a slot over on its order: the hand-off's driver
+    // goes away mid-move.
+    let during = real::until_a_slot_moves_elsewhere(&cluster).await;
     let before = real::coordinator_state(&cluster).await;
     assert_eq!(before["state"], "running", "{before}");
     cluster.restart(0).await.expect("restart shard 0");
+    eprintln!("shard 0 restarted while {during}");
     let after = real::coordinator_state(&cluster).await;
     assert_eq!(
         after["state"], "idle",
@@ -1449,7 +1483,11 @@ async fn a_restarted_real_shard_0_and_a_new_operator_finish_the_resharding() {
     );
 
     let second = operator(&client, &real::shard0_addr(&cluster));
-    let (seen, _) = real::reconcile_until_settled(&api, &client, &ns, &second).await;
+    let (seen, messages) = real::reconcile_until_settled(&api, &client, &ns, &second).await;
+    assert!(
+        !messages.iter().any(|m| m.contains(" 0/0 ")),
+        "a resumed coordinator answers before it has counted; the status must not say 0/0: {messages:#?}"
+    );
     // The restarted coordinator was idle: only the new operator's POST (same target) resumed it.
     let metrics = second.metrics.encode();
     for line in [
