@@ -212,6 +212,15 @@ pub fn follow(
                 format!("resharding {}→{}: starting", r.from, r.to),
             )
         },
+        // The coordinator answers a start (or resume) before it has counted the slots to move
+        // (`total` 0): keep what the status knew, and say so, rather than "moved 0/0 slots".
+        ReshardState::Running if p.total == 0 => running(
+            reason::MOVING_SLOTS,
+            format!(
+                "resharding {}→{}: shard 0 is counting the slots to move",
+                r.from, r.to
+            ),
+        ),
         ReshardState::Running => {
             let now = ReshardStatus {
                 from: r.from,
@@ -419,6 +428,29 @@ mod tests {
             })
         );
         assert_eq!(o.ring, None, "the ring changes only when done");
+    }
+
+    #[test]
+    fn a_coordinator_that_has_not_counted_yet_keeps_the_known_progress() {
+        // A restarted coordinator asked again answers before it has counted what is left.
+        let before = ReshardStatus {
+            from: 3,
+            to: 5,
+            moved: 45,
+            total: 98,
+        };
+        let o = follow(
+            &before,
+            Ok(&progress(ReshardState::Running, 5, 0, 0)),
+            false,
+        );
+        assert_eq!(o.condition.1, reason::MOVING_SLOTS);
+        assert_eq!(
+            o.condition.2,
+            "resharding 3→5: shard 0 is counting the slots to move"
+        );
+        assert_eq!(o.reshard, Some(before), "the last known progress stands");
+        assert_eq!(o.ring, None);
     }
 
     #[test]

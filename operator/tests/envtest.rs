@@ -1119,3 +1119,416 @@ async fn the_charts_cluster_role_is_enough_for_a_reconcile() {
         "status written with the chart's permissions"
     );
 }
+
+/// A real cluster for the operator: five `stead sidecar` + counter processes on loopback whose
+/// ring starts at three shards (`--ring-shards 3`), so shard 0's real coordinator does the
+/// resharding the operator asks for. Its peer token is put in the namespace's Secret before the
+/// first reconcile (the operator keeps an existing token), so the operator authenticates to it.
+mod real {
+    use super::*;
+    use stead_e2e::cluster::{CLASS, names_by_owner};
+    use stead_e2e::{Cluster, LocalCluster};
+
+    /// Slots of the namespace and of the sidecars: fewer than the default 4096, so that the
+    /// real coordinator moves a few hundred slots and a resharding takes seconds, not a minute.
+    pub const SLOTS: u32 = 256;
+    const SLOTS_ARG: &str = "256";
+    /// How long one real resharding may take (a debug build on a busy two-core machine).
+    const RESHARD_BOUND: Duration = Duration::from_secs(150);
+    const POLL: Duration = Duration::from_millis(500);
+
+    pub async fn cluster() -> LocalCluster {
+        LocalCluster::start_with_sidecar_args(5, &["--ring-shards", "3", "--slots", SLOTS_ARG])
+            .await
+            .unwrap_or_else(|e| {
+                panic!("start 5 sidecars (build them first: cargo build -p stead-sidecar -p counter --bins): {e:#}")
+            })
+    }
+
+    /// The Secret `{name}-peer-token` holding `token`, made before the operator makes its own.
+    pub async fn peer_token_secret(client: &Client, ns: &str, name: &str, token: &str) {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(format!("{name}-peer-token")),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                "token".to_owned(),
+                k8s_openapi::ByteString(token.as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("create the peer-token Secret");
+    }
+
+    pub async fn secret_token(client: &Client, ns: &str, name: &str) -> String {
+        let secret: Secret = Api::namespaced(client.clone(), ns)
+            .get(&format!("{name}-peer-token"))
+            .await
+            .expect("token secret");
+        secret
+            .data
+            .and_then(|d| d.get("token").cloned())
+            .map(|t| String::from_utf8(t.0).expect("utf8"))
+            .expect("token")
+    }
+
+    /// Two counter names per shard of the 5-shard ring: those of shards 3 and 4 live in slots
+    /// that a 3→5 resharding moves, and move back in 5→3.
+    pub fn names() -> Vec<String> {
+        names_by_owner("envtest", 2, SLOTS, 5).concat()
+    }
+
+    /// Increments the `k`-th name `k + 1` times, through the entries in turn.
+    pub async fn write_counters(c: &LocalCluster, names: &[String]) {
+        let client = stead_e2e::Client::new();
+        let entries = c.entries();
+        for (k, name) in names.iter().enumerate() {
+            for i in 0..=k {
+                let url = format!(
+                    "{}/objects/{CLASS}/name/{name}/increment",
+                    entries[(k + i) % entries.len()]
+                );
+                let r = client.post(&url, "").await.expect("increment");
+                assert_eq!(r.status, 200, "{url}: {}", r.body);
+                assert_eq!(r.number(), Some(i as u64 + 1), "{url}: {}", r.body);
+            }
+        }
+    }
+
+    /// Every counter's value, read through shard 0's entry (503 with Retry-After retried).
+    pub async fn read_counters(c: &LocalCluster, names: &[String]) -> Vec<u64> {
+        let client = stead_e2e::Client::new();
+        let entry = c.entries()[0].clone();
+        let mut out = Vec::new();
+        for name in names {
+            let url = format!("{entry}/objects/{CLASS}/name/{name}/value");
+            let mut tries = 0;
+            let r = loop {
+                let r = client.get(&url).await.expect("read a counter");
+                tries += 1;
+                if !(r.is_unavailable() && tries < 50) {
+                    break r;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(r.status, 200, "{url}: {}", r.body);
+            out.push(r.number().unwrap_or_else(|| panic!("{url}: {}", r.body)));
+        }
+        out
+    }
+
+    /// What each shard owns, checked against the ring of `shards` shards: every slot of that
+    /// ring's shard `i` is owned by real shard `i`, and shards beyond it own nothing.
+    pub async fn assert_owned_per_ring(c: &LocalCluster, shards: u32, epoch: u64) {
+        let ring = stead_core::Ring::new(epoch, SLOTS, shards);
+        for i in 0..c.shard_count() {
+            let view = stead_e2e::reshard::owned_slots(c, i)
+                .await
+                .unwrap_or_else(|e| panic!("slots of shard {i}: {e:#}"));
+            let mut owned: Vec<u64> = view["owned"]
+                .as_array()
+                .expect("owned")
+                .iter()
+                .map(|s| s.as_u64().expect("slot number"))
+                .collect();
+            owned.sort_unstable();
+            let want: Vec<u64> = ring.slots_of(i as u32).map(|s| u64::from(s.0)).collect();
+            assert_eq!(
+                owned.len(),
+                want.len(),
+                "shard {i} owns {} slots, the {shards}-shard ring gives it {}",
+                owned.len(),
+                want.len()
+            );
+            assert!(owned == want, "shard {i}'s slots differ from the ring's");
+            assert_eq!(
+                view["moving"].as_array().map_or(0, Vec::len),
+                0,
+                "shard {i} still moves slots: {view}"
+            );
+            assert_eq!(
+                (&view["ring"]["shards"], &view["ring"]["epoch"]),
+                (&json!(shards), &json!(epoch)),
+                "shard {i} was told the new ring: {view}"
+            );
+        }
+    }
+
+    /// The real cluster, and the namespace `counter` at 3 shards over it, reconciled and ready,
+    /// with the operator that reaches shard 0's real coordinator; counters written and read back.
+    pub async fn running(
+        client: &Client,
+        ns: &str,
+    ) -> (
+        LocalCluster,
+        Api<DurableNamespace>,
+        Arc<Context>,
+        Vec<String>,
+        Vec<u64>,
+    ) {
+        use stead_e2e::Cluster as _;
+        let cluster = cluster().await;
+        let token = cluster.peer_token().expect("the cluster's peer token");
+        peer_token_secret(client, ns, "counter", &token).await;
+        let ctx = operator(client, &shard0_addr(&cluster));
+
+        let api: Api<DurableNamespace> = Api::namespaced(client.clone(), ns);
+        let mut dn = counter("counter", 3);
+        dn.spec.slots = SLOTS as i32;
+        create(&api, &dn).await;
+        reconcile(&api, "counter", &ctx).await;
+        pods_ready(client, ns, "counter", 3).await;
+        reconcile(&api, "counter", &ctx).await;
+        assert_eq!(
+            observe(client, ns, "counter").await,
+            "replicas=3 ring=3@1/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady"
+        );
+        assert_eq!(
+            secret_token(client, ns, "counter").await,
+            token,
+            "the operator kept the Secret's token"
+        );
+        assert_owned_per_ring(&cluster, 3, 1).await;
+        let names = names();
+        write_counters(&cluster, &names).await;
+        let written: Vec<u64> = (1..=names.len() as u64).collect();
+        assert_eq!(read_counters(&cluster, &names).await, written);
+        (cluster, api, ctx, names, written)
+    }
+
+    /// `host:port` of shard 0's peer port: the operator's `coordinator_addr`.
+    pub fn shard0_addr(c: &LocalCluster) -> String {
+        c.peer_url(0).trim_start_matches("http://").to_owned()
+    }
+
+    /// Shard 0's coordinator state (`GET /v1/admin/reshard`), asked directly.
+    pub async fn coordinator_state(c: &LocalCluster) -> serde_json::Value {
+        let token = c.peer_token().expect("token");
+        let url = format!("{}/v1/admin/reshard", c.peer_url(0));
+        let r = stead_e2e::Client::new()
+            .send("GET", &url, &[("stead-peer-token", token.as_str())], "")
+            .await
+            .expect("ask shard 0");
+        assert_eq!(r.status, 200, "{url}: {}", r.body);
+        r.json().expect("progress is JSON")
+    }
+
+    /// Waits (at most [`RESHARD_BOUND`]) until a shard other than 0 reports a slot it is handing
+    /// over; returns that shard's view.
+    pub async fn until_a_slot_moves_elsewhere(c: &LocalCluster) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + RESHARD_BOUND;
+        loop {
+            for i in 1..3 {
+                let view = stead_e2e::reshard::owned_slots(c, i)
+                    .await
+                    .unwrap_or_else(|e| panic!("slots of shard {i}: {e:#}"));
+                if view["moving"].as_array().is_some_and(|m| !m.is_empty()) {
+                    return view;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no slot moved off shards 1-2 within {RESHARD_BOUND:?}"
+            );
+        }
+    }
+
+    /// Reconciles (pausing between) until the Resharding condition is False again, at most
+    /// [`RESHARD_BOUND`]; returns every distinct observation on the way, in order, and every
+    /// distinct message of the Resharding condition.
+    pub async fn reconcile_until_settled(
+        api: &Api<DurableNamespace>,
+        client: &Client,
+        ns: &str,
+        ctx: &Arc<Context>,
+    ) -> (Vec<String>, Vec<String>) {
+        let deadline = tokio::time::Instant::now() + RESHARD_BOUND;
+        let mut seen: Vec<String> = Vec::new();
+        let mut messages: Vec<String> = Vec::new();
+        loop {
+            let result = reconcile(api, "counter", ctx).await;
+            let now = observe(client, ns, "counter").await;
+            if seen.last() != Some(&now) {
+                eprintln!("reconcile: {now} ({result})");
+                seen.push(now.clone());
+            }
+            let message = api
+                .get("counter")
+                .await
+                .expect("get")
+                .status
+                .and_then(|s| s.condition("Resharding").map(|c| c.message.clone()))
+                .unwrap_or_default();
+            if !messages.contains(&message) {
+                messages.push(message);
+            }
+            if now.contains("Resharding=False") {
+                return (seen, messages);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the resharding did not finish within {RESHARD_BOUND:?}: {seen:#?}; coordinator: {:?}",
+                api.get("counter").await.ok().and_then(|d| d.status)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_operator_reshards_real_sidecars_3_to_5_and_back_to_3() {
+    let plane = plane!("the_operator_reshards_real_sidecars_3_to_5_and_back_to_3");
+    let (client, ns) = setup("reshard-real-sidecars", plane).await;
+    let (cluster, api, ctx, names, written) = real::running(&client, &ns).await;
+
+    // Grow: the pods first, then the real coordinator moves slots, then the ring is published.
+    set_shards(&api, "counter", 5).await;
+    reconcile(&api, "counter", &ctx).await;
+    assert_eq!(
+        observe(&client, &ns, "counter").await,
+        "replicas=5 ring=3@1/moving 0 Resharding=True:WaitingForShards Ready=False:ShardsNotReady"
+    );
+    pods_ready(&client, &ns, "counter", 5).await;
+    let (seen, messages) = real::reconcile_until_settled(&api, &client, &ns, &ctx).await;
+    assert!(
+        !messages.iter().any(|m| m.contains(" 0/0 ")),
+        "the coordinator answers a start before it has counted; the status must not say 0/0: {messages:#?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.starts_with("replicas=5 ring=3@1/") || s == seen.last().unwrap()),
+        "the old ring stands, with 5 pods, until the end: {seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.contains("Resharding=True:MovingSlots")),
+        "the operator followed the coordinator: {seen:#?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("replicas=5 ring=5@2/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady")
+    );
+    let status = api
+        .get("counter")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(status.reshard, None);
+    assert_eq!(
+        status.condition("Degraded").expect("Degraded").status,
+        "False"
+    );
+    real::assert_owned_per_ring(&cluster, 5, 2).await;
+    assert_eq!(
+        real::read_counters(&cluster, &names).await,
+        written,
+        "the counters kept their values through 3→5"
+    );
+
+    // Shrink: slots move off shards 3 and 4 while all 5 run; only then do the pods go to 3.
+    set_shards(&api, "counter", 3).await;
+    let (seen, _) = real::reconcile_until_settled(&api, &client, &ns, &ctx).await;
+    assert!(
+        seen.iter()
+            .all(|s| s.starts_with("replicas=5 ring=5@2/") || s == seen.last().unwrap()),
+        "5 pods run until the ring has 3 shards: {seen:#?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("replicas=3 ring=3@3/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady")
+    );
+    real::assert_owned_per_ring(&cluster, 3, 3).await;
+    assert_eq!(
+        real::read_counters(&cluster, &names).await,
+        written,
+        "the counters kept their values through 5→3"
+    );
+}
+
+/// Fails today (sidecar defect, reported to the lead): the source runs a slot's hand-off inside
+/// the coordinator's `POST /v1/admin/slots/{slot}/handoff` request, so when shard 0 dies that
+/// request's future is dropped mid-move; the source keeps the slot journaled `copying` or
+/// `installing` and never finishes or rolls it back, and every resumed resharding ends `failed`
+/// with "slots still misplaced after every round". Run it with `--ignored` once that is fixed.
+#[tokio::test]
+#[ignore = "sidecar defect: a hand-off whose coordinator dies mid-move is left stuck on the source"]
+async fn a_restarted_real_shard_0_and_a_new_operator_finish_the_resharding() {
+    use stead_e2e::Cluster as _;
+    let plane = plane!("a_restarted_real_shard_0_and_a_new_operator_finish_the_resharding");
+    let (client, ns) = setup("reshard-real-restart", plane).await;
+    let (cluster, api, first, names, written) = real::running(&client, &ns).await;
+
+    set_shards(&api, "counter", 5).await;
+    reconcile(&api, "counter", &first).await;
+    pods_ready(&client, &ns, "counter", 5).await;
+    reconcile(&api, "counter", &first).await; // 3→5 starts
+    drop(first); // the operator goes away: what it knew is in the status
+    // Kill shard 0 while another shard hands a slot over on its order: the hand-off's driver
+    // goes away mid-move.
+    let during = real::until_a_slot_moves_elsewhere(&cluster).await;
+    let before = real::coordinator_state(&cluster).await;
+    assert_eq!(before["state"], "running", "{before}");
+    cluster.restart(0).await.expect("restart shard 0");
+    eprintln!("shard 0 restarted while {during}");
+    let after = real::coordinator_state(&cluster).await;
+    assert_eq!(
+        after["state"], "idle",
+        "a restarted coordinator forgot: {after}"
+    );
+
+    let second = operator(&client, &real::shard0_addr(&cluster));
+    let (seen, messages) = real::reconcile_until_settled(&api, &client, &ns, &second).await;
+    assert!(
+        !messages.iter().any(|m| m.contains(" 0/0 ")),
+        "a resumed coordinator answers before it has counted; the status must not say 0/0: {messages:#?}"
+    );
+    // The restarted coordinator was idle: only the new operator's POST (same target) resumed it.
+    let metrics = second.metrics.encode();
+    for line in [
+        r#"stead_operator_reshards_total{event="resumed"} 1"#,
+        r#"stead_operator_reshards_total{event="done"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains(r#"event="started""#),
+        "the new operator resumed, it did not start another: {metrics}"
+    );
+    let now = real::coordinator_state(&cluster).await;
+    assert_eq!(
+        (&now["state"], &now["to"]),
+        (&json!("done"), &json!(5)),
+        "{now}"
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s.starts_with("replicas=5 ring=3@1/") || s == seen.last().unwrap()),
+        "the old ring stands until the end: {seen:#?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("replicas=5 ring=5@2/moving 0 Resharding=False:RingSettled Ready=True:ShardsReady")
+    );
+    let status = api
+        .get("counter")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(
+        status.condition("Degraded").expect("Degraded").status,
+        "False"
+    );
+    real::assert_owned_per_ring(&cluster, 5, 2).await;
+    assert_eq!(
+        real::read_counters(&cluster, &names).await,
+        written,
+        "the counters kept their values through the restart"
+    );
+}
