@@ -1451,13 +1451,10 @@ async fn the_operator_reshards_real_sidecars_3_to_5_and_back_to_3() {
     );
 }
 
-/// Fails today (sidecar defect, reported to the lead): the source runs a slot's hand-off inside
-/// the coordinator's `POST /v1/admin/slots/{slot}/handoff` request, so when shard 0 dies that
-/// request's future is dropped mid-move; the source keeps the slot journaled `copying` or
-/// `installing` and never finishes or rolls it back, and every resumed resharding ends `failed`
-/// with "slots still misplaced after every round". Run it with `--ignored` once that is fixed.
+/// Shard 0 killed while another shard hands a slot over: the hand-off runs to its end on the
+/// source although the coordinator's request died (before that fix, the slot stayed journaled
+/// and every resumed resharding failed), and a new operator resumes the resharding.
 #[tokio::test]
-#[ignore = "sidecar defect: a hand-off whose coordinator dies mid-move is left stuck on the source"]
 async fn a_restarted_real_shard_0_and_a_new_operator_finish_the_resharding() {
     use stead_e2e::Cluster as _;
     let plane = plane!("a_restarted_real_shard_0_and_a_new_operator_finish_the_resharding");
