@@ -68,9 +68,9 @@ async fn grow_through(victim: Victim) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let c = counter_cluster(&[
         "--test-handoff-step-delay",
-        "300ms",
+        "200ms",
         "--reshard-parallelism",
-        "32",
+        "64",
     ])
     .await;
     let slots = c.slots();

@@ -160,7 +160,15 @@ impl PeerAdmin {
         match (method, action) {
             (&Method::POST, "handoff") => {
                 let order: HandoffOrder = json_body(req.into_body()).await?;
-                let moved = self.handoffs.hand_off(slot, order.to, order.epoch).await?;
+                // In a task of its own: a coordinator that dies (or times out) mid-request must
+                // not cancel the hand-off between two steps, which would leave the slot fenced
+                // with its journal row and nobody to finish or roll it back.
+                let handoffs = self.handoffs.clone();
+                let moved = tokio::spawn(async move {
+                    handoffs.hand_off(slot, order.to, order.epoch).await
+                })
+                .await
+                .map_err(|e| HandoffError::Io(std::io::Error::other(e)))??;
                 self.metrics.slots_owned.set(self.ownership.count() as i64);
                 Ok(axum::Json(moved).into_response())
             }
@@ -172,7 +180,12 @@ impl PeerAdmin {
             }
             (&Method::POST, "install") => {
                 let install: InstallRequest = json_body(req.into_body()).await?;
-                self.handoffs.install(slot, install).await?;
+                // In a task of its own, for the same reason: a source that dies mid-request
+                // must not cancel an install half done.
+                let handoffs = self.handoffs.clone();
+                tokio::spawn(async move { handoffs.install(slot, install).await })
+                    .await
+                    .map_err(|e| HandoffError::Io(std::io::Error::other(e)))??;
                 Ok(json_response(StatusCode::OK, json!({ "installed": true })))
             }
             (&Method::POST, "abort") => {
