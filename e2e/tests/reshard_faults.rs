@@ -66,6 +66,7 @@ async fn check_ownership(c: &LocalCluster) {
 /// then checks every counter exactly, the ownership, and that no staged copy is left behind.
 async fn grow_through(victim: Victim) {
     let _turn = ONE_AT_A_TIME.lock().await;
+    let t0 = std::time::Instant::now();
     let c = counter_cluster(&[
         "--test-handoff-step-delay",
         "200ms",
@@ -75,10 +76,10 @@ async fn grow_through(victim: Victim) {
     .await;
     let slots = c.slots();
     // Objects anywhere (some on the victim): written once, then only read at the end.
-    let resting: Vec<String> = (0..200).map(|i| format!("rest-{i}")).collect();
+    let resting: Vec<String> = (0..120).map(|i| format!("rest-{i}")).collect();
     // Objects the victim never owns: under load the whole time, through the other entries,
     // so no request of theirs is ever in flight inside the killed process.
-    let busy = names_avoiding("busy", 150, slots, &[FROM, TO], victim.shard());
+    let busy = names_avoiding("busy", 100, slots, &[FROM, TO], victim.shard());
     let mut seeded = seed(&c, &resting).await.expect("seed");
     let seeded_busy = seed(&c, &busy).await.expect("seed");
     seeded.values.extend(seeded_busy.values);
@@ -89,6 +90,7 @@ async fn grow_through(victim: Victim) {
         .filter(|(i, _)| *i != victim.shard())
         .map(|(_, e)| e)
         .collect();
+    eprintln!("{:?}: cluster started and seeded", t0.elapsed());
     let load = Load::start(entries, Arc::new(busy), 6, Duration::ZERO);
     let (done, killed) = tokio::join!(
         reshard_through_faults(&c, TO, Duration::from_secs(150)),
@@ -98,7 +100,7 @@ async fn grow_through(victim: Victim) {
     let killed = killed.unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("{killed}");
     let p = done.unwrap_or_else(|e| panic!("{e:#}"));
-    eprintln!("resharding done: {p}");
+    eprintln!("{:?}: resharding done: {p}", t0.elapsed());
     for (k, mut v) in seeded.values {
         all.values.entry(k).or_default().append(&mut v);
     }
@@ -110,6 +112,7 @@ async fn grow_through(victim: Victim) {
     check_exact(&c, &all)
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("{:?}: counters checked", t0.elapsed());
     check_ownership(&c).await;
     let left = leftover_staging(c.root(), c.shard_count());
     assert!(left.is_empty(), "staged copies left behind: {left:?}");

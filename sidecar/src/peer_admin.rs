@@ -164,11 +164,12 @@ impl PeerAdmin {
                 // not cancel the hand-off between two steps, which would leave the slot fenced
                 // with its journal row and nobody to finish or roll it back.
                 let handoffs = self.handoffs.clone();
-                let moved = tokio::spawn(async move {
-                    handoffs.hand_off(slot, order.to, order.epoch).await
-                })
-                .await
-                .map_err(|e| HandoffError::Io(std::io::Error::other(e)))??;
+                let moved =
+                    tokio::spawn(
+                        async move { handoffs.hand_off(slot, order.to, order.epoch).await },
+                    )
+                    .await
+                    .map_err(|e| HandoffError::Io(std::io::Error::other(e)))??;
                 self.metrics.slots_owned.set(self.ownership.count() as i64);
                 Ok(axum::Json(moved).into_response())
             }
