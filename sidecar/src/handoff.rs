@@ -621,12 +621,18 @@ impl Handoffs {
         let attempt = req.attempt;
         self.blocking(move || move_in(&staged, &target, &keep, slot, attempt))
             .await?;
+        let alarms = Arc::new(alarms);
         {
-            let a = self.alarms.clone();
+            let (a, alarms) = (self.alarms.clone(), alarms.clone());
             self.blocking(move || Ok(a.adopt(&alarms)?)).await?;
         }
         let o = self.ownership.clone();
         self.blocking(move || Ok(o.installed(slot)?)).await?;
+        // Only now: an alarm already due would otherwise fire before the slot is owned here,
+        // be taken for a stale entry and dropped.
+        for (object, time_ms) in alarms.iter() {
+            self.alarms.reschedule(object, *time_ms);
+        }
         self.metrics.slots_owned.set(self.ownership.count() as i64);
         tracing::info!(%slot, objects = req.objects.len(), epoch = req.epoch, "slot installed");
         Ok(())
