@@ -149,11 +149,13 @@ async fn retrying(client: &Client, method: &str, url: &str) -> stead_e2e::client
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_alarm_set_just_before_its_slot_moves_fires_once_on_the_new_owner() {
     let _turn = ONE_AT_A_TIME.lock().await;
+    // Long fences (the step delay runs inside them), so that many alarms fall due while their
+    // slot is fenced and arrive overdue on the new owner.
     let c = counter_cluster(&[
         "--test-handoff-step-delay",
-        "100ms",
+        "300ms",
         "--reshard-parallelism",
-        "16",
+        "48",
     ])
     .await;
     let slots = c.slots();
@@ -164,18 +166,18 @@ async fn an_alarm_set_just_before_its_slot_moves_fires_once_on_the_new_owner() {
             let slot = object_id(n).slot(slots);
             before.owner(slot) != after.owner(slot)
         })
-        .take(120)
+        .take(300)
         .collect();
     seed(&c, &movers).await.expect("seed");
     let client = Client::new();
     let entries = c.entries();
-    // Due from 0.5 s to about 12.5 s from now: some fire before their slot moves, some while
+    // Due from 0.5 s to about 20 s from now: some fire before their slot moves, some while
     // it is fenced, some after.
     for (i, n) in movers.iter().enumerate() {
         let url = format!(
             "{}/objects/{CLASS}/name/{n}/alarm?in_ms={}",
             entries[i % entries.len()],
-            500 + i * 100
+            500 + i * 65
         );
         let r = retrying(&client, "POST", &url).await;
         assert_eq!(r.status, 200, "{n}: set the alarm: {}", r.body);
