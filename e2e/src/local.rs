@@ -235,6 +235,20 @@ impl LocalCluster {
         Self::start_with(layouts, None, "counter", CLASS, sidecar_args).await
     }
 
+    /// `shards` shards on loopback ports, running the example binary `app` that serves
+    /// `classes`, with `sidecar_args` added to every sidecar's command line.
+    pub async fn start_app_with_sidecar_args(
+        shards: usize,
+        app: &str,
+        classes: &str,
+        sidecar_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let layouts = (0..shards)
+            .map(|_| ShardLayout::loopback())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Self::start_with(layouts, None, app, classes, sidecar_args).await
+    }
+
     /// `shards` shards, each in its own network namespace (needs root; see
     /// [`crate::netns::unavailable`]).
     pub async fn start_in_netns(shards: usize) -> anyhow::Result<Self> {

@@ -253,3 +253,168 @@ fn first_difference(sorted: &[u64]) -> String {
     }
     "none".into()
 }
+
+// ---------------- faults during a resharding ----------------
+
+/// Like [`reshard`], but keeps asking through failures (a killed shard makes a round fail, a
+/// killed coordinator answers `idle` or not at all) until `within` has passed.
+pub async fn reshard_through_faults(
+    c: &dyn Cluster,
+    shards: u32,
+    within: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let client = Client::new();
+    let token = c.peer_token().context("the cluster's peer token")?;
+    let url = format!("{}/v1/admin/reshard", c.peer_url(0));
+    let headers = [("stead-peer-token", token.as_str())];
+    let body = format!("{{\"shards\":{shards}}}");
+    let deadline = tokio::time::Instant::now() + within;
+    let mut asked = false;
+    let mut last = serde_json::Value::Null;
+    while tokio::time::Instant::now() < deadline {
+        if !asked {
+            match client.send("POST", &url, &headers, &body).await {
+                Ok(r) if r.status == 202 => asked = true,
+                Ok(r) if r.status == 409 => {}
+                Ok(r) => anyhow::bail!("POST {url}: {} {}", r.status, r.body),
+                Err(_) => {} // shard 0 restarting
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(r) = client.send("GET", &url, &headers, "").await else {
+            asked = false;
+            continue;
+        };
+        let p = r.json().context("progress is JSON")?;
+        match p["state"].as_str() {
+            Some("done") if p["to"] == shards => return Ok(p),
+            Some("running") => {}
+            Some("failed") => {
+                if p != last {
+                    eprintln!("resharding to {shards} failed, asking again: {p}");
+                }
+                asked = false;
+            }
+            _ => asked = false,
+        }
+        last = p;
+    }
+    anyhow::bail!("resharding to {shards} did not finish within {within:?}: {last}")
+}
+
+/// Which process a fault scenario kills -9 (and restarts), and when.
+#[derive(Debug, Clone, Copy)]
+pub enum Victim {
+    /// The given shard while it copies a slot to another shard (a slot of it in `copying`).
+    SourceCopying(usize),
+    /// The first shard while a source asks it to install a slot (a slot moving to it in
+    /// `installing`), looking for that among the sources `0..second`.
+    TargetInstalling(usize, usize),
+    /// Shard 0, which coordinates, once the resharding moved this many slots.
+    CoordinatorAfter(usize),
+}
+
+impl Victim {
+    pub fn shard(self) -> usize {
+        match self {
+            Self::SourceCopying(s) | Self::TargetInstalling(s, _) => s,
+            Self::CoordinatorAfter(_) => 0,
+        }
+    }
+}
+
+/// Waits (up to `within`) for the moment `victim` names, then restarts that shard (`kill -9`
+/// of its processes, then a start on the same data). Answers what it saw when it killed.
+pub async fn kill_mid_handoff(
+    c: &dyn Cluster,
+    victim: Victim,
+    within: Duration,
+) -> anyhow::Result<String> {
+    let client = Client::new();
+    let token = c.peer_token().context("the cluster's peer token")?;
+    let headers = [("stead-peer-token", token.as_str())];
+    let get = |shard: usize, path: &'static str| {
+        let url = format!("{}{path}", c.peer_url(shard));
+        let client = client.clone();
+        async move {
+            let r = client.send("GET", &url, &headers, "").await.ok()?;
+            (r.status == 200).then(|| r.json()).flatten()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        let seen = match victim {
+            Victim::SourceCopying(s) => get(s, "/v1/admin/slots").await.and_then(|v| {
+                let m = v["moving"].as_array()?;
+                m.iter().find(|m| m["state"] == "copying").cloned()
+            }),
+            Victim::TargetInstalling(t, sources) => {
+                let mut found = None;
+                for s in 0..sources {
+                    let hit = get(s, "/v1/admin/slots").await.and_then(|v| {
+                        let m = v["moving"].as_array()?;
+                        m.iter()
+                            .find(|m| m["state"] == "installing" && m["to"] == t)
+                            .cloned()
+                    });
+                    if hit.is_some() {
+                        found = hit;
+                        break;
+                    }
+                }
+                found
+            }
+            Victim::CoordinatorAfter(n) => get(0, "/v1/admin/reshard")
+                .await
+                .filter(|p| p["state"] == "running" && p["moved"].as_u64() >= Some(n as u64)),
+        };
+        if let Some(seen) = seen {
+            c.restart(victim.shard())
+                .await
+                .with_context(|| format!("restart shard {}", victim.shard()))?;
+            return Ok(format!("killed shard {} at {seen}", victim.shard()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("{victim:?} never happened within {within:?}")
+}
+
+/// `n` names `{prefix}-{k}` of Counter objects that shard `avoid` owns in none of the rings of
+/// `rings` shards (so a load on them never has a request in flight on it).
+pub fn names_avoiding(
+    prefix: &str,
+    n: usize,
+    slots: u32,
+    rings: &[u32],
+    avoid: usize,
+) -> Vec<String> {
+    (0..)
+        .map(|k| format!("{prefix}-{k}"))
+        .filter(|name| {
+            rings
+                .iter()
+                .all(|&shards| crate::cluster::owner(name, slots, shards as usize) != avoid)
+        })
+        .take(n)
+        .collect()
+}
+
+/// Files left in any shard's `incoming` folder (staged slots nobody will install).
+pub fn leftover_staging(root: &std::path::Path, shards: usize) -> Vec<String> {
+    let mut out = vec![];
+    for i in 0..shards {
+        let dir = root
+            .join(format!("shard-{i}"))
+            .join("data")
+            .join("incoming");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                out.push(format!(
+                    "shard {i}: incoming/{}",
+                    e.file_name().to_string_lossy()
+                ));
+            }
+        }
+    }
+    out
+}

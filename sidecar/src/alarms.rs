@@ -250,7 +250,10 @@ impl Alarms {
     }
 
     /// Takes over the alarms of objects handed to this shard: records them in the index (durably,
-    /// before the slot is owned) and schedules them. Blocking: call from a blocking task.
+    /// before the slot is owned). It does not schedule them: an alarm due before the slot is
+    /// owned would be delivered to a slot this shard does not own yet, and dropped; the caller
+    /// schedules them ([`Alarms::reschedule`]) once it owns the slot. Blocking: call from a
+    /// blocking task.
     pub fn adopt(&self, alarms: &[(ObjectRef, i64)]) -> Result<(), AlarmError> {
         let mut waits = Vec::with_capacity(alarms.len());
         for (object, time_ms) in alarms {
@@ -262,9 +265,6 @@ impl Alarms {
         }
         for done in waits {
             done.recv().map_err(|_| AlarmError::Stopped)??;
-        }
-        for (object, time_ms) in alarms {
-            self.schedule(object, *time_ms, 0);
         }
         Ok(())
     }

@@ -581,7 +581,7 @@ impl Handoffs {
             return Err(HandoffError::AlreadyOwned { slot });
         }
         let dir = self.staging_dir(slot, attempt);
-        self.blocking(move || write_staged(&dir, body)).await
+        self.blocking(move || stage_attempt(&dir, slot, body)).await
     }
 
     /// Installs the staged slot: moves it in place, records its alarms, then its ownership.
@@ -621,12 +621,18 @@ impl Handoffs {
         let attempt = req.attempt;
         self.blocking(move || move_in(&staged, &target, &keep, slot, attempt))
             .await?;
+        let alarms = Arc::new(alarms);
         {
-            let a = self.alarms.clone();
+            let (a, alarms) = (self.alarms.clone(), alarms.clone());
             self.blocking(move || Ok(a.adopt(&alarms)?)).await?;
         }
         let o = self.ownership.clone();
         self.blocking(move || Ok(o.installed(slot)?)).await?;
+        // Only now: an alarm already due would otherwise fire before the slot is owned here,
+        // be taken for a stale entry and dropped.
+        for (object, time_ms) in alarms.iter() {
+            self.alarms.reschedule(object, *time_ms);
+        }
         self.metrics.slots_owned.set(self.ownership.count() as i64);
         tracing::info!(%slot, objects = req.objects.len(), epoch = req.epoch, "slot installed");
         Ok(())
@@ -720,6 +726,20 @@ fn decode_objects(mut body: Bytes) -> Result<Vec<(ClassName, ObjectId, Bytes)>, 
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes a batch of `slot`'s attempt staged in `dir` (`incoming/{slot}.{attempt}`). The first
+/// batch of an attempt drops what earlier attempts of the slot staged: a source that died or
+/// rolled back mid-copy never installs or aborts them, and a slot is handed over one attempt at
+/// a time, so they would otherwise stay on disk until this shard restarts.
+fn stage_attempt(dir: &Path, slot: Slot, body: Bytes) -> Result<(), HandoffError> {
+    if !dir.exists()
+        && let Some(incoming) = dir.parent()
+    {
+        let prefix = format!("{}.", slot.0);
+        remove_matching(incoming, |name| name.starts_with(&prefix))?;
+    }
+    write_staged(dir, body)
 }
 
 fn write_staged(dir: &Path, body: Bytes) -> Result<(), HandoffError> {
@@ -860,5 +880,32 @@ mod tests {
         assert_eq!(objects[1].1, b);
         assert!(decode_objects(body.slice(..body.len() - 3)).is_err());
         assert!(decode_objects(body.slice(..4)).is_err());
+    }
+
+    #[test]
+    fn a_new_attempt_drops_what_abandoned_attempts_of_its_slot_staged() {
+        let root = std::env::temp_dir().join(format!(
+            "stead-stage-{}-{}",
+            std::process::id(),
+            ObjectId::unique().unwrap().to_hex()
+        ));
+        let incoming = root.join("incoming");
+        let class = ClassName::new("Counter").unwrap();
+        let batch = |content: &[u8]| {
+            let mut buf = BytesMut::new();
+            encode_object(&mut buf, &class, &ObjectId::unique().unwrap(), content);
+            buf.freeze()
+        };
+        let (old, other_slot) = (incoming.join("7.0001"), incoming.join("17.0001"));
+        stage_attempt(&old, Slot(7), batch(b"abandoned")).unwrap();
+        stage_attempt(&other_slot, Slot(17), batch(b"other slot")).unwrap();
+        let new = incoming.join("7.0002");
+        stage_attempt(&new, Slot(7), batch(b"first batch")).unwrap();
+        stage_attempt(&new, Slot(7), batch(b"second batch")).unwrap();
+        assert!(!old.exists(), "the abandoned attempt is dropped");
+        assert!(other_slot.exists(), "another slot's attempt stays");
+        let staged = std::fs::read_dir(new.join("Counter")).unwrap().count();
+        assert_eq!(staged, 2, "both batches of the new attempt stay");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
