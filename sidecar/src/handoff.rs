@@ -370,8 +370,10 @@ impl Handoffs {
                 body: "the target did not install the slot".into(),
             });
         }
-        self.complete(slot, to, epoch).await?;
-        let pause = fenced_at.elapsed();
+        let handed_at = self.complete(slot, to, epoch).await?;
+        // The pause ends when requests waiting at the fence are forwarded, not when the copy here
+        // is deleted.
+        let pause = handed_at.duration_since(fenced_at);
         self.metrics
             .handoff_pause_seconds
             .observe(pause.as_secs_f64());
@@ -395,10 +397,12 @@ impl Handoffs {
     }
 
     /// The target owns the slot: record the hand-over, then drop this shard's copy.
-    async fn complete(&self, slot: Slot, to: u32, epoch: u64) -> Result<(), HandoffError> {
+    /// Returns when the hand-over was recorded (requests then go to the target).
+    async fn complete(&self, slot: Slot, to: u32, epoch: u64) -> Result<Instant, HandoffError> {
         let o = self.ownership.clone();
         self.blocking(move || Ok(o.handed_over(slot, to, epoch)?))
             .await?;
+        let handed_at = Instant::now();
         self.host.forget_slot(slot, self.slots);
         self.storage.close_slot(slot, self.slots).await?;
         self.alarms.forget_slot(slot);
@@ -408,7 +412,8 @@ impl Handoffs {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         })
-        .await
+        .await?;
+        Ok(handed_at)
     }
 
     /// Copies `objects` to the target's staging area, in batches.
@@ -615,8 +620,9 @@ impl Handoffs {
                 alarms.push((ObjectRef::new(class, id, name, self.slots), t));
             }
         }
-        // Stale databases of an earlier ownership must not stay open over the new files.
-        self.storage.close_slot(slot, self.slots).await?;
+        // No database of a slot this shard does not own is open: a source closes them when it
+        // hands the slot away (and a restart opens none). Mailboxes of an earlier ownership may
+        // still idle: they go, so the objects start as new incarnations.
         self.host.forget_slot(slot, self.slots);
         let attempt = req.attempt;
         self.blocking(move || move_in(&staged, &target, &keep, slot, attempt))
