@@ -15,5 +15,5 @@ export STEAD_E2E_LOG=info NO_COLOR=1 STEAD_E2E_BIN_DIR="$bin"
 for kib in ${RESHARD_KIB:-16 160}; do
   echo "== $objects objects x $kib KiB ($(date -u +%H:%M:%S) UTC, load $(cut -d' ' -f1-3 /proc/loadavg))"
   "$bin/stead-bench" reshard --objects "$objects" --object-kib "$kib" --rate 500 \
-    --from 3 --to 5 --requests-csv "$out/requests-$kib.csv" 2>&1 | tee "$out/reshard-$kib.txt"
+    --from 3 --to 5 --warmup 15 --requests-csv "$out/requests-$kib.csv" 2>&1 | tee "$out/reshard-$kib.txt"
 done

@@ -5,7 +5,7 @@
 //! Fills `objects` counters with a blob of `object_kib` KiB each (`POST /put-raw`, key `blob`),
 //! starts an open-loop load of `rate` increments per second (a fixed schedule; each latency is
 //! measured from the request's intended send time, so a stalled request cannot hide the ones
-//! queued behind it), waits `settle` seconds, asks shard 0 to reshard to `to`, waits until done,
+//! queued behind it), waits `warmup` seconds, asks shard 0 to reshard to `to`, waits until done,
 //! keeps the load on for `settle` seconds more, then reports:
 //!
 //! - the resharding's total time, bytes moved and MB/s (the coordinator's progress);
@@ -52,7 +52,12 @@ pub struct Args {
     /// Shards of the ring after.
     #[arg(long, default_value_t = 5)]
     to: u32,
-    /// Seconds of load before the resharding starts, and again after it is done.
+    /// Seconds of load before the resharding starts: longer than the sidecars' idle timeout
+    /// (10 s), so that the objects the fill left open have closed and the "before" latency is
+    /// the steady state the resharding is compared with.
+    #[arg(long, default_value_t = 15)]
+    warmup: u64,
+    /// Seconds of load after the resharding is done.
     #[arg(long, default_value_t = 3)]
     settle: u64,
     /// Writes in flight while filling.
@@ -158,7 +163,7 @@ async fn bench(c: &LocalCluster, a: &Args) -> Result<()> {
         stop.clone(),
         samples.clone(),
     ));
-    tokio::time::sleep(Duration::from_secs(a.settle)).await;
+    tokio::time::sleep(Duration::from_secs(a.warmup)).await;
 
     // The resharding.
     let reshard_start = load_start.elapsed();
