@@ -6,7 +6,9 @@
 //! - `alarms`: set M alarms, then the fire rate and lag from the sidecar's /metrics;
 //! - `idle-sockets`: server memory per open, idle WebSocket;
 //! - `soak`: minutes of mixed load (counters, a hot object, alarms, chat) with the servers' RSS
-//!   and open descriptors sampled.
+//!   and open descriptors sampled;
+//! - `reshard`: live resharding of a local cluster under an open-loop counter load: pause per
+//!   slot, total time, bytes/s and the share of 503s.
 
 mod alarms;
 mod common;
@@ -14,6 +16,7 @@ mod http;
 mod idle_sockets;
 mod procfs;
 mod prom;
+mod reshard;
 mod soak;
 mod ws_fanout;
 
@@ -33,6 +36,8 @@ enum Cli {
     IdleSockets(idle_sockets::Args),
     /// Soak: minutes of mixed load with the servers' RSS and descriptors sampled.
     Soak(soak::Args),
+    /// Live resharding (e.g. 3 -> 5 shards) of a local cluster under counter load.
+    Reshard(reshard::Args),
 }
 
 #[tokio::main]
@@ -43,5 +48,6 @@ async fn main() -> Result<()> {
         Cli::Alarms(a) => alarms::run(a).await,
         Cli::IdleSockets(a) => idle_sockets::run(a).await,
         Cli::Soak(a) => soak::run(a).await,
+        Cli::Reshard(a) => reshard::run(a).await,
     }
 }
