@@ -48,8 +48,9 @@ use crate::scale::{
     CONTROL_FILE, CONTROL_TOKEN, ControlFile, RESIZE_PATH, ResizeProgress, ResizeState, json_call,
 };
 
-/// Most shards `stead dev` runs (keeps every ingress port below the other ports).
-pub const MAX_SHARDS: u16 = 64;
+/// Most shards `stead dev` runs (keeps every ingress port below the other ports); `stead scale`
+/// checks it too, so it lives with the control protocol.
+pub use crate::scale::MAX_SHARDS;
 
 /// Sidecar environment variables that `stead dev` sets itself, so none leaks in from the shell.
 const PEER_ENV: [&str; 7] = [

@@ -21,6 +21,9 @@ pub const CONTROL_FILE: &str = ".stead-dev.control";
 pub const CONTROL_TOKEN: &str = "stead-dev-token";
 /// The control port's resize resource.
 pub const RESIZE_PATH: &str = "/v1/resize";
+/// Most shards a local cluster runs (every ingress port of `stead dev` stays below its other
+/// ports).
+pub const MAX_SHARDS: u16 = 64;
 /// How often `stead scale` asks for the progress.
 const POLL_EVERY: Duration = Duration::from_millis(250);
 /// Longest a single control or admin call may take.
@@ -29,7 +32,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScaleArgs {
     /// The number of shards the running `stead dev` should have.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::dev::MAX_SHARDS)))]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_SHARDS)))]
     pub shards: u16,
     /// The data folder of the running `stead dev` (as given to `stead dev --data-dir`).
     #[arg(long, default_value = ".stead/dev")]
