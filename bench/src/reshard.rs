@@ -167,7 +167,7 @@ async fn bench(c: &LocalCluster, a: &Args) -> Result<()> {
 
     // The resharding.
     let reshard_start = load_start.elapsed();
-    let progress = reshard(c, a.to, Duration::from_secs(a.max_seconds)).await;
+    let progress = stead_e2e::reshard::reshard(c, a.to, Duration::from_secs(a.max_seconds)).await;
     let reshard_end = load_start.elapsed();
     let progress = match progress {
         Ok(p) => p,
@@ -304,52 +304,6 @@ async fn open_loop(
     }
     while inflight.join_next().await.is_some() {}
     Ok(())
-}
-
-/// POSTs the resharding to shard 0 and polls it until done (re-asking when the coordinator
-/// answers idle or failed). Returns the final progress.
-async fn reshard(c: &LocalCluster, shards: u32, bound: Duration) -> Result<serde_json::Value> {
-    let client = Client::new();
-    let token = c.peer_token().context("the cluster's peer token")?;
-    let url = format!("{}/v1/admin/reshard", c.peer_url(0));
-    let headers = [("stead-peer-token", token.as_str())];
-    let body = serde_json::json!({ "shards": shards }).to_string();
-    let started = Instant::now();
-    let mut asked = false;
-    let mut failures = 0;
-    while started.elapsed() < bound {
-        if !asked {
-            let r = client
-                .send("POST", &url, &headers, &body)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            ensure!(
-                r.status == 202 || r.status == 409,
-                "POST /v1/admin/reshard: {} {}",
-                r.status,
-                r.body
-            );
-            asked = r.status == 202;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let r = client
-            .send("GET", &url, &headers, "")
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let p = r.json().context("progress is JSON")?;
-        match p["state"].as_str() {
-            Some("done") if p["to"] == shards => return Ok(p),
-            Some("running") => {}
-            Some("failed") => {
-                failures += 1;
-                eprintln!("resharding failed, asking again: {p}");
-                ensure!(failures < 5, "resharding to {shards} keeps failing: {p}");
-                asked = false;
-            }
-            _ => asked = false,
-        }
-    }
-    bail!("resharding to {shards} did not finish within {bound:?}")
 }
 
 /// `stead_handoff_pause_seconds` buckets summed over `shards`.

@@ -11,18 +11,24 @@ use anyhow::Context as _;
 use crate::client::{Client, Reply};
 use crate::cluster::{CLASS, Cluster, object_id};
 
-/// Asks shard 0 to reshard to `shards` and waits until it is done; re-asks when the coordinator
-/// restarted (it answers `idle`) or failed. Returns the final progress.
-pub async fn reshard(c: &dyn Cluster, shards: u32) -> anyhow::Result<serde_json::Value> {
+/// Asks shard 0 to reshard to `shards` and waits until it is done, at most `within`. Keeps
+/// asking through what a resharding under faults answers: a failed round (a killed shard), a
+/// coordinator that restarted (`idle`) or does not answer. Returns the final progress.
+pub async fn reshard(
+    c: &dyn Cluster,
+    shards: u32,
+    within: Duration,
+) -> anyhow::Result<serde_json::Value> {
     let client = Client::new();
     let token = c.peer_token().context("the cluster's peer token")?;
     let url = format!("{}/v1/admin/reshard", c.peer_url(0));
     let headers = [("stead-peer-token", token.as_str())];
     let body = format!("{{\"shards\":{shards}}}");
-    let mut failures = 0;
+    let deadline = tokio::time::Instant::now() + within;
     let mut asked = false;
+    let mut last = serde_json::Value::Null;
     let mut polls = 0u32;
-    for _ in 0..2400 {
+    while tokio::time::Instant::now() < deadline {
         if !asked {
             match client.send("POST", &url, &headers, &body).await {
                 Ok(r) if r.status == 202 => asked = true,
@@ -31,29 +37,31 @@ pub async fn reshard(c: &dyn Cluster, shards: u32) -> anyhow::Result<serde_json:
                 Err(_) => {} // shard 0 restarting
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let Ok(r) = client.send("GET", &url, &headers, "").await else {
             asked = false;
             continue;
         };
         let p = r.json().context("progress is JSON")?;
         polls += 1;
-        if polls.is_multiple_of(50) {
+        if polls.is_multiple_of(100) {
             eprintln!("resharding to {shards}: {p}");
         }
         match p["state"].as_str() {
             Some("done") if p["to"] == shards => return Ok(p),
             Some("running") => {}
             Some("failed") => {
-                failures += 1;
-                anyhow::ensure!(failures < 20, "resharding to {shards} keeps failing: {p}");
+                if p != last {
+                    eprintln!("resharding to {shards} failed, asking again: {p}");
+                }
                 asked = false;
             }
             // idle (coordinator restarted) or done with another target: ask again.
             _ => asked = false,
         }
+        last = p;
     }
-    anyhow::bail!("resharding to {shards} did not finish")
+    anyhow::bail!("resharding to {shards} did not finish within {within:?}: {last}")
 }
 
 /// What a shard says it owns.
@@ -255,52 +263,6 @@ fn first_difference(sorted: &[u64]) -> String {
 }
 
 // ---------------- faults during a resharding ----------------
-
-/// Like [`reshard`], but keeps asking through failures (a killed shard makes a round fail, a
-/// killed coordinator answers `idle` or not at all) until `within` has passed.
-pub async fn reshard_through_faults(
-    c: &dyn Cluster,
-    shards: u32,
-    within: Duration,
-) -> anyhow::Result<serde_json::Value> {
-    let client = Client::new();
-    let token = c.peer_token().context("the cluster's peer token")?;
-    let url = format!("{}/v1/admin/reshard", c.peer_url(0));
-    let headers = [("stead-peer-token", token.as_str())];
-    let body = format!("{{\"shards\":{shards}}}");
-    let deadline = tokio::time::Instant::now() + within;
-    let mut asked = false;
-    let mut last = serde_json::Value::Null;
-    while tokio::time::Instant::now() < deadline {
-        if !asked {
-            match client.send("POST", &url, &headers, &body).await {
-                Ok(r) if r.status == 202 => asked = true,
-                Ok(r) if r.status == 409 => {}
-                Ok(r) => anyhow::bail!("POST {url}: {} {}", r.status, r.body),
-                Err(_) => {} // shard 0 restarting
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let Ok(r) = client.send("GET", &url, &headers, "").await else {
-            asked = false;
-            continue;
-        };
-        let p = r.json().context("progress is JSON")?;
-        match p["state"].as_str() {
-            Some("done") if p["to"] == shards => return Ok(p),
-            Some("running") => {}
-            Some("failed") => {
-                if p != last {
-                    eprintln!("resharding to {shards} failed, asking again: {p}");
-                }
-                asked = false;
-            }
-            _ => asked = false,
-        }
-        last = p;
-    }
-    anyhow::bail!("resharding to {shards} did not finish within {within:?}: {last}")
-}
 
 /// Which process a fault scenario kills -9 (and restarts), and when.
 #[derive(Debug, Clone, Copy)]

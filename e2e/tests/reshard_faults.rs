@@ -13,7 +13,7 @@ use stead_e2e::client::Client;
 use stead_e2e::cluster::{CLASS, object_id};
 use stead_e2e::reshard::{
     Load, Victim, check_exact, kill_mid_handoff, leftover_staging, names_avoiding, owned_slots,
-    reshard_through_faults, seed,
+    reshard, seed,
 };
 use stead_e2e::{Cluster, LocalCluster};
 use tokio_tungstenite::tungstenite::Message;
@@ -93,7 +93,7 @@ async fn grow_through(victim: Victim) {
     eprintln!("{:?}: cluster started and seeded", t0.elapsed());
     let load = Load::start(entries, Arc::new(busy), 6, Duration::ZERO);
     let (done, killed) = tokio::join!(
-        reshard_through_faults(&c, TO, Duration::from_secs(150)),
+        reshard(&c, TO, Duration::from_secs(150)),
         kill_mid_handoff(&c, victim, Duration::from_secs(60)),
     );
     let mut all = load.stop().await;
@@ -182,7 +182,7 @@ async fn an_alarm_set_just_before_its_slot_moves_fires_once_on_the_new_owner() {
         let r = retrying(&client, "POST", &url).await;
         assert_eq!(r.status, 200, "{n}: set the alarm: {}", r.body);
     }
-    let p = reshard_through_faults(&c, TO, Duration::from_secs(120))
+    let p = reshard(&c, TO, Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("resharding done: {p}");
@@ -376,7 +376,7 @@ async fn a_chat_socket_of_a_moving_room_closes_1012_and_reconnects_to_an_intact_
         (seen, next, connects, closed_1012)
     };
     let reshard = async {
-        let p = reshard_through_faults(&c, TO, Duration::from_secs(120)).await;
+        let p = reshard(&c, TO, Duration::from_secs(120)).await;
         resharded.store(true, Ordering::SeqCst);
         p
     };

@@ -45,7 +45,9 @@ async fn three_five_two_three_under_load_keeps_every_counter_exact() {
     let seeded = seed(&c, &names).await.expect("seed");
     let load = Load::start(c.entries(), names.clone(), 12, Duration::ZERO);
     for shards in [5u32, 2, 3] {
-        let p = reshard(&c, shards).await.expect("reshard");
+        let p = reshard(&c, shards, Duration::from_secs(300))
+            .await
+            .expect("reshard");
         let counts = owned_counts(&c).await;
         assert_eq!(
             counts.iter().sum::<usize>(),
