@@ -124,7 +124,7 @@ impl PeerAdmin {
         let parts: Vec<&str> = path.trim_start_matches("/v1/admin/").split('/').collect();
         let method = req.method().clone();
         match (&method, parts.as_slice()) {
-            (&Method::GET, ["slots"]) => Ok(self.slots_view()?),
+            (&Method::GET, ["slots"]) => Ok(self.slots_view().await?),
             (&Method::PUT, ["ring"]) => {
                 let offer: RingOffer = json_body(req.into_body()).await?;
                 self.take_ring(offer).await
@@ -210,15 +210,14 @@ impl PeerAdmin {
         }
     }
 
-    fn slots_view(&self) -> Result<Response, ApiError> {
+    async fn slots_view(&self) -> Result<Response, ApiError> {
         let ring = self.membership.ring();
-        let journal = self.ownership.journal_rows().map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "shard_record",
-                e.to_string(),
-            )
-        })?;
+        let o = self.ownership.clone();
+        let journal = match tokio::task::spawn_blocking(move || o.journal_rows()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "shard_record", e))?;
         let moving = journal
             .into_iter()
             .map(|(slot, to, step)| MovingView {
