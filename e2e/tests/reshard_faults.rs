@@ -224,13 +224,8 @@ async fn an_alarm_set_just_before_its_slot_moves_fires_once_on_the_new_owner() {
     let files = c.database_files().expect("database files");
     for n in &movers {
         let id = object_id(n);
-        let on: Vec<usize> = files
-            .iter()
-            .filter(|f| f.object_id().as_deref() == Some(id.to_hex().as_str()))
-            .map(|f| f.shard)
-            .collect();
         assert_eq!(
-            on,
+            shards_holding(&files, &id),
             vec![after.owner(id.slot(slots)) as usize],
             "{n}: database not only on its new owner"
         );
@@ -413,16 +408,19 @@ async fn a_chat_socket_of_a_moving_room_closes_1012_and_reconnects_to_an_intact_
         "the client saw every message once, in order"
     );
     // The room's database is on its new owner only.
-    let on: Vec<usize> = c
-        .database_files()
-        .expect("database files")
-        .iter()
-        .filter(|f| f.object_id().as_deref() == Some(id.to_hex().as_str()))
-        .map(|f| f.shard)
-        .collect();
     assert_eq!(
-        on,
+        shards_holding(&c.database_files().expect("database files"), &id),
         vec![after.owner(id.slot(slots)) as usize],
         "{room}: database not only on its new owner"
     );
+}
+
+/// The shards whose volume holds object `id`'s database.
+fn shards_holding(files: &[stead_e2e::DbFile], id: &ObjectId) -> Vec<usize> {
+    let hex = id.to_hex();
+    files
+        .iter()
+        .filter(|f| f.object_id().as_deref() == Some(hex.as_str()))
+        .map(|f| f.shard)
+        .collect()
 }

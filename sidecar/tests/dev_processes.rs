@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{counter_bin, eventually, free_port};
+use support::{counter_bin, eventually, free_port, processes};
 
 /// One `stead dev` test at a time: their port blocks must not interleave.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -102,28 +102,6 @@ async fn refused(port: u16, data_dir: &Path) -> (std::process::ExitStatus, Strin
     let _ = child.kill();
     let _ = child.wait();
     panic!("the second stead dev did not refuse within 30 s");
-}
-
-/// `(pid, parent pid, state)` of every process, from `/proc/{pid}/stat`.
-fn processes() -> Vec<(i32, i32, char)> {
-    let mut out = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
-        let Some((_, after)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        out.push((pid, ppid, state));
-    }
-    out
 }
 
 fn children_of(pid: i32) -> Vec<i32> {

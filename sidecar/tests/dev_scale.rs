@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use stead_sidecar::dev::{CLUSTER_FILE, ClusterRecord};
 use stead_sidecar::scale::{CONTROL_FILE, CONTROL_TOKEN, ControlFile, RESIZE_PATH};
-use support::{counter_bin, eventually, free_port};
+use support::{counter_bin, eventually, free_port, processes};
 
 /// One `stead dev` at a time: their port blocks must not interleave.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -366,28 +366,14 @@ fn summary_numbers(stdout: &str, from: u16, to: u16) -> (u64, u64, u64) {
 
 /// `(pid, command line)` of the living children of `pid`, from `/proc`.
 fn children(pid: i32) -> Vec<(i32, String)> {
-    let mut out = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((_, after)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let state = fields.next().unwrap_or("?");
-        let ppid: i32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        if ppid != pid || state == "Z" {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        out.push((child, cmdline));
-    }
-    out
+    processes()
+        .into_iter()
+        .filter(|&(_, ppid, state)| ppid == pid && state != 'Z')
+        .map(|(child, _, _)| {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            (child, String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        })
+        .collect()
 }
 
 /// Present in `/proc` and not a zombie (a zombie holds no port).
