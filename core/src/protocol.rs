@@ -17,6 +17,15 @@ pub const CALLER: &str = "stead-caller";
 /// Set by the app on its answer to roll the turn back whatever the status.
 pub const ROLLBACK: &str = "stead-rollback";
 
+/// The app protocol version: the sidecar sends it on every event, a v2 app puts it on its
+/// answers (docs/app-protocol.md, "Protocol 2").
+pub const PROTOCOL: &str = "stead-protocol";
+pub const PROTOCOL_VERSION: &str = "2";
+/// On an answer: the first N bytes of the body are the turn's writes (JSON).
+pub const WRITES: &str = "stead-writes";
+/// On an event: the first N bytes of the body are the object's state (JSON).
+pub const STATE: &str = "stead-state";
+
 /// Peer port: the namespace's shared secret; without it (or with a wrong one) the answer is 401.
 pub const PEER_TOKEN: &str = "stead-peer-token";
 /// Peer port: how many sidecars forwarded this request already.
