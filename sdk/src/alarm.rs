@@ -6,6 +6,7 @@ use http::HeaderValue;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::cache::TurnCache;
 use crate::client::ApiClient;
 use crate::error::{Error, Result};
 
@@ -47,6 +48,8 @@ impl AlarmInfo {
 pub struct Alarm {
     api: ApiClient,
     token: HeaderValue,
+    /// Protocol 2: the instance's cache and this turn's buffer.
+    cache: Option<TurnCache>,
 }
 
 #[derive(Deserialize)]
@@ -77,13 +80,18 @@ pub fn now_ms() -> i64 {
 }
 
 impl Alarm {
-    pub(crate) fn new(api: ApiClient, token: HeaderValue) -> Self {
-        Self { api, token }
+    pub(crate) fn new(api: ApiClient, token: HeaderValue, cache: Option<TurnCache>) -> Self {
+        Self { api, token, cache }
     }
 
     /// Sets the alarm to `time_ms` (Unix epoch milliseconds), replacing any alarm. A time in
     /// the past fires at once.
     pub async fn set_ms(&self, time_ms: i64) -> Result<()> {
+        if let Some(cache) = &self.cache {
+            let _op = cache.op().await;
+            cache.lock().set_alarm(cache.id(), Some(time_ms))?;
+            return Ok(());
+        }
         let _: serde_json::Value = self
             .api
             .call(&self.token, "alarm/set", &json!({ "time_ms": time_ms }))
@@ -108,6 +116,21 @@ impl Alarm {
 
     /// The alarm's time in Unix epoch milliseconds, or `None` if there is no alarm.
     pub async fn get(&self) -> Result<Option<i64>> {
+        let Some(cache) = &self.cache else {
+            return self.get_call().await;
+        };
+        let _op = cache.op().await;
+        if let Some(known) = cache.lock().alarm(cache.id())? {
+            return Ok(known);
+        }
+        // Not known: neither set nor deleted by this turn (so nothing about it is buffered),
+        // nor told by eager state or an earlier call.
+        let time_ms = self.get_call().await?;
+        cache.lock().fill_alarm(cache.id(), time_ms);
+        Ok(time_ms)
+    }
+
+    async fn get_call(&self) -> Result<Option<i64>> {
         let answer: TimeAnswer = self.api.call(&self.token, "alarm/get", &json!({})).await?;
         Ok(answer.time_ms)
     }
@@ -125,6 +148,21 @@ impl Alarm {
 
     /// Deletes the alarm. Returns whether there was one.
     pub async fn delete(&self) -> Result<bool> {
+        let Some(cache) = &self.cache else {
+            return self.delete_call().await;
+        };
+        let _op = cache.op().await;
+        let known = cache.lock().alarm(cache.id())?;
+        if let Some(alarm) = known {
+            cache.lock().set_alarm(cache.id(), None)?;
+            return Ok(alarm.is_some());
+        }
+        let deleted = self.delete_call().await?;
+        cache.lock().alarm_deleted(cache.id());
+        Ok(deleted)
+    }
+
+    async fn delete_call(&self) -> Result<bool> {
         let answer: DeletedAnswer = self
             .api
             .call(&self.token, "alarm/delete", &json!({}))

@@ -5,13 +5,15 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use percent_encoding::percent_decode_str;
 use stead_core::ObjectId;
 use stead_core::protocol::{self, EventKind};
 use tokio::net::TcpListener;
 
 use crate::alarm::AlarmInfo;
+use crate::cache::{EagerState, ObjectCache, TurnCache};
 use crate::client::ApiClient;
 use crate::error::{Error, Result};
 use crate::message::{Request, Response, error_response};
@@ -137,10 +139,17 @@ fn decoded(raw: Option<&str>) -> String {
 
 type Factory = Box<dyn Fn(&ObjectInfo) -> Box<dyn DurableObject> + Send + Sync>;
 
-/// The in-memory instance of one object for one incarnation: `None` until the first event
-/// builds it (and again after a panic in `fetch`). The mutex keeps the object's events one at a
-/// time.
-type Instance = Arc<tokio::sync::Mutex<Option<Box<dyn DurableObject>>>>;
+/// The in-memory instance of one object for one incarnation. The mutex keeps the object's events
+/// one at a time.
+type Instance = Arc<tokio::sync::Mutex<InstanceSlot>>;
+
+#[derive(Default)]
+struct InstanceSlot {
+    /// `None` until the first event builds it (and again after a panic in a hook).
+    object: Option<Box<dyn DurableObject>>,
+    /// What the instance knows of its storage (protocol 2). A new object starts a new cache.
+    cache: Arc<Mutex<ObjectCache>>,
+}
 
 struct Entry {
     incarnation: Option<String>,
@@ -186,7 +195,13 @@ struct Shared {
     classes: HashMap<String, Arc<Class>>,
     stateless: Option<Arc<dyn StatelessHandler>>,
     api: ApiClient,
+    /// The highest app protocol this app speaks: 1 or 2.
+    protocol: u32,
 }
+
+/// Environment variable that forces the app protocol: `1` makes an app speak protocol 1 (every
+/// storage operation a call, no cache), whatever [`App::protocol`] says.
+pub const ENV_APP_PROTOCOL: &str = "STEAD_APP_PROTOCOL";
 
 /// An app: the classes it serves and its stateless front door.
 ///
@@ -216,6 +231,7 @@ pub struct App {
     classes: HashMap<String, Arc<Class>>,
     stateless: Option<Arc<dyn StatelessHandler>>,
     api_url: Option<String>,
+    protocol: u32,
 }
 
 impl Default for App {
@@ -231,6 +247,7 @@ impl App {
             classes: HashMap::new(),
             stateless: None,
             api_url: None,
+            protocol: 2,
         }
     }
 
@@ -261,6 +278,22 @@ impl App {
     /// get `404`.
     pub fn stateless<H: StatelessHandler>(mut self, handler: H) -> Self {
         self.stateless = Some(Arc::new(handler));
+        self
+    }
+
+    /// The highest app protocol to speak: `2` (the default) answers a sidecar that offers
+    /// protocol 2 with it — storage reads are cached per object instance and writes travel with
+    /// the answer —, `1` keeps every storage operation a call of the app API. The environment
+    /// variable `STEAD_APP_PROTOCOL=1` forces `1` as well. Other values are read as the nearest
+    /// of the two.
+    ///
+    /// ```no_run
+    /// # async fn f() -> stead_sdk::Result<()> {
+    /// stead_sdk::App::new().protocol(1).serve().await
+    /// # }
+    /// ```
+    pub fn protocol(mut self, version: u32) -> Self {
+        self.protocol = version.clamp(1, 2);
         self
     }
 
@@ -311,10 +344,21 @@ impl App {
             Some(url) => url,
             None => env_or(protocol::ENV_API_URL, protocol::DEFAULT_API_URL),
         };
+        let protocol = match std::env::var(ENV_APP_PROTOCOL).ok().as_deref() {
+            None | Some("") => self.protocol,
+            Some("1") => 1,
+            Some("2") => self.protocol,
+            Some(other) => {
+                return Err(Error::msg(format!(
+                    "{ENV_APP_PROTOCOL} must be 1 or 2, not {other:?}"
+                )));
+            }
+        };
         let shared = Arc::new(Shared {
             classes: self.classes,
             stateless: self.stateless,
             api: ApiClient::new(&api_url)?,
+            protocol,
         });
         Ok(axum::Router::new().fallback(handle).with_state(shared))
     }
@@ -507,11 +551,17 @@ async fn object_event(
     };
     let incarnation = header(headers, protocol::INCARNATION)?.map(str::to_owned);
     let token = turn_token(headers)?;
+    let offered = header(headers, protocol::PROTOCOL)?
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(1);
+    let v2 = shared.protocol >= 2 && offered >= 2;
+    let head = req.method() == Method::HEAD;
     let info = Arc::new(ObjectInfo {
         class: class_name,
         id: id.to_owned(),
         name,
     });
+    let (req, state) = split_state(req)?;
     let event = ObjectEvent::decode(kind, req)?;
     let hook = event.name();
     let instance = class.instance(&info, incarnation);
@@ -523,24 +573,45 @@ async fn object_event(
         tokio::spawn(async move {
             let mut slot = instance.lock_owned().await;
             // Taken out while the hook runs: if it panics, the half-updated object is dropped
-            // with it and the next event builds a new one.
-            let mut object = match slot.take() {
+            // with it and the next event builds a new one, with a new cache.
+            let mut object = match slot.object.take() {
                 Some(object) => object,
-                None => (class.factory)(&info),
+                None => {
+                    slot.cache = Arc::default();
+                    (class.factory)(&info)
+                }
             };
-            let turn = Turn::new(info, token, api);
+            let turn_cache = {
+                let mut cache = crate::cache::lock(&slot.cache);
+                match (v2, state) {
+                    (true, Some((entries, alarm))) => cache.load_state(entries, alarm),
+                    (true, None) => {}
+                    // A turn of protocol 1 writes behind the cache's back.
+                    (false, _) => cache.forget(),
+                }
+                drop(cache);
+                v2.then(|| TurnCache::begin(&slot.cache, kind == EventKind::Alarm))
+            };
+            let mut ending = TurnEnding(turn_cache.clone());
+            let turn = Turn::with_cache(info, token, api.clone(), turn_cache);
             let result = event.run(object.as_mut(), &turn).await;
-            *slot = Some(object);
-            result
+            slot.object = Some(object);
+            let res = match result {
+                Ok(res) => res,
+                Err(e) => {
+                    tracing::warn!(class = %turn.class(), id = %turn.id(), error = %e, "{hook} failed; the turn rolls back");
+                    e.to_fetch_response()
+                }
+            };
+            match ending.0.take() {
+                Some(cache) => answer_v2(&api, turn.token_value(), &cache, res, head).await,
+                None => res,
+            }
         })
     };
 
     match task.await {
-        Ok(Ok(res)) => Ok(res),
-        Ok(Err(e)) => {
-            tracing::warn!(class = %info.class, id = %info.id, error = %e, "{hook} failed; the turn rolls back");
-            Ok(e.to_fetch_response())
-        }
+        Ok(res) => Ok(res),
         Err(e) => {
             tracing::error!(class = %info.class, id = %info.id, error = %e, "{hook} panicked; the turn rolls back");
             Err(Reject::new(
@@ -550,4 +621,101 @@ async fn object_event(
             ))
         }
     }
+}
+
+/// Ends a protocol-2 turn that never reached its answer (its hook panicked): its buffered
+/// writes are dropped and its handles closed.
+struct TurnEnding(Option<TurnCache>);
+
+impl Drop for TurnEnding {
+    fn drop(&mut self) {
+        if let Some(cache) = self.0.take() {
+            cache.lock().finish(cache.id(), false);
+        }
+    }
+}
+
+/// Splits the eager state (`stead-state: N`, the first N bytes of the body) off an event.
+#[allow(clippy::type_complexity)]
+fn split_state(
+    req: Request,
+) -> Result<(Request, Option<(Vec<(String, Bytes)>, Option<i64>)>), Reject> {
+    let Some(raw) = header(req.headers(), protocol::STATE)? else {
+        return Ok((req, None));
+    };
+    let n: usize = raw.trim().parse().map_err(|_| {
+        bad_request(format!(
+            "{} must be a byte count, not {raw:?}",
+            protocol::STATE
+        ))
+    })?;
+    let (mut parts, body) = req.into_parts();
+    if n > body.len() {
+        return Err(bad_request(format!(
+            "{} says {n} bytes but the body has {}",
+            protocol::STATE,
+            body.len()
+        )));
+    }
+    let state = EagerState::parse(&body[..n]).map_err(|e| {
+        bad_request(format!(
+            "the first {n} bytes of the body ({}) are not the object's state: {e}",
+            protocol::STATE
+        ))
+    })?;
+    parts.headers.remove(protocol::STATE);
+    Ok((Request::from_parts(parts, body.slice(n..)), Some(state)))
+}
+
+/// Largest answer body that carries the turn's writes in front of it; a larger one is sent
+/// after the writes were applied with calls, so that the two together stay well inside the
+/// sidecar's answer limit (32 MiB by default).
+const MAX_CARRYING_BODY: usize = 16 << 20;
+
+/// Ends a protocol-2 turn: marks the answer `stead-protocol: 2` and, when it commits, puts the
+/// turn's unsent writes in front of its body (`stead-writes`). Answers that cannot carry a body
+/// (to `HEAD`, `204`, `304`) or are very large get the writes applied with calls first; if that
+/// fails the answer becomes a 500, which rolls the turn back.
+async fn answer_v2(
+    api: &ApiClient,
+    token: &HeaderValue,
+    cache: &TurnCache,
+    res: Response,
+    head: bool,
+) -> Response {
+    let commits = res.status().as_u16() < 500 && !res.headers().contains_key(protocol::ROLLBACK);
+    let writes = cache.lock().finish(cache.id(), commits);
+    let (mut parts, body) = res.into_parts();
+    parts.headers.insert(
+        protocol::PROTOCOL,
+        HeaderValue::from_static(protocol::PROTOCOL_VERSION),
+    );
+    let Some(writes) = writes.filter(|w| !w.is_empty()) else {
+        return Response::from_parts(parts, body);
+    };
+    let bodiless = head
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+        || parts.status.is_informational();
+    if bodiless || body.len() > MAX_CARRYING_BODY {
+        if let Err(e) = crate::storage::send_writes(api, token, &writes).await {
+            tracing::warn!(error = %e, "the turn's writes could not be sent; the turn rolls back");
+            let mut res = e.to_fetch_response();
+            res.headers_mut().insert(
+                protocol::PROTOCOL,
+                HeaderValue::from_static(protocol::PROTOCOL_VERSION),
+            );
+            return res;
+        }
+        return Response::from_parts(parts, body);
+    }
+    let json = writes.to_json();
+    parts
+        .headers
+        .insert(protocol::WRITES, HeaderValue::from(json.len()));
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    let mut carried = Vec::with_capacity(json.len() + body.len());
+    carried.extend_from_slice(&json);
+    carried.extend_from_slice(&body);
+    Response::from_parts(parts, Bytes::from(carried))
 }

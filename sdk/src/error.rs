@@ -85,6 +85,20 @@ impl Error {
     }
 }
 
+impl From<crate::cache::TurnFinished> for Error {
+    /// The refusal the sidecar gives a call with a finished turn's token, made locally: under
+    /// protocol 2 a handle of a turn that has answered must not read or change the cache.
+    fn from(_: crate::cache::TurnFinished) -> Self {
+        Error::Api(ApiError {
+            status: StatusCode::GONE,
+            code: "turn_finished".to_owned(),
+            message: "this turn has already answered: its storage and alarm handles are closed; \
+                      do background work by sending a request to the object"
+                .to_owned(),
+        })
+    }
+}
+
 /// A refusal of the app API: its status and the `{"error": {"code", "message"}}` body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("app API refused the call: {status} {code}: {message}")]

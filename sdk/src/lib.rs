@@ -41,6 +41,7 @@
 
 mod alarm;
 mod app;
+mod cache;
 mod client;
 mod error;
 mod message;
@@ -59,7 +60,7 @@ pub mod response {
 }
 
 pub use alarm::{Alarm, AlarmInfo, now_ms};
-pub use app::App;
+pub use app::{App, ENV_APP_PROTOCOL};
 pub use error::{ApiError, Error, Result};
 pub use message::{Caller, Request, RequestExt, Response, ResponseExt};
 pub use object::{DurableObject, StatelessHandler};

@@ -1,11 +1,17 @@
 //! Storage of one object: key-value and SQL, bound to the turn.
 
+use std::collections::HashMap;
+
 use base64::prelude::*;
+use bytes::Bytes;
 use http::HeaderValue;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use crate::cache::{
+    Lookup, MAX_BUFFERED_BATCH, MAX_BUFFERED_KEY, MAX_BUFFERED_VALUE, TurnCache, Writes,
+};
 use crate::client::ApiClient;
 use crate::error::{Error, Result};
 
@@ -31,6 +37,8 @@ use crate::error::{Error, Result};
 pub struct Storage {
     api: ApiClient,
     token: HeaderValue,
+    /// Protocol 2: the instance's cache and this turn's buffer.
+    cache: Option<TurnCache>,
 }
 
 /// Options of [`Storage::list`]. All are optional; `start` is inclusive, `end` exclusive, keys
@@ -150,8 +158,19 @@ fn decode_entries<T: DeserializeOwned>(entries: Vec<WireEntry>) -> Result<Vec<(S
 }
 
 impl Storage {
+    /// A handle that calls the app API for everything (protocol 1).
+    #[cfg(test)]
     pub(crate) fn new(api: ApiClient, token: HeaderValue) -> Self {
-        Self { api, token }
+        Self {
+            api,
+            token,
+            cache: None,
+        }
+    }
+
+    /// A handle that answers from `cache` and buffers writes in it (protocol 2).
+    pub(crate) fn with_cache(api: ApiClient, token: HeaderValue, cache: Option<TurnCache>) -> Self {
+        Self { api, token, cache }
     }
 
     async fn call<B: Serialize + ?Sized, R: DeserializeOwned>(
@@ -166,7 +185,7 @@ impl Storage {
     ///
     /// Fails with [`Error::Json`] if the stored bytes are not the JSON of a `T`.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        match self.get_bytes(key).await? {
+        match self.get_shared(key).await? {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
             None => Ok(None),
         }
@@ -174,10 +193,35 @@ impl Storage {
 
     /// The raw bytes under `key`, whatever wrote them.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_shared(key).await?.map(|b| b.to_vec()))
+    }
+
+    async fn get_shared(&self, key: &str) -> Result<Option<Bytes>> {
+        let Some(cache) = &self.cache else {
+            return self.fetch(key).await;
+        };
+        let _op = cache.op().await;
+        let fill = match cache.lock().get(cache.id(), key)? {
+            Lookup::Known(value) => return Ok(value),
+            Lookup::Ask { fill } => fill,
+        };
+        let value = self.fetch(key).await?;
+        if fill {
+            cache.lock().fill(cache.id(), key, value.clone());
+        }
+        Ok(value)
+    }
+
+    async fn fetch(&self, key: &str) -> Result<Option<Bytes>> {
         let answer: ValueAnswer = self
             .call("kv/get", &serde_json::json!({ "key": key }))
             .await?;
-        answer.value.as_deref().map(decode).transpose()
+        Ok(answer
+            .value
+            .as_deref()
+            .map(decode)
+            .transpose()?
+            .map(Bytes::from))
     }
 
     /// The values under `keys` (at most 128), for the keys that have one, in request order.
@@ -187,6 +231,59 @@ impl Storage {
         T: DeserializeOwned,
     {
         let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+        let Some(cache) = &self.cache else {
+            return self.get_many_call(&keys).await;
+        };
+        let _op = cache.op().await;
+        if keys.is_empty() || keys.len() > MAX_BUFFERED_BATCH {
+            // The sidecar says what is wrong with the batch (and it must see this turn's writes
+            // if it takes it).
+            self.send_pending(cache).await?;
+            return self.get_many_call(&keys).await;
+        }
+        let mut known: HashMap<&str, Option<Bytes>> = HashMap::new();
+        let mut ask: Vec<(&str, bool)> = vec![];
+        {
+            let c = cache.lock();
+            for &k in &keys {
+                match c.get(cache.id(), k)? {
+                    Lookup::Known(v) => {
+                        known.insert(k, v);
+                    }
+                    Lookup::Ask { fill } if !ask.iter().any(|(a, _)| *a == k) => {
+                        ask.push((k, fill));
+                    }
+                    Lookup::Ask { .. } => {}
+                }
+            }
+        }
+        if !ask.is_empty() {
+            let asked: Vec<&str> = ask.iter().map(|(k, _)| *k).collect();
+            let answer: EntriesAnswer = self
+                .call("kv/get", &serde_json::json!({ "keys": asked }))
+                .await?;
+            let mut found: HashMap<String, Bytes> = HashMap::new();
+            for e in answer.entries {
+                if let Some(v) = e.value {
+                    found.insert(e.key, Bytes::from(decode(&v)?));
+                }
+            }
+            let mut c = cache.lock();
+            for (k, fill) in ask {
+                let v = found.get(k).cloned();
+                if fill {
+                    c.fill(cache.id(), k, v.clone());
+                }
+                known.insert(k, v);
+            }
+        }
+        keys.iter()
+            .filter_map(|k| Some((*k, known.get(k)?.as_ref()?)))
+            .map(|(k, v)| Ok((k.to_owned(), serde_json::from_slice(v)?)))
+            .collect()
+    }
+
+    async fn get_many_call<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<(String, T)>> {
         let answer: EntriesAnswer = self
             .call("kv/get", &serde_json::json!({ "keys": keys }))
             .await?;
@@ -200,9 +297,41 @@ impl Storage {
 
     /// Stores raw bytes under `key`.
     pub async fn put_bytes(&self, key: &str, value: &[u8]) -> Result<()> {
-        let value = BASE64_STANDARD.encode(value);
-        let _: WrittenAnswer = self.call("kv/put", &Entry { key, value: &value }).await?;
+        let Some(cache) = &self.cache else {
+            self.put_call(&[(key, value)], true).await?;
+            return Ok(());
+        };
+        let _op = cache.op().await;
+        if key.len() > MAX_BUFFERED_KEY || value.len() > MAX_BUFFERED_VALUE {
+            self.send_pending(cache).await?;
+            cache.lock().direct_write(cache.id(), key)?;
+            self.put_call(&[(key, value)], true).await?;
+            return Ok(());
+        }
+        let full = (cache.lock()).put(cache.id(), key, Bytes::copy_from_slice(value))?;
+        if full {
+            self.send_pending(cache).await?;
+        }
         Ok(())
+    }
+
+    /// `kv/put` in its single form (`{"key", "value"}`) when `single`, else its batch form.
+    async fn put_call(&self, entries: &[(&str, &[u8])], single: bool) -> Result<u64> {
+        let encoded: Vec<String> = entries
+            .iter()
+            .map(|(_, v)| BASE64_STANDARD.encode(v))
+            .collect();
+        let answer: WrittenAnswer =
+            if let ([(key, _)], [value], true) = (entries, &encoded[..], single) {
+                self.call("kv/put", &Entry { key, value }).await?
+            } else {
+                let wire: Vec<Entry<'_>> = (entries.iter().zip(&encoded))
+                    .map(|((key, _), value)| Entry { key, value })
+                    .collect();
+                self.call("kv/put", &serde_json::json!({ "entries": wire }))
+                    .await?
+            };
+        Ok(answer.written)
     }
 
     /// Stores several entries (at most 128) at once, all or nothing. Returns how many were
@@ -219,37 +348,112 @@ impl Storage {
         K: AsRef<str>,
         T: Serialize,
     {
-        let entries: Vec<(K, String)> = entries
+        let entries: Vec<(K, Vec<u8>)> = entries
             .into_iter()
-            .map(|(k, v)| Ok((k, BASE64_STANDARD.encode(serde_json::to_vec(&v)?))))
+            .map(|(k, v)| Ok((k, serde_json::to_vec(&v)?)))
             .collect::<Result<_>>()?;
-        let entries: Vec<Entry<'_>> = entries
+        let entries: Vec<(&str, &[u8])> = entries
             .iter()
-            .map(|(k, v)| Entry {
-                key: k.as_ref(),
-                value: v,
-            })
+            .map(|(k, v)| (k.as_ref(), v.as_slice()))
             .collect();
-        let answer: WrittenAnswer = self
-            .call("kv/put", &serde_json::json!({ "entries": entries }))
-            .await?;
-        Ok(answer.written)
+        let Some(cache) = &self.cache else {
+            return self.put_call(&entries, false).await;
+        };
+        let _op = cache.op().await;
+        let direct = entries.is_empty()
+            || entries.len() > MAX_BUFFERED_BATCH
+            || (entries.iter())
+                .any(|(k, v)| k.len() > MAX_BUFFERED_KEY || v.len() > MAX_BUFFERED_VALUE);
+        if direct {
+            self.send_pending(cache).await?;
+            {
+                let mut c = cache.lock();
+                for (k, _) in &entries {
+                    c.direct_write(cache.id(), k)?;
+                }
+            }
+            return self.put_call(&entries, false).await;
+        }
+        let mut full = false;
+        {
+            let mut c = cache.lock();
+            for (k, v) in &entries {
+                full |= c.put(cache.id(), k, Bytes::copy_from_slice(v))?;
+            }
+        }
+        if full {
+            self.send_pending(cache).await?;
+        }
+        Ok(entries.len() as u64)
     }
 
     /// Deletes `key`. Returns whether it existed.
     pub async fn delete(&self, key: &str) -> Result<bool> {
-        let answer: DeletedAnswer = self
-            .call("kv/delete", &serde_json::json!({ "key": key }))
-            .await?;
-        Ok(answer.deleted > 0)
+        Ok(self.delete_keys(&[key], true).await? > 0)
     }
 
     /// Deletes `keys` (at most 128). Returns how many existed.
     pub async fn delete_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<u64> {
         let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
-        let answer: DeletedAnswer = self
-            .call("kv/delete", &serde_json::json!({ "keys": keys }))
-            .await?;
+        self.delete_keys(&keys, false).await
+    }
+
+    async fn delete_keys(&self, keys: &[&str], single: bool) -> Result<u64> {
+        let Some(cache) = &self.cache else {
+            return self.delete_call(keys, single).await;
+        };
+        let _op = cache.op().await;
+        if keys.is_empty()
+            || keys.len() > MAX_BUFFERED_BATCH
+            || keys.iter().any(|k| k.len() > MAX_BUFFERED_KEY)
+        {
+            self.send_pending(cache).await?;
+            return self.delete_direct(cache, keys, single).await;
+        }
+        // Keys whose existence is known are buffered; the others are deleted with a call,
+        // which answers whether they existed. None of those is buffered (it would be known),
+        // so the call needs nothing sent before it.
+        let mut existed = 0;
+        let mut ask = vec![];
+        {
+            let mut c = cache.lock();
+            for &k in keys {
+                match c.delete(cache.id(), k)? {
+                    Some(e) => existed += u64::from(e),
+                    None => ask.push(k),
+                }
+            }
+        }
+        if !ask.is_empty() {
+            existed += self.delete_direct(cache, &ask, single).await?;
+        }
+        Ok(existed)
+    }
+
+    async fn delete_direct(&self, cache: &TurnCache, keys: &[&str], single: bool) -> Result<u64> {
+        {
+            let mut c = cache.lock();
+            for k in keys {
+                c.direct_write(cache.id(), k)?;
+            }
+        }
+        let deleted = self.delete_call(keys, single).await?;
+        let mut c = cache.lock();
+        for k in keys {
+            c.deleted(cache.id(), k);
+        }
+        Ok(deleted)
+    }
+
+    /// `kv/delete` in its single form (`{"key"}`) when `single`, else its batch form.
+    async fn delete_call(&self, keys: &[&str], single: bool) -> Result<u64> {
+        let answer: DeletedAnswer = if let ([key], true) = (keys, single) {
+            self.call("kv/delete", &serde_json::json!({ "key": key }))
+                .await?
+        } else {
+            self.call("kv/delete", &serde_json::json!({ "keys": keys }))
+                .await?
+        };
         Ok(answer.deleted)
     }
 
@@ -266,15 +470,60 @@ impl Storage {
         &self,
         options: ListOptions,
     ) -> Result<Vec<(String, T)>> {
+        let Some(cache) = &self.cache else {
+            let answer: EntriesAnswer = self.call("kv/list", &options).await?;
+            return decode_entries(answer.entries);
+        };
+        let _op = cache.op().await;
+        // The sidecar lists what it holds: send it the turn's writes first.
+        self.send_pending(cache).await?;
         let answer: EntriesAnswer = self.call("kv/list", &options).await?;
-        decode_entries(answer.entries)
+        let mut found = Vec::with_capacity(answer.entries.len());
+        for e in answer.entries {
+            if let Some(v) = e.value {
+                found.push((e.key, Bytes::from(decode(&v)?)));
+            }
+        }
+        {
+            let mut c = cache.lock();
+            for (k, v) in &found {
+                c.fill(cache.id(), k, Some(v.clone()));
+            }
+        }
+        found
+            .into_iter()
+            .map(|(k, v)| Ok((k, serde_json::from_slice(&v)?)))
+            .collect()
     }
 
     /// Deletes every key-value entry of the object (SQL tables are left alone). Returns how
     /// many there were.
     pub async fn delete_all(&self) -> Result<u64> {
+        let Some(cache) = &self.cache else {
+            let answer: DeletedAnswer = self.call("kv/delete-all", &serde_json::json!({})).await?;
+            return Ok(answer.deleted);
+        };
+        let _op = cache.op().await;
+        if let Some(n) = cache.lock().delete_all(cache.id())? {
+            return Ok(n);
+        }
+        // Not every key is known: the sidecar counts them.
+        self.send_pending(cache).await?;
+        cache.lock().direct_delete_all(cache.id())?;
         let answer: DeletedAnswer = self.call("kv/delete-all", &serde_json::json!({})).await?;
+        cache.lock().deleted_all(cache.id());
         Ok(answer.deleted)
+    }
+
+    /// Sends the turn's buffered writes with calls (the caller holds the turn's operation lock).
+    async fn send_pending(&self, cache: &TurnCache) -> Result<()> {
+        let writes = cache.lock().pending(cache.id())?;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        send_writes(&self.api, &self.token, &writes).await?;
+        cache.lock().sent(cache.id());
+        Ok(())
     }
 
     /// Runs SQL on the object's own SQLite database.
@@ -303,6 +552,55 @@ impl Storage {
         }
         self.call("sql/exec", &Exec { sql, params }).await
     }
+}
+
+/// Applies `writes` with the protocol-1 calls, in the order the sidecar applies `stead-writes`:
+/// delete-all, deletes, puts, alarm.
+pub(crate) async fn send_writes(
+    api: &ApiClient,
+    token: &HeaderValue,
+    writes: &Writes,
+) -> Result<()> {
+    if writes.delete_all {
+        let _: DeletedAnswer = api
+            .call(token, "kv/delete-all", &serde_json::json!({}))
+            .await?;
+    }
+    for keys in writes.deletes().chunks(MAX_BUFFERED_BATCH) {
+        let _: DeletedAnswer = api
+            .call(token, "kv/delete", &serde_json::json!({ "keys": keys }))
+            .await?;
+    }
+    for entries in writes.puts().chunks(MAX_BUFFERED_BATCH) {
+        let encoded: Vec<String> = entries
+            .iter()
+            .map(|(_, v)| BASE64_STANDARD.encode(v))
+            .collect();
+        let wire: Vec<Entry<'_>> = (entries.iter().zip(&encoded))
+            .map(|((key, _), value)| Entry { key, value })
+            .collect();
+        let _: WrittenAnswer = api
+            .call(token, "kv/put", &serde_json::json!({ "entries": wire }))
+            .await?;
+    }
+    match writes.alarm {
+        Some(Some(time_ms)) => {
+            let _: serde_json::Value = api
+                .call(
+                    token,
+                    "alarm/set",
+                    &serde_json::json!({ "time_ms": time_ms }),
+                )
+                .await?;
+        }
+        Some(None) => {
+            let _: serde_json::Value = api
+                .call(token, "alarm/delete", &serde_json::json!({}))
+                .await?;
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// A value bound to an SQL parameter: what SQLite stores.

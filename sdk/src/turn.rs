@@ -5,6 +5,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::alarm::Alarm;
+use crate::cache::TurnCache;
 use crate::client::ApiClient;
 use crate::storage::Storage;
 use crate::stub::{ObjectAddr, ObjectStub};
@@ -33,16 +34,32 @@ pub struct Turn {
     token: HeaderValue,
     storage: Storage,
     api: ApiClient,
+    /// Protocol 2: the instance's cache and this turn's buffered writes.
+    cache: Option<TurnCache>,
 }
 
 impl Turn {
+    /// A turn of protocol 1: every storage operation is a call.
+    #[cfg(test)]
     pub(crate) fn new(object: Arc<ObjectInfo>, token: HeaderValue, api: ApiClient) -> Self {
-        let storage = Storage::new(api.clone(), token.clone());
+        Self::with_cache(object, token, api, None)
+    }
+
+    /// A turn whose storage answers from `cache` and buffers its writes there when it is
+    /// `Some` (protocol 2).
+    pub(crate) fn with_cache(
+        object: Arc<ObjectInfo>,
+        token: HeaderValue,
+        api: ApiClient,
+        cache: Option<TurnCache>,
+    ) -> Self {
+        let storage = Storage::with_cache(api.clone(), token.clone(), cache.clone());
         Self {
             object,
             token,
             storage,
             api,
+            cache,
         }
     }
 
@@ -71,6 +88,10 @@ impl Turn {
         self.token.to_str().unwrap_or_default()
     }
 
+    pub(crate) fn token_value(&self) -> &HeaderValue {
+        &self.token
+    }
+
     /// The object's storage, bound to this turn. Cheap: a clone of a handle.
     pub fn storage(&self) -> Storage {
         self.storage.clone()
@@ -85,7 +106,7 @@ impl Turn {
     /// # Ok(()) }
     /// ```
     pub fn alarm(&self) -> Alarm {
-        Alarm::new(self.api.clone(), self.token.clone())
+        Alarm::new(self.api.clone(), self.token.clone(), self.cache.clone())
     }
 
     /// The object's open WebSockets, bound to this turn: what is sent leaves once the turn
