@@ -5,4 +5,5 @@ mod calls;
 mod dispatch;
 mod events;
 mod fake_api;
+mod protocol2;
 mod wire;
