@@ -10,6 +10,7 @@ pub mod kill_cycles;
 pub mod kube;
 pub mod local;
 pub mod netns;
+pub mod one_shard;
 pub mod reshard;
 pub mod scenarios;
 

@@ -1,0 +1,361 @@
+//! [`OneShard`]: one `stead sidecar` and one example app as real processes on loopback, with
+//! the app's protocol chosen per start (`STEAD_APP_PROTOCOL`) and an [`ApiTap`] between the app
+//! and the sidecar's app API that counts every call the app makes, by path.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::client::Client;
+use crate::local::{built_binary, die_with_parent, free_port};
+
+/// Environment variable of the Rust SDK that forces the app protocol (`stead_sdk::ENV_APP_PROTOCOL`;
+/// this crate does not depend on the SDK).
+pub const ENV_APP_PROTOCOL: &str = "STEAD_APP_PROTOCOL";
+
+/// Which app protocol the app is started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// Whatever the SDK speaks by default (protocol 2 with a sidecar that offers it).
+    Latest,
+    /// `STEAD_APP_PROTOCOL=1`: every storage operation is a call.
+    One,
+}
+
+/// A loopback HTTP proxy in front of the sidecar's app API that counts requests by path.
+pub struct ApiTap {
+    addr: SocketAddr,
+    counts: Arc<Mutex<BTreeMap<String, u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiTap {
+    /// Listens on a free loopback port and forwards every request to `api`.
+    pub async fn start(api: SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let counts = Arc::new(Mutex::new(BTreeMap::new()));
+        let client: HyperClient<HttpConnector, Full<Bytes>> =
+            HyperClient::builder(TokioExecutor::new()).build_http();
+        let task = {
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let _ = stream.set_nodelay(true);
+                    let counts = Arc::clone(&counts);
+                    let client = client.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        forward(req, api, client.clone(), Arc::clone(&counts))
+                    });
+                    tokio::spawn(async move {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        };
+        Ok(Self { addr, counts, task })
+    }
+
+    /// The base URL the app calls.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Calls so far, by path (e.g. `/v1/kv/get`).
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Calls so far whose path starts with `prefix`.
+    pub fn count(&self, prefix: &str) -> u64 {
+        (self.counts().iter())
+            .filter(|(p, _)| p.starts_with(prefix))
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+impl Drop for ApiTap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Headers about one hop, not about the message.
+fn hop_by_hop(name: &http::HeaderName) -> bool {
+    [
+        http::header::HOST,
+        http::header::CONNECTION,
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+    ]
+    .contains(name)
+}
+
+async fn forward(
+    req: http::Request<Incoming>,
+    api: SocketAddr,
+    client: HyperClient<HttpConnector, Full<Bytes>>,
+    counts: Arc<Mutex<BTreeMap<String, u64>>>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    *counts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(parts.uri.path().to_owned())
+        .or_default() += 1;
+    let failed = |why: String| {
+        let mut res = http::Response::new(Full::new(Bytes::from(why)));
+        *res.status_mut() = http::StatusCode::BAD_GATEWAY;
+        Ok(res)
+    };
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return failed(format!("tap: request body: {e}")),
+    };
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let mut out = http::Request::new(Full::new(body));
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = match format!("http://{api}{target}").parse() {
+        Ok(u) => u,
+        Err(e) => return failed(format!("tap: {e}")),
+    };
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    let res = match client.request(out).await {
+        Ok(r) => r,
+        Err(e) => return failed(format!("tap: {e}")),
+    };
+    let (parts, body) = res.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return failed(format!("tap: answer body: {e}")),
+    };
+    let mut back = http::Response::new(Full::new(body));
+    *back.status_mut() = parts.status;
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            back.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    Ok(back)
+}
+
+/// One sidecar and one app, on loopback. Dropping it kills both and removes the data (kept, with
+/// the logs, when the test failed).
+pub struct OneShard {
+    app_bin: PathBuf,
+    classes: String,
+    dir: PathBuf,
+    ingress: SocketAddr,
+    admin: SocketAddr,
+    app_addr: SocketAddr,
+    sidecar: Option<Child>,
+    app: Option<Child>,
+    tap: ApiTap,
+    client: Client,
+}
+
+impl OneShard {
+    /// Starts the example binary `app` (serving `classes`, comma-separated) speaking
+    /// `protocol`, and a sidecar, and waits until the sidecar is ready.
+    pub async fn start(app: &str, classes: &str, protocol: AppProtocol) -> anyhow::Result<Self> {
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("stead-e2e-one-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(dir.join("data"))
+            .with_context(|| format!("create {}", dir.display()))?;
+        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let api = at(free_port()?);
+        let mut shard = Self {
+            app_bin: built_binary(app)?,
+            classes: classes.to_owned(),
+            dir,
+            ingress: at(free_port()?),
+            admin: at(free_port()?),
+            app_addr: at(free_port()?),
+            sidecar: None,
+            app: None,
+            tap: ApiTap::start(api).await?,
+            client: Client::new(),
+        };
+        shard.spawn_app(protocol)?;
+        shard.spawn_sidecar(api)?;
+        shard.wait_ready().await?;
+        Ok(shard)
+    }
+
+    fn log(&self, what: &str) -> anyhow::Result<(std::fs::File, std::fs::File)> {
+        let path = self.dir.join(format!("{what}.log"));
+        let out = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        let err = out.try_clone()?;
+        Ok((out, err))
+    }
+
+    fn spawn_app(&mut self, protocol: AppProtocol) -> anyhow::Result<()> {
+        let (out, err) = self.log("app")?;
+        let mut cmd = std::process::Command::new(&self.app_bin);
+        die_with_parent(&mut cmd);
+        cmd.env(
+            stead_core::protocol::ENV_APP_ADDR,
+            self.app_addr.to_string(),
+        )
+        .env(stead_core::protocol::ENV_API_URL, self.tap.url())
+        .env("RUST_LOG", "warn")
+        .env_remove(ENV_APP_PROTOCOL);
+        if protocol == AppProtocol::One {
+            cmd.env(ENV_APP_PROTOCOL, "1");
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("start {}", self.app_bin.display()))?;
+        self.app = Some(child);
+        Ok(())
+    }
+
+    fn spawn_sidecar(&mut self, api: SocketAddr) -> anyhow::Result<()> {
+        let (out, err) = self.log("sidecar")?;
+        let stead = built_binary("stead")?;
+        let mut cmd = std::process::Command::new(&stead);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .arg("sidecar")
+            .args(["--ingress", &self.ingress.to_string()])
+            .args(["--api", &api.to_string()])
+            .args(["--admin", &self.admin.to_string()])
+            .args(["--app", &self.app_addr.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--classes", &self.classes])
+            .env(
+                "RUST_LOG",
+                std::env::var("STEAD_E2E_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("start {}", stead.display()))?;
+        self.sidecar = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the sidecar answers `/readyz` with 200 (its app accepts connections) and its
+    /// ingress accepts connections.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let readyz = format!("http://{}/readyz", self.admin);
+        for _ in 0..600 {
+            for (what, child) in [("sidecar", &mut self.sidecar), ("app", &mut self.app)] {
+                if let Some(c) = child
+                    && let Ok(Some(status)) = c.try_wait()
+                {
+                    anyhow::bail!(
+                        "the {what} exited ({status}); logs in {}",
+                        self.dir.display()
+                    );
+                }
+            }
+            let ready = self
+                .client
+                .get(&readyz)
+                .await
+                .is_ok_and(|r| r.status == 200);
+            if ready && tokio::net::TcpStream::connect(self.ingress).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("not ready after 60 s; logs in {}", self.dir.display())
+    }
+
+    /// `kill -9` the app and start it again speaking `protocol`; the sidecar keeps running.
+    pub async fn restart_app(&mut self, protocol: AppProtocol) -> anyhow::Result<()> {
+        if let Some(mut c) = self.app.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn_app(protocol)?;
+        // The sidecar sees the app again once it accepts connections.
+        for _ in 0..600 {
+            if tokio::net::TcpStream::connect(self.app_addr).await.is_ok() {
+                return self.wait_ready().await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!(
+            "the app did not listen again; logs in {}",
+            self.dir.display()
+        )
+    }
+
+    /// The ingress URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ingress)
+    }
+
+    /// The HTTP client of the test.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The calls the app made to the app API.
+    pub fn tap(&self) -> &ApiTap {
+        &self.tap
+    }
+
+    /// The Prometheus text of the sidecar's admin port.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("http://{}/metrics", self.admin);
+        let reply = self.client.get(&url).await.map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(reply.status == 200, "{url}: {}", reply.status);
+        Ok(reply.body)
+    }
+}
+
+impl Drop for OneShard {
+    fn drop(&mut self) {
+        for child in [self.sidecar.take(), self.app.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "stead-e2e: the test failed; data and logs kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

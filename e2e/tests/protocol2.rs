@@ -1,0 +1,219 @@
+//! App protocol 2 (docs/app-protocol.md, "Protocol 2") with real processes: one `stead sidecar`
+//! and the counter example, speaking protocol 2 (the SDK's default) or forced to protocol 1
+//! with `STEAD_APP_PROTOCOL=1`. A tap between the app and the app API counts the app's calls.
+//! Build the binaries first (`cargo build -p stead-sidecar -p counter --bins`).
+
+use stead_e2e::Client;
+use stead_e2e::one_shard::{AppProtocol, OneShard};
+
+/// One shard at a time: the machine is small, and the scenarios only poll.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn counter(protocol: AppProtocol) -> OneShard {
+    OneShard::start("counter", "Counter", protocol)
+        .await
+        .unwrap_or_else(|e| panic!("start a sidecar and the counter ({protocol:?}): {e:#}"))
+}
+
+fn object(shard: &OneShard, name: &str, rest: &str) -> String {
+    shard.url(&format!("/objects/Counter/name/{name}{rest}"))
+}
+
+async fn post(client: &Client, url: &str, body: &str) -> (u16, String) {
+    let r = client
+        .post(url, body)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (r.status, r.body)
+}
+
+async fn get(client: &Client, url: &str) -> (u16, String) {
+    let r = client.get(url).await.unwrap_or_else(|e| panic!("{e}"));
+    (r.status, r.body)
+}
+
+/// `clients` concurrent clients each increment the object `name` `each` times; every answer is
+/// a distinct value and together they are exactly 1..=clients×each.
+async fn increments_are_exact(shard: &OneShard, name: &str, clients: u64, each: u64) {
+    let url = object(shard, name, "/increment");
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let client = shard.client().clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut seen = vec![];
+                for _ in 0..each {
+                    let (status, body) = post(&client, &url, "").await;
+                    assert_eq!(status, 200, "{body}");
+                    seen.push(body.trim().parse::<u64>().expect("a number"));
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut all = vec![];
+    for t in tasks {
+        all.extend(t.await.expect("a client task"));
+    }
+    all.sort_unstable();
+    let expected: Vec<u64> = (1..=clients * each).collect();
+    assert_eq!(all, expected, "the answered values are not exactly serial");
+    let (_, value) = get(shard.client(), &object(shard, name, "/value")).await;
+    assert_eq!(value, (clients * each).to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counters_are_exact_under_concurrency_with_protocol_2() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let shard = counter(AppProtocol::Latest).await;
+    increments_are_exact(&shard, "hot", 8, 25).await;
+    increments_are_exact(&shard, "other", 4, 10).await;
+    // The writes travelled with the answers: not one kv/put call.
+    assert_eq!(
+        shard.tap().count("/v1/kv/put"),
+        0,
+        "calls: {:?}",
+        shard.tap().counts()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counters_are_exact_with_protocol_1_forced() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let shard = counter(AppProtocol::One).await;
+    increments_are_exact(&shard, "hot", 8, 25).await;
+    // Protocol 1 as it always was: each increment is one kv/get and one kv/put call (and the
+    // final GET /value one more kv/get).
+    let calls = shard.tap().counts();
+    assert_eq!(calls.get("/v1/kv/put"), Some(&200), "{calls:?}");
+    assert_eq!(calls.get("/v1/kv/get"), Some(&201), "{calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_turn_that_writes_then_answers_500_leaves_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let shard = counter(AppProtocol::Latest).await;
+    let c = shard.client();
+    for n in 1..=2 {
+        assert_eq!(
+            post(c, &object(&shard, "r", "/increment"), "").await,
+            (200, n.to_string())
+        );
+    }
+    let (status, body) = post(c, &object(&shard, "r", "/increment?fail=1"), "").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("failed_on_purpose"), "{body}");
+    assert_eq!(
+        get(c, &object(&shard, "r", "/value")).await,
+        (200, "2".into())
+    );
+    assert_eq!(
+        post(c, &object(&shard, "r", "/increment"), "").await,
+        (200, "3".into())
+    );
+    assert_eq!(
+        shard.tap().count("/v1/kv/put"),
+        0,
+        "{:?}",
+        shard.tap().counts()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_over_the_key_limit_still_fails_at_the_call() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let shard = counter(AppProtocol::Latest).await;
+    let c = shard.client();
+    let put_raw = object(&shard, "limits", "/put-raw");
+    // Small: buffered, no call.
+    let (status, body) = post(c, &put_raw, r#"{"key": "small", "value": 1}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(shard.tap().count("/v1/kv/put"), 0);
+
+    // Over the sidecar's key limit: the refusal reaches the app at the call, which passes it on.
+    let long = "k".repeat(2049);
+    let (status, body) = post(c, &put_raw, &format!(r#"{{"key": "{long}", "value": 1}}"#)).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("key_too_large"), "{body}");
+    assert_eq!(shard.tap().count("/v1/kv/put"), 1);
+
+    // Legal, but large enough to be a direct call: a key of 600 bytes, a value of 20 KiB.
+    let mid = "m".repeat(600);
+    let (status, body) = post(c, &put_raw, &format!(r#"{{"key": "{mid}", "value": 2}}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let big = "v".repeat(20 << 10);
+    let (status, body) = post(
+        c,
+        &put_raw,
+        &format!(r#"{{"key": "big", "value": "{big}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(shard.tap().count("/v1/kv/put"), 3);
+
+    let get_raw = |key: &str| object(&shard, "limits", &format!("/get-raw?key={key}"));
+    assert_eq!(get(c, &get_raw("small")).await, (200, "1".into()));
+    assert_eq!(get(c, &get_raw(&mid)).await, (200, "2".into()));
+    assert_eq!(get(c, &get_raw("big")).await, (200, format!("\"{big}\"")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn values_written_with_protocol_2_are_read_by_protocol_1_and_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut shard = counter(AppProtocol::Latest).await;
+    let inc = object(&shard, "shared", "/increment");
+    let value = object(&shard, "shared", "/value");
+    let put_raw = object(&shard, "shared", "/put-raw");
+    let note = object(&shard, "shared", "/get-raw?key=note");
+    let c = shard.client().clone();
+
+    for n in 1..=3 {
+        assert_eq!(post(&c, &inc, "").await, (200, n.to_string()));
+    }
+    let (status, _) = post(&c, &put_raw, r#"{"key": "note", "value": "from 2"}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        shard.tap().count("/v1/kv/put"),
+        0,
+        "protocol 2 was not spoken"
+    );
+
+    shard.restart_app(AppProtocol::One).await.unwrap();
+    let puts = shard.tap().count("/v1/kv/put");
+    assert_eq!(get(&c, &value).await, (200, "3".into()));
+    assert_eq!(get(&c, &note).await, (200, "\"from 2\"".into()));
+    assert_eq!(post(&c, &inc, "").await, (200, "4".into()));
+    let (status, _) = post(&c, &put_raw, r#"{"key": "note", "value": "from 1"}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        shard.tap().count("/v1/kv/put"),
+        puts + 2,
+        "protocol 1 was not spoken"
+    );
+
+    shard.restart_app(AppProtocol::Latest).await.unwrap();
+    assert_eq!(get(&c, &value).await, (200, "4".into()));
+    assert_eq!(get(&c, &note).await, (200, "\"from 1\"".into()));
+    assert_eq!(post(&c, &inc, "").await, (200, "5".into()));
+    assert_eq!(shard.tap().count("/v1/kv/put"), puts + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_counter_increment_makes_no_storage_call_after_the_first_event() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let shard = counter(AppProtocol::Latest).await;
+    let c = shard.client();
+    let inc = object(&shard, "hot", "/increment");
+    assert_eq!(post(c, &inc, "").await, (200, "1".into()));
+    // At most one read: none with eager state, one kv/get without.
+    let first = shard.tap().counts();
+    assert!(shard.tap().count("/v1/") <= 1, "{first:?}");
+    for n in 2..=50 {
+        assert_eq!(post(c, &inc, "").await, (200, n.to_string()));
+    }
+    assert_eq!(
+        shard.tap().counts(),
+        first,
+        "increments after the first made app API calls"
+    );
+}
