@@ -17,10 +17,16 @@ use crate::error::{Error, Result};
 
 /// The storage of the object a turn belongs to.
 ///
-/// Every call goes to the sidecar's app API under the turn's token and is part of the turn's
-/// transaction: reads see the turn's own writes, and every write commits or rolls back with the
-/// turn. A `Storage` is cheap to clone; once the turn has ended, calls fail with
-/// [`ApiError`](crate::ApiError) `410 turn_finished`.
+/// Every operation is part of the turn's transaction: reads see the turn's own writes, and every
+/// write commits or rolls back with the turn. A `Storage` is cheap to clone; once the turn has
+/// ended, operations fail with [`ApiError`](crate::ApiError) `410 turn_finished`.
+///
+/// With a sidecar that offers protocol 2 (and unless the app forces protocol 1, see
+/// [`App::protocol`](crate::App::protocol)), reads of keys the object instance already knows make
+/// no call, and small writes are buffered and travel with the turn's answer; writes that could
+/// break a limit (a key over 512 bytes, a value over 16 KiB, a batch over 128) are still calls,
+/// so their refusals come back here. Otherwise every operation is a call of the sidecar's app
+/// API under the turn's token. See `docs/sdk.md`, "Protocol 2: the storage cache".
 ///
 /// Key-value values are stored as the bytes of their `serde_json` encoding, so any
 /// `Serialize`/`Deserialize` type works, and apps in other languages read them as JSON.
