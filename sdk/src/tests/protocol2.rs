@@ -70,6 +70,14 @@ impl DurableObject for Store {
                 s.put("b", &2).await?;
                 Ok(response::text("stored"))
             }
+            "/reset" => {
+                s.put("old", &0).await?;
+                s.delete_all().await?;
+                s.put("b", &2).await?;
+                s.delete("x").await?;
+                turn.alarm().set_ms(1_234).await?;
+                Ok(response::status(StatusCode::NO_CONTENT))
+            }
             "/delete" => Ok(response::json(&s.delete(&key).await?)),
             "/delete-all" => Ok(response::json(&s.delete_all().await?)),
             "/put-then-list" => {
@@ -502,4 +510,27 @@ async fn a_turn_of_protocol_1_between_two_of_protocol_2_leaves_no_stale_cache() 
     // The cache was forgotten: the next read asks.
     assert_eq!(s.v2("/get?key=n", None).await.body, "1");
     assert_eq!(s.calls(), ["/v1/kv/get", "/v1/kv/put", "/v1/kv/get"]);
+}
+
+#[tokio::test]
+async fn writes_sent_with_calls_keep_the_order_the_sidecar_applies() {
+    let s = Sidecar::store().await;
+    // A 204 cannot carry writes: they go as calls, in the order of `stead-writes`.
+    let a = s.v2("/reset", empty_state()).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    let log = s.log();
+    let calls: Vec<(&str, &Value)> = log.iter().map(|c| (c.path.as_str(), &c.body)).collect();
+    assert_eq!(
+        calls,
+        [
+            ("/v1/kv/delete-all", &json!({})),
+            ("/v1/kv/delete", &json!({"keys": ["x"]})),
+            (
+                "/v1/kv/put",
+                &json!({"entries": [{"key": "b", "value": b64("2")}]})
+            ),
+            ("/v1/alarm/set", &json!({"time_ms": 1_234})),
+        ]
+    );
+    assert_eq!(s.fake.alarm(), Some(1_234));
 }
