@@ -1,10 +1,14 @@
 //! App protocol 2 (docs/app-protocol.md, "Protocol 2") with real processes: one `stead sidecar`
 //! and the counter example, speaking protocol 2 (the SDK's default) or forced to protocol 1
 //! with `STEAD_APP_PROTOCOL=1`. A tap between the app and the app API counts the app's calls.
-//! Build the binaries first (`cargo build -p stead-sidecar -p counter --bins`).
+//! Build the binaries first (`cargo build -p stead-sidecar -p counter -p chat --bins`).
 
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
 use stead_e2e::Client;
 use stead_e2e::one_shard::{AppProtocol, OneShard};
+use tokio_tungstenite::tungstenite::Message;
 
 /// One shard at a time: the machine is small, and the scenarios only poll.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -216,4 +220,59 @@ async fn a_hot_counter_increment_makes_no_storage_call_after_the_first_event() {
         first,
         "increments after the first made app API calls"
     );
+}
+
+/// The next chat message (JSON text) on `socket`, skipping anything else; panics after 10 s.
+async fn next_chat<S>(socket: &mut S) -> serde_json::Value
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a chat message within 10 s")
+            .expect("the socket is open")
+            .expect("a message");
+        if let Message::Text(text) = msg
+            && let Ok(json) = serde_json::from_str::<serde_json::Value>(text.as_str())
+            && json.get("seq").is_some()
+        {
+            return json;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_chat_room_works_with_protocol_2_and_a_rolled_back_message_leaves_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let shard = OneShard::start("chat", "ChatRoom", AppProtocol::Latest)
+        .await
+        .unwrap_or_else(|e| panic!("start a sidecar and the chat: {e:#}"));
+    let ws = |name: &str| {
+        shard
+            .url(&format!("/objects/ChatRoom/name/p2/ws?name={name}"))
+            .replacen("http://", "ws://", 1)
+    };
+    let (mut alice, _) = tokio_tungstenite::connect_async(ws("alice")).await.unwrap();
+    let (mut bob, _) = tokio_tungstenite::connect_async(ws("bob")).await.unwrap();
+    alice.send(Message::text("!rollback this")).await.unwrap();
+    alice.send(Message::text("hello")).await.unwrap();
+    // The rolled-back message was neither stored nor sent: the first both see is `hello`, #1.
+    for socket in [&mut alice, &mut bob] {
+        let m = next_chat(socket).await;
+        assert_eq!(
+            (m["seq"].as_u64(), m["text"].as_str()),
+            (Some(1), Some("hello"))
+        );
+        assert_eq!(m["name"], "alice");
+    }
+    let history = shard
+        .client()
+        .get(&shard.url("/objects/ChatRoom/name/p2/messages"))
+        .await
+        .unwrap();
+    assert_eq!(history.status, 200);
+    let history: Vec<serde_json::Value> = serde_json::from_str(&history.body).unwrap();
+    let texts: Vec<&str> = history.iter().filter_map(|m| m["text"].as_str()).collect();
+    assert_eq!(texts, ["hello"]);
 }
