@@ -276,3 +276,40 @@ async fn the_chat_room_works_with_protocol_2_and_a_rolled_back_message_leaves_no
     let texts: Vec<&str> = history.iter().filter_map(|m| m["text"].as_str()).collect();
     assert_eq!(texts, ["hello"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_refuses_to_start_with_an_unknown_protocol() {
+    let counter = stead_e2e::local::built_binary("counter").unwrap();
+    let port = stead_e2e::local::free_port().unwrap();
+    let mut cmd = std::process::Command::new(counter);
+    stead_e2e::local::die_with_parent(&mut cmd);
+    let child = cmd
+        .env(stead_e2e::one_shard::ENV_APP_PROTOCOL, "3")
+        .env(
+            stead_core::protocol::ENV_APP_ADDR,
+            format!("127.0.0.1:{port}"),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("the app exits at once")
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("STEAD_APP_PROTOCOL must be 1 or 2"), "{said}");
+    // Nothing listened.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

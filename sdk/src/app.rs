@@ -306,6 +306,8 @@ impl App {
     /// Listens on `STEAD_APP_ADDR` (default `127.0.0.1:3000`) and serves until SIGINT or
     /// SIGTERM, then finishes the events in flight.
     pub async fn serve(self) -> Result<()> {
+        // A bad setting is reported before anything listens.
+        protocol_from_env(self.protocol)?;
         let addr = env_or(protocol::ENV_APP_ADDR, protocol::DEFAULT_APP_ADDR);
         let listener = TcpListener::bind(&addr)
             .await
@@ -344,16 +346,7 @@ impl App {
             Some(url) => url,
             None => env_or(protocol::ENV_API_URL, protocol::DEFAULT_API_URL),
         };
-        let protocol = match std::env::var(ENV_APP_PROTOCOL).ok().as_deref() {
-            None | Some("") => self.protocol,
-            Some("1") => 1,
-            Some("2") => self.protocol,
-            Some(other) => {
-                return Err(Error::msg(format!(
-                    "{ENV_APP_PROTOCOL} must be 1 or 2, not {other:?}"
-                )));
-            }
-        };
+        let protocol = protocol_from_env(self.protocol)?;
         let shared = Arc::new(Shared {
             classes: self.classes,
             stateless: self.stateless,
@@ -361,6 +354,21 @@ impl App {
             protocol,
         });
         Ok(axum::Router::new().fallback(handle).with_state(shared))
+    }
+}
+
+/// The protocol to speak: `STEAD_APP_PROTOCOL=1` forces 1; unset, empty or `2` leaves `code`.
+fn protocol_from_env(code: u32) -> Result<u32> {
+    match std::env::var(ENV_APP_PROTOCOL)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("") | Some("2") => Ok(code),
+        Some("1") => Ok(1),
+        Some(other) => Err(Error::msg(format!(
+            "{ENV_APP_PROTOCOL} must be 1 or 2, not {other:?}"
+        ))),
     }
 }
 
