@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
@@ -21,6 +22,31 @@ pub enum AppError {
     AnswerTooLarge { limit: usize },
     #[error("invalid request for the app: {0}")]
     InvalidRequest(String),
+}
+
+/// The app as the object host sees it: where events go and answers come from. The seam that lets
+/// the turn pipeline be tested in-process against a fake app.
+pub trait App: Send + Sync + 'static {
+    /// Delivers one event and reads its whole answer.
+    fn send(&self, req: Request<Bytes>) -> BoxFuture<'static, Result<Response<Bytes>, AppError>>;
+}
+
+impl App for AppClient {
+    fn send(&self, req: Request<Bytes>) -> BoxFuture<'static, Result<Response<Bytes>, AppError>> {
+        let client = self.clone();
+        Box::pin(async move { client.send(req).await })
+    }
+}
+
+/// Tells the app that an object was closed, so it can drop the in-memory instance. Best effort:
+/// the incarnation header covers a lost notice.
+pub async fn hibernate(app: &dyn App, object: &ObjectRef, incarnation: &str) {
+    let mut req = Request::new(Bytes::new());
+    *req.method_mut() = http::Method::POST;
+    set_object_headers(req.headers_mut(), EventKind::Hibernate, object, incarnation);
+    if let Err(e) = app.send(req).await {
+        tracing::debug!(error = %e, "hibernate notice not delivered");
+    }
 }
 
 #[derive(Clone)]
@@ -131,17 +157,6 @@ impl AppClient {
             })?
             .to_bytes();
         Ok(Response::from_parts(parts, body))
-    }
-
-    /// Tells the app that an object was closed, so it can drop the in-memory instance. Best
-    /// effort: the incarnation header covers a lost notice.
-    pub async fn hibernate(&self, object: &ObjectRef, incarnation: &str) {
-        let mut req = Request::new(Bytes::new());
-        *req.method_mut() = http::Method::POST;
-        set_object_headers(req.headers_mut(), EventKind::Hibernate, object, incarnation);
-        if let Err(e) = self.send(req).await {
-            tracing::debug!(error = %e, "hibernate notice not delivered");
-        }
     }
 }
 
