@@ -192,16 +192,24 @@ impl Host {
         if gate.is_empty() {
             return;
         }
-        let writes = gate.held().iter().any(|h| h.finished.kept);
-        if writes && self.config.abort_at_commit {
+        let wrote = gate.held().iter().any(|h| h.finished.wrote);
+        if wrote && self.config.abort_at_commit {
             tracing::error!("test hook: aborting at commit");
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             std::process::abort();
         }
-        let commit = self.store.commit(object.clone(), cell.failures.clone());
+        // A group that left nothing in the transaction needs no commit; its replies still wait
+        // for the groups before it, and fail if one of those failed (see `release_turn`).
+        let commit = if wrote {
+            self.store.commit(object.clone(), cell.failures.clone())
+        } else {
+            Box::pin(std::future::ready(Ok(None)))
+        };
         let host = self.clone();
+        let failures = cell.failures.clone();
         gate.seal(commit, move |held, outcome| async move {
-            host.release(&object, held, outcome).await;
+            let failures = failures.load(Ordering::Acquire);
+            host.release(&object, held, outcome, failures).await;
         })
         .await;
     }
@@ -264,6 +272,8 @@ impl Host {
                 let finished = Finished {
                     response,
                     kept: false,
+                    wrote: false,
+                    failures_seen: inc.failures_seen,
                     outbox: vec![],
                     group_lost: false,
                     speaks_v2: None,
@@ -338,10 +348,11 @@ impl Host {
         object: &Arc<ObjectRef>,
         group: Vec<Held>,
         outcome: Result<Option<AlarmChange>, StorageError>,
+        failures: u64,
     ) {
         let failed = match outcome {
             Ok(change) => {
-                if group.iter().any(|h| h.finished.kept) {
+                if group.iter().any(|h| h.finished.wrote) {
                     // A slot being copied must copy this object again.
                     self.ownership.mark_written(object);
                 }
@@ -356,7 +367,10 @@ impl Host {
             }
         };
         for held in group {
-            self.release_turn(held, failed.as_ref());
+            // A turn that started before a commit of the object failed ran against lost writes.
+            let stale = (held.finished.failures_seen != failures)
+                .then(|| ApiError::from(StorageError::EarlierCommitFailed));
+            self.release_turn(held, failed.as_ref().or(stale.as_ref()));
         }
     }
 

@@ -106,6 +106,11 @@ pub struct Finished {
     pub response: Response<Bytes>,
     /// The turn's writes were kept in the object's transaction: it commits with the group.
     pub kept: bool,
+    /// The turn's end ran in storage: the object's transaction may be open (the group must
+    /// commit, or discard a database the turn created and rolled back).
+    pub wrote: bool,
+    /// Failed commits of the object known when the turn started.
+    pub failures_seen: u64,
     /// What the turn sent to the object's WebSockets (released only if it commits).
     pub outbox: Vec<Outgoing>,
     /// The turn failed in a way that loses the object's whole transaction (the group fails).
@@ -180,7 +185,16 @@ impl Turn {
         };
         let mut kept = keep;
         let mut group_lost = false;
-        if let Err(e) = store.end_turn(&self.storage, end).await {
+        // A turn that wrote nothing through calls, carries no writes and is no alarm turn has
+        // nothing to end in storage: one hop less for read-only and cached turns.
+        let touched = self.storage.close();
+        let needs_storage = touched || end.writes.is_some() || end.alarm_turn;
+        let ended = if needs_storage {
+            store.end_turn(&self.storage, end).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = ended {
             tracing::warn!(turn_id = self.storage.id, error = %e, "the turn could not be kept; rolled back");
             group_lost = e.is_disk_failure();
             if kept {
@@ -191,9 +205,11 @@ impl Turn {
         Finished {
             response,
             kept,
+            wrote: needs_storage,
             outbox: self.outbox.take(),
             group_lost,
             speaks_v2,
+            failures_seen: self.storage.failures_seen,
         }
     }
 }
@@ -272,6 +288,7 @@ impl Turns {
             deadline: Some(deadline),
             failures: cell.failures.clone(),
             failures_seen,
+            touched: Arc::default(),
         };
         turn.active.store(id, Ordering::Release);
         let outbox = Outbox::default();

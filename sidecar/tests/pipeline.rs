@@ -374,9 +374,8 @@ async fn the_next_turn_runs_before_the_previous_commit_and_its_reply_waits_for_i
         "no reply before its commit is durable"
     );
 
-    // The first turn's commit is held: the second turn runs in the app meanwhile, and sees the
-    // first one's write.
-    let second = rig.send("/get/n");
+    // The first turn's commit is held: the second turn runs in the app meanwhile.
+    let second = rig.send("/put/m/2");
     rig.settle().await;
     assert_eq!(
         rig.app.seen().len(),
@@ -390,11 +389,27 @@ async fn the_next_turn_runs_before_the_previous_commit_and_its_reply_waits_for_i
     assert!(first.is_finished(), "turn 1 is released by its commit");
     assert!(
         !second.is_finished(),
-        "turn 2 read turn 1's write: it waits for its own commit"
+        "turn 2 wrote: it waits for its own commit"
     );
     rig.store.allow(1);
     assert_eq!(first.await.unwrap(), (StatusCode::OK, "ok".into()));
-    assert_eq!(second.await.unwrap(), (StatusCode::OK, "1".into()));
+    assert_eq!(second.await.unwrap(), (StatusCode::OK, "ok".into()));
+
+    // A read-only turn that read a write whose commit is on its way waits for that commit.
+    let third = rig.send("/put/k/3");
+    rig.settle().await;
+    let reader = rig.send("/get/k");
+    rig.settle().await;
+    assert_eq!(rig.app.seen().len(), 4);
+    assert!(!third.is_finished() && !reader.is_finished());
+    rig.store.allow(1);
+    assert_eq!(third.await.unwrap().0, StatusCode::OK);
+    assert_eq!(reader.await.unwrap(), (StatusCode::OK, "3".into()));
+    assert_eq!(
+        rig.store.0.commits.load(Ordering::Relaxed),
+        3,
+        "the read-only turn needed no commit of its own"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -531,4 +546,25 @@ async fn a_group_is_committed_at_its_turn_bound() {
     }
     // 1 + 6 turns in groups of at most 2: at least 4 commits.
     assert!(rig.store.0.commits.load(Ordering::Relaxed) >= 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_only_turn_that_saw_writes_of_a_failed_commit_fails_too() {
+    let rig = rig(config());
+    rig.store.hold_commits();
+    rig.store.0.fail_next_commit.store(true, Ordering::Release);
+    let write = rig.send("/put/x/1");
+    rig.settle().await;
+    // Runs while the write's commit is held, and reads the write from the app's cache.
+    let read = rig.send("/get/x");
+    rig.settle().await;
+    assert_eq!(rig.app.seen().len(), 2);
+    rig.store.allow(1 << 20);
+    let (status, body) = write.await.unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let (status, body) = read.await.unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(body.contains("commit_failed"), "{body}");
+    // The next turn starts from what is durable.
+    assert_eq!(rig.send("/get/x").await.unwrap().1, "none");
 }

@@ -98,6 +98,7 @@ impl Rig {
             deadline,
             failures: Arc::new(AtomicU64::new(0)),
             failures_seen: 0,
+            touched: Default::default(),
         }
     }
 
@@ -551,6 +552,7 @@ mod group {
                 deadline: None,
                 failures: self.failures.clone(),
                 failures_seen,
+                touched: Default::default(),
             }
         }
     }

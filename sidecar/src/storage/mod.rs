@@ -20,7 +20,7 @@ mod error;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use rusqlite::types::Value;
@@ -62,14 +62,27 @@ pub struct TurnRef {
     pub deadline: Option<Instant>,
     pub failures: Arc<AtomicU64>,
     pub failures_seen: u64,
+    /// A call of the turn reached storage (set before its check, see [`TurnRef::close`]).
+    pub touched: Arc<AtomicBool>,
 }
 
 impl TurnRef {
     fn check(&self) -> Result<(), StorageError> {
-        if self.active.load(Ordering::Acquire) != self.id {
+        // Marked before the check: if the check passes, [`TurnRef::close`] sees the mark.
+        self.touched.store(true, Ordering::SeqCst);
+        if self.active.load(Ordering::SeqCst) != self.id {
             return Err(StorageError::TurnFinished);
         }
         self.check_failures()
+    }
+
+    /// Closes the turn to further calls, from outside storage; whether any call of it reached
+    /// storage (then its end must run in storage; otherwise there is nothing to end there).
+    pub fn close(&self) -> bool {
+        let _ = self
+            .active
+            .compare_exchange(self.id, 0, Ordering::SeqCst, Ordering::SeqCst);
+        self.touched.load(Ordering::SeqCst)
     }
 
     /// Refuses a turn that started before a commit of its object failed: it ran against writes
