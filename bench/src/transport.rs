@@ -48,7 +48,7 @@ pub async fn run(args: Args) -> Result<()> {
     result
 }
 
-async fn measure_all(args: &Args, sock: &PathBuf) -> Result<()> {
+async fn measure_all(args: &Args, sock: &std::path::Path) -> Result<()> {
     let tcp = TcpListener::bind("127.0.0.1:0").await?;
     let tcp_addr = tcp.local_addr()?;
     let unix = UnixListener::bind(sock).context("binding the Unix socket")?;
@@ -115,14 +115,14 @@ async fn measure(
     conns: usize,
     args: &Args,
     tcp: std::net::SocketAddr,
-    sock: &PathBuf,
+    sock: &std::path::Path,
 ) -> Result<(f64, hdrhistogram::Histogram<u64>)> {
     let until = Instant::now() + Duration::from_secs(args.duration);
     let body = Bytes::from(vec![b'q'; args.body]);
     let mut tasks = vec![];
     for _ in 0..conns {
         let body = body.clone();
-        let sock = sock.clone();
+        let sock = sock.to_path_buf();
         tasks.push(tokio::spawn(async move {
             let mut sender = match t {
                 Transport::Tcp => {
