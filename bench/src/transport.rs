@@ -4,7 +4,6 @@
 //! microseconds for each transport and connection count.
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
