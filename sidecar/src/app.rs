@@ -49,12 +49,24 @@ pub async fn hibernate(app: &dyn App, object: &ObjectRef, incarnation: &str) {
     }
 }
 
+/// The app's address: `host:port` over TCP, or `unix:/path` for a Unix domain socket (faster
+/// where both ends can share a folder: `stead dev`, or an `emptyDir` shared by the containers
+/// of a pod; see docs/benchmarks.md, "The sidecar-app hop").
 #[derive(Clone)]
 pub struct AppClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Transport,
     addr: String,
     max_answer_bytes: usize,
 }
+
+#[derive(Clone)]
+enum Transport {
+    Tcp(Client<HttpConnector, Full<Bytes>>),
+    Unix(Client<unix::Connector, Full<Bytes>>),
+}
+
+/// The prefix of an app address that names a Unix domain socket.
+pub const UNIX_PREFIX: &str = "unix:";
 
 /// Headers that describe one connection, not the message: never passed between connections.
 const HOP_BY_HOP: [&str; 8] = [
@@ -97,12 +109,18 @@ pub fn clean_headers(headers: &mut HeaderMap, strip_stead: bool) {
 
 impl AppClient {
     pub fn new(addr: String, max_answer_bytes: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+            .pool_max_idle_per_host(1024);
+        let client = match addr.strip_prefix(UNIX_PREFIX) {
+            Some(path) => Transport::Unix(builder.build(unix::Connector::new(path.into()))),
+            None => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                Transport::Tcp(builder.build(connector))
+            }
+        };
         Self {
             client,
             addr,
@@ -131,17 +149,22 @@ impl AppClient {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        *req.uri_mut() = Uri::try_from(format!("http://{}{}", self.addr, path))
+        // Over a Unix socket the authority only names the connection pool.
+        let authority = match &self.client {
+            Transport::Tcp(_) => self.addr.as_str(),
+            Transport::Unix(_) => "app",
+        };
+        *req.uri_mut() = Uri::try_from(format!("http://{authority}{path}"))
             .map_err(|e| AppError::InvalidRequest(e.to_string()))?;
         // The app speaks HTTP/1.1 whatever the client spoke (an HTTP/2 request keeps its
         // version otherwise, and the HTTP/1 client refuses it).
         *req.version_mut() = Version::HTTP_11;
         let req = req.map(Full::new);
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| self.unreachable(error_chain(&e)))?;
+        let resp = match &self.client {
+            Transport::Tcp(c) => c.request(req).await,
+            Transport::Unix(c) => c.request(req).await,
+        }
+        .map_err(|e| self.unreachable(error_chain(&e)))?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, self.max_answer_bytes)
             .collect()
@@ -198,4 +221,81 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+/// Connections to the app over a Unix domain socket, for hyper's pooled client.
+mod unix {
+    use std::path::PathBuf;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use futures_util::future::BoxFuture;
+    use http::Uri;
+    use hyper_util::client::legacy::connect::{Connected, Connection};
+    use hyper_util::rt::TokioIo;
+    use tokio::net::UnixStream;
+
+    #[derive(Clone)]
+    pub struct Connector(Arc<PathBuf>);
+
+    impl Connector {
+        pub fn new(path: PathBuf) -> Self {
+            Self(Arc::new(path))
+        }
+    }
+
+    impl tower::Service<Uri> for Connector {
+        type Response = Stream;
+        type Error = std::io::Error;
+        type Future = BoxFuture<'static, Result<Stream, std::io::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Uri) -> Self::Future {
+            let path = self.0.clone();
+            Box::pin(async move { Ok(Stream(TokioIo::new(UnixStream::connect(&*path).await?))) })
+        }
+    }
+
+    pub struct Stream(TokioIo<UnixStream>);
+
+    impl Connection for Stream {
+        fn connected(&self) -> Connected {
+            Connected::new()
+        }
+    }
+
+    impl hyper::rt::Read for Stream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: hyper::rt::ReadBufCursor<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl hyper::rt::Write for Stream {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
 }

@@ -28,7 +28,7 @@ pub struct SidecarConfig {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "STEAD_ADMIN_ADDR", default_value = "0.0.0.0:9788")]
     pub admin: SocketAddr,
-    /// Address of the app container (host:port).
+    /// Address of the app container: `host:port`, or `unix:/path` for a Unix domain socket.
     #[arg(long, env = "STEAD_APP_ADDR", default_value = stead_core::protocol::DEFAULT_APP_ADDR)]
     pub app: String,
     /// Folder of the shard's data (object databases under slots/).
