@@ -8,7 +8,8 @@
 //! - `soak`: minutes of mixed load (counters, a hot object, alarms, chat) with the servers' RSS
 //!   and open descriptors sampled;
 //! - `reshard`: live resharding of a local cluster under an open-loop counter load: pause per
-//!   slot, total time, bytes/s and the share of 503s.
+//!   slot, total time, bytes/s and the share of 503s;
+//! - `transport`: the sidecar-app hop alone, loopback TCP against a Unix socket.
 
 mod alarms;
 mod common;
@@ -18,6 +19,7 @@ mod procfs;
 mod prom;
 mod reshard;
 mod soak;
+mod transport;
 mod ws_fanout;
 
 use anyhow::Result;
@@ -38,6 +40,8 @@ enum Cli {
     Soak(soak::Args),
     /// Live resharding (e.g. 3 -> 5 shards) of a local cluster under counter load.
     Reshard(reshard::Args),
+    /// The sidecar-app hop alone: HTTP/1.1 round trips over loopback TCP vs a Unix socket.
+    Transport(transport::Args),
 }
 
 #[tokio::main]
@@ -49,5 +53,6 @@ async fn main() -> Result<()> {
         Cli::IdleSockets(a) => idle_sockets::run(a).await,
         Cli::Soak(a) => soak::run(a).await,
         Cli::Reshard(a) => reshard::run(a).await,
+        Cli::Transport(a) => transport::run(a).await,
     }
 }

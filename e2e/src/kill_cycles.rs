@@ -1,7 +1,8 @@
 //! Kill cycles: rounds of `kill -9` of a random sidecar or app of a [`LocalCluster`] under mixed
 //! load, each process started again after a short downtime, then a check of the whole history.
 //!
-//! The load: increments of a few hundred named counters, alarms set a few hundred ms ahead on
+//! The load: increments of a few hundred named counters and of one hot counter that many clients
+//! increment at once (its turns are pipelined and share commits), alarms set a few hundred ms ahead on
 //! other counters, and WebSocket clients chatting in a room or two of a second cluster running the
 //! chat example. What must hold at the end:
 //!
@@ -31,6 +32,9 @@ use crate::scenarios::object_url;
 
 /// Named counters that clients increment.
 pub const COUNTERS: usize = 300;
+/// The counter that [`HOT_CLIENTS`] clients increment at once.
+pub const HOT_COUNTER: &str = "kc-hot";
+pub const HOT_CLIENTS: usize = 16;
 /// Counters whose alarm is set, a few hundred ms ahead.
 pub const ALARM_OBJECTS: usize = 30;
 /// Chat rooms, one WebSocket client each.
@@ -119,11 +123,16 @@ fn room_name(i: usize) -> String {
     format!("room-{i}")
 }
 
-async fn increment_client(load: Arc<Load>, entries: Arc<Vec<String>>, seed: u64) {
+/// Increments random counters, or (`hot`) always the one hot counter.
+async fn increment_client(load: Arc<Load>, entries: Arc<Vec<String>>, seed: u64, hot: bool) {
     let client = Client::new();
     let mut rng = Rng::new(seed);
     while !load.stop.load(Ordering::SeqCst) {
-        let name = counter_name(rng.below(COUNTERS));
+        let name = if hot {
+            HOT_COUNTER.to_owned()
+        } else {
+            counter_name(rng.below(COUNTERS))
+        };
         let entry = &entries[rng.below(entries.len())];
         lock(&load.counters)
             .entry(name.clone())
@@ -303,11 +312,12 @@ pub async fn kill_cycles(
     }
 
     let mut tasks = JoinSet::new();
-    for c in 0..INCREMENT_CLIENTS {
+    for c in 0..INCREMENT_CLIENTS + HOT_CLIENTS {
         tasks.spawn(increment_client(
             load.clone(),
             counter_entries.clone(),
             seed ^ (c as u64 + 1),
+            c >= INCREMENT_CLIENTS,
         ));
     }
     tasks.spawn(alarm_client(

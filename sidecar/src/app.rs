@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
@@ -23,12 +24,49 @@ pub enum AppError {
     InvalidRequest(String),
 }
 
+/// The app as the object host sees it: where events go and answers come from. The seam that lets
+/// the turn pipeline be tested in-process against a fake app.
+pub trait App: Send + Sync + 'static {
+    /// Delivers one event and reads its whole answer.
+    fn send(&self, req: Request<Bytes>) -> BoxFuture<'static, Result<Response<Bytes>, AppError>>;
+}
+
+impl App for AppClient {
+    fn send(&self, req: Request<Bytes>) -> BoxFuture<'static, Result<Response<Bytes>, AppError>> {
+        let client = self.clone();
+        Box::pin(async move { client.send(req).await })
+    }
+}
+
+/// Tells the app that an object was closed, so it can drop the in-memory instance. Best effort:
+/// the incarnation header covers a lost notice.
+pub async fn hibernate(app: &dyn App, object: &ObjectRef, incarnation: &str) {
+    let mut req = Request::new(Bytes::new());
+    *req.method_mut() = http::Method::POST;
+    set_object_headers(req.headers_mut(), EventKind::Hibernate, object, incarnation);
+    if let Err(e) = app.send(req).await {
+        tracing::debug!(error = %e, "hibernate notice not delivered");
+    }
+}
+
+/// The app's address: `host:port` over TCP, or `unix:/path` for a Unix domain socket (faster
+/// where both ends can share a folder: `stead dev`, or an `emptyDir` shared by the containers
+/// of a pod; see docs/benchmarks.md, "The sidecar-app hop").
 #[derive(Clone)]
 pub struct AppClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Transport,
     addr: String,
     max_answer_bytes: usize,
 }
+
+#[derive(Clone)]
+enum Transport {
+    Tcp(Client<HttpConnector, Full<Bytes>>),
+    Unix(Client<unix::Connector, Full<Bytes>>),
+}
+
+/// The prefix of an app address that names a Unix domain socket.
+pub const UNIX_PREFIX: &str = "unix:";
 
 /// Headers that describe one connection, not the message: never passed between connections.
 const HOP_BY_HOP: [&str; 8] = [
@@ -71,12 +109,18 @@ pub fn clean_headers(headers: &mut HeaderMap, strip_stead: bool) {
 
 impl AppClient {
     pub fn new(addr: String, max_answer_bytes: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+            .pool_max_idle_per_host(1024);
+        let client = match addr.strip_prefix(UNIX_PREFIX) {
+            Some(path) => Transport::Unix(builder.build(unix::Connector::new(path.into()))),
+            None => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                Transport::Tcp(builder.build(connector))
+            }
+        };
         Self {
             client,
             addr,
@@ -105,17 +149,22 @@ impl AppClient {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        *req.uri_mut() = Uri::try_from(format!("http://{}{}", self.addr, path))
+        // Over a Unix socket the authority only names the connection pool.
+        let authority = match &self.client {
+            Transport::Tcp(_) => self.addr.as_str(),
+            Transport::Unix(_) => "app",
+        };
+        *req.uri_mut() = Uri::try_from(format!("http://{authority}{path}"))
             .map_err(|e| AppError::InvalidRequest(e.to_string()))?;
         // The app speaks HTTP/1.1 whatever the client spoke (an HTTP/2 request keeps its
         // version otherwise, and the HTTP/1 client refuses it).
         *req.version_mut() = Version::HTTP_11;
         let req = req.map(Full::new);
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| self.unreachable(error_chain(&e)))?;
+        let resp = match &self.client {
+            Transport::Tcp(c) => c.request(req).await,
+            Transport::Unix(c) => c.request(req).await,
+        }
+        .map_err(|e| self.unreachable(error_chain(&e)))?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, self.max_answer_bytes)
             .collect()
@@ -131,17 +180,6 @@ impl AppClient {
             })?
             .to_bytes();
         Ok(Response::from_parts(parts, body))
-    }
-
-    /// Tells the app that an object was closed, so it can drop the in-memory instance. Best
-    /// effort: the incarnation header covers a lost notice.
-    pub async fn hibernate(&self, object: &ObjectRef, incarnation: &str) {
-        let mut req = Request::new(Bytes::new());
-        *req.method_mut() = http::Method::POST;
-        set_object_headers(req.headers_mut(), EventKind::Hibernate, object, incarnation);
-        if let Err(e) = self.send(req).await {
-            tracing::debug!(error = %e, "hibernate notice not delivered");
-        }
     }
 }
 
@@ -183,4 +221,81 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+/// Connections to the app over a Unix domain socket, for hyper's pooled client.
+mod unix {
+    use std::path::PathBuf;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use futures_util::future::BoxFuture;
+    use http::Uri;
+    use hyper_util::client::legacy::connect::{Connected, Connection};
+    use hyper_util::rt::TokioIo;
+    use tokio::net::UnixStream;
+
+    #[derive(Clone)]
+    pub struct Connector(Arc<PathBuf>);
+
+    impl Connector {
+        pub fn new(path: PathBuf) -> Self {
+            Self(Arc::new(path))
+        }
+    }
+
+    impl tower::Service<Uri> for Connector {
+        type Response = Stream;
+        type Error = std::io::Error;
+        type Future = BoxFuture<'static, Result<Stream, std::io::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Uri) -> Self::Future {
+            let path = self.0.clone();
+            Box::pin(async move { Ok(Stream(TokioIo::new(UnixStream::connect(&*path).await?))) })
+        }
+    }
+
+    pub struct Stream(TokioIo<UnixStream>);
+
+    impl Connection for Stream {
+        fn connected(&self) -> Connected {
+            Connected::new()
+        }
+    }
+
+    impl hyper::rt::Read for Stream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: hyper::rt::ReadBufCursor<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl hyper::rt::Write for Stream {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
 }

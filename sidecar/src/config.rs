@@ -28,7 +28,7 @@ pub struct SidecarConfig {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "STEAD_ADMIN_ADDR", default_value = "0.0.0.0:9788")]
     pub admin: SocketAddr,
-    /// Address of the app container (host:port).
+    /// Address of the app container: `host:port`, or `unix:/path` for a Unix domain socket.
     #[arg(long, env = "STEAD_APP_ADDR", default_value = stead_core::protocol::DEFAULT_APP_ADDR)]
     pub app: String,
     /// Folder of the shard's data (object databases under slots/).
@@ -61,6 +61,13 @@ pub struct SidecarConfig {
     /// Most turns running at once across all objects.
     #[arg(long, env = "STEAD_MAX_CONCURRENT_TURNS", default_value_t = 256)]
     pub max_concurrent_turns: usize,
+    /// Group commit: at most this many consecutive turns of one object share one commit (1
+    /// commits every turn alone).
+    #[arg(long, env = "STEAD_GROUP_COMMIT_MAX_TURNS", default_value_t = 64)]
+    pub group_commit_max_turns: usize,
+    /// Group commit: a group is committed at the latest this long after its first turn ended.
+    #[arg(long, env = "STEAD_GROUP_COMMIT_MAX_AGE", default_value = "10ms", value_parser = duration)]
+    pub group_commit_max_age: Duration,
     /// Most events queued for one object; more get 503.
     #[arg(long, env = "STEAD_MAILBOX_CAPACITY", default_value_t = 1024)]
     pub mailbox_capacity: usize,

@@ -1,15 +1,11 @@
-//! The object host: one mailbox per object, exactly one turn in flight per object, many objects
-//! in parallel up to a bound.
-//!
-//! A mailbox is a bounded queue drained by one task. The task delivers each event to the app as a
-//! turn, ends the turn in storage (commit or rollback) and only then releases the answer (the
-//! output gate). After `idle_timeout` without events it closes the object's database, tells the
-//! app, and goes away; the next event starts a new mailbox.
+//! The object host: one mailbox per object, exactly one event of an object in the app at a time,
+//! many objects in parallel up to a bound. How a mailbox runs its turns (pipelined, group
+//! commit, output gate) is in [`crate::mailbox`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -18,14 +14,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::alarms::{Alarms, DueAlarm, now_ms};
-use crate::app::{AppClient, clean_headers, set_object_headers};
+use crate::app::App;
 use crate::chain::CallChain;
 use crate::error::ApiError;
-use crate::metrics::{Metrics, OutcomeLabels, ResultLabels};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::object::{ObjectKey, ObjectRef};
 use crate::ownership::{Ownership, SlotGuard, SlotState};
-use crate::storage::Storage;
-use crate::turn::{ObjectTurn, Turns};
+use crate::storage::TurnStore;
+use crate::turn::Turns;
 use crate::websocket::registry::Sockets;
 
 #[derive(Debug, Clone)]
@@ -37,6 +34,28 @@ pub struct HostConfig {
     /// Test hook: at the first commit, wait a moment and abort the process, so a test can prove
     /// that no answer leaves before its commit.
     pub abort_at_commit: bool,
+    /// Group commit: at most this many consecutive turns of an object share one commit.
+    pub group_max_turns: usize,
+    /// Group commit: a group is committed at the latest this long after its first turn ended.
+    pub group_max_age: Duration,
+    /// Limits that writes carried by an answer (protocol 2) are checked against.
+    pub limits: Limits,
+}
+
+impl HostConfig {
+    /// The defaults of the sidecar's flags.
+    pub fn new(turn_timeout: Duration) -> Self {
+        Self {
+            turn_timeout,
+            idle_timeout: Duration::from_secs(10),
+            mailbox_capacity: 1024,
+            max_concurrent_turns: 1024,
+            abort_at_commit: false,
+            group_max_turns: 64,
+            group_max_age: Duration::from_millis(10),
+            limits: Limits::default(),
+        }
+    }
 }
 
 /// What an event is, beyond its HTTP request.
@@ -50,30 +69,34 @@ pub enum Work {
     WebSocket { kind: EventKind, ws_id: String },
 }
 
-struct Event {
-    object: Arc<ObjectRef>,
+pub(crate) struct Event {
+    pub(crate) object: Arc<ObjectRef>,
     /// The objects busy waiting on this event (object calls), outermost first.
-    chain: CallChain,
-    work: Work,
-    request: Request<Bytes>,
-    reply: Option<oneshot::Sender<Response<Bytes>>>,
-    /// Admits the event to its slot until its turn ended: a slot hand-off waits for it.
-    _admitted: Option<SlotGuard>,
+    pub(crate) chain: CallChain,
+    pub(crate) work: Work,
+    pub(crate) request: Request<Bytes>,
+    pub(crate) reply: Option<oneshot::Sender<Response<Bytes>>>,
+    /// Admits the event to its slot until its turn was committed or rolled back: a slot
+    /// hand-off waits for it.
+    pub(crate) admitted: Option<SlotGuard>,
 }
 
 pub struct Host {
-    mailboxes: Mutex<HashMap<ObjectKey, mpsc::Sender<Event>>>,
-    turn_permits: TurnPermits,
-    storage: Storage,
-    app: AppClient,
-    turns: Arc<Turns>,
-    metrics: Metrics,
-    config: HostConfig,
-    boot: String,
-    mailbox_seq: AtomicU64,
-    alarms: Alarms,
-    sockets: Arc<Sockets>,
-    ownership: Arc<Ownership>,
+    pub(crate) mailboxes: Mutex<HashMap<ObjectKey, mpsc::Sender<Event>>>,
+    pub(crate) turn_permits: TurnPermits,
+    pub(crate) store: Arc<dyn TurnStore>,
+    pub(crate) app: Arc<dyn App>,
+    /// The app's latest answer to an object event spoke protocol 2: objects get their state
+    /// with their first event.
+    pub(crate) app_v2: AtomicBool,
+    pub(crate) turns: Arc<Turns>,
+    pub(crate) metrics: Metrics,
+    pub(crate) config: HostConfig,
+    pub(crate) boot: String,
+    pub(crate) mailbox_seq: AtomicU64,
+    pub(crate) alarms: Alarms,
+    pub(crate) sockets: Arc<Sockets>,
+    pub(crate) ownership: Arc<Ownership>,
 }
 
 /// The answer to an event for a slot this shard does not serve (now).
@@ -96,8 +119,8 @@ impl Host {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: HostConfig,
-        storage: Storage,
-        app: AppClient,
+        store: Arc<dyn TurnStore>,
+        app: Arc<dyn App>,
         turns: Arc<Turns>,
         metrics: Metrics,
         alarms: Alarms,
@@ -109,8 +132,9 @@ impl Host {
         Ok(Arc::new(Self {
             mailboxes: Mutex::new(HashMap::new()),
             turn_permits: TurnPermits::new(config.max_concurrent_turns),
-            storage,
+            store,
             app,
+            app_v2: AtomicBool::new(false),
             turns,
             metrics,
             config,
@@ -155,7 +179,7 @@ impl Host {
             work,
             request,
             reply: Some(reply),
-            _admitted: None,
+            admitted: None,
         };
         if let Err(e) = self.enqueue(event) {
             return e.into_http();
@@ -188,7 +212,7 @@ impl Host {
             work,
             request,
             reply: None,
-            _admitted: Some(admitted),
+            admitted: Some(admitted),
         };
         // A mailbox can close between lookup and send (it hibernated): then take the new one.
         for _ in 0..3 {
@@ -270,9 +294,9 @@ impl Host {
     }
 
     fn enqueue(self: &Arc<Self>, mut event: Event) -> Result<(), ApiError> {
-        if event._admitted.is_none() {
+        if event.admitted.is_none() {
             let slot = event.object.slot;
-            event._admitted = Some(
+            event.admitted = Some(
                 self.ownership
                     .enter(slot)
                     .map_err(|state| slot_error(slot, state))?,
@@ -302,248 +326,13 @@ impl Host {
             "the object is closing; retry",
         ))
     }
-
-    async fn run_mailbox(self: Arc<Self>, key: ObjectKey, mut rx: mpsc::Receiver<Event>) {
-        let active = Arc::new(AtomicU64::new(0));
-        let mut generation = self.mailbox_seq.fetch_add(1, Ordering::Relaxed);
-        let mut last_object: Option<Arc<ObjectRef>> = None;
-        loop {
-            match tokio::time::timeout(self.config.idle_timeout, rx.recv()).await {
-                Ok(Some(event)) => {
-                    last_object = Some(event.object.clone());
-                    let Some(event) = self.check_alarm(event).await else {
-                        continue;
-                    };
-                    let incarnation = format!("{}.{generation}", self.boot);
-                    let rolled_back = self.run_turn(event, &active, &incarnation).await;
-                    if rolled_back {
-                        // The app's in-memory instance may hold state the rollback undid.
-                        generation = self.mailbox_seq.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok(None) => return,
-                Err(_idle) => {
-                    if let Err(e) = self.storage.close(key.clone()).await {
-                        tracing::warn!(error = %e, "closing idle object failed");
-                    }
-                    if let Some(obj) = &last_object {
-                        let incarnation = format!("{}.{generation}", self.boot);
-                        self.app.hibernate(obj, &incarnation).await;
-                    }
-                    let mut mailboxes = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
-                    if rx.is_empty() {
-                        mailboxes.remove(&key);
-                        tracing::debug!("object hibernated");
-                        return;
-                    }
-                    // Events arrived while closing: keep serving, as a new incarnation.
-                    generation = self.mailbox_seq.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    /// An alarm event whose alarm the object's database no longer has (deleted or moved by a
-    /// later turn) is not delivered: the index entry was stale.
-    async fn check_alarm(&self, event: Event) -> Option<Event> {
-        let Work::Alarm { .. } = event.work else {
-            return Some(event);
-        };
-        let now = now_ms();
-        match self.storage.alarm_time(&event.object).await {
-            Ok(Some(t)) if t <= now => return Some(event),
-            Ok(Some(t)) => self.alarms.reschedule(&event.object, t),
-            Ok(None) => self.alarms.forget(&event.object.key()),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the alarm failed; retrying soon");
-                self.alarms.reschedule(&event.object, now + 1000);
-            }
-        }
-        if let Some(reply) = event.reply {
-            let _ = reply.send(Response::new(Bytes::new()));
-        }
-        None
-    }
-
-    /// Runs one event as a turn. Returns whether the turn rolled back.
-    async fn run_turn(&self, event: Event, active: &Arc<AtomicU64>, incarnation: &str) -> bool {
-        let permit = self.turn_permits.acquire().await;
-        let started = Instant::now();
-        let chain = event.chain.with(event.object.key());
-        let ObjectTurn {
-            turn,
-            token,
-            outbox,
-        } = match self.turns.begin_object(
-            event.object.clone(),
-            active.clone(),
-            chain,
-            started + self.config.turn_timeout,
-        ) {
-            Ok(t) => t,
-            Err(e) => {
-                if let Some(reply) = event.reply {
-                    let _ = reply.send(
-                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                            .into_http(),
-                    );
-                }
-                return false;
-            }
-        };
-        let turn_id = turn.id;
-        let _permit = self.turn_permits.hold(turn_id, permit);
-        let mut request = event.request;
-        let kind = match &event.work {
-            Work::Request => EventKind::Request,
-            Work::Alarm { .. } => EventKind::Alarm,
-            Work::WebSocket { kind, ws_id } => {
-                if let Ok(v) = HeaderValue::from_str(ws_id) {
-                    request.headers_mut().insert(protocol::WEBSOCKET_ID, v);
-                }
-                *kind
-            }
-        };
-        set_object_headers(request.headers_mut(), kind, &event.object, incarnation);
-        if let Some((class, id)) = event.chain.caller()
-            && let Ok(v) = HeaderValue::from_str(&format!("{class}/{}", id.to_hex()))
-        {
-            request.headers_mut().insert(protocol::CALLER, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&token) {
-            request.headers_mut().insert(protocol::TURN, v);
-        }
-
-        let answer = tokio::time::timeout(self.config.turn_timeout, self.app.send(request)).await;
-        let (commit, mut response) = match answer {
-            Err(_elapsed) => {
-                self.metrics.turns_timed_out.inc();
-                tracing::warn!(turn_id, timeout = ?self.config.turn_timeout, "turn timed out; rolling back");
-                (
-                    false,
-                    ApiError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "turn_timeout",
-                        format!(
-                            "the app did not answer within the turn timeout of {:?}; the turn was rolled back",
-                            self.config.turn_timeout
-                        ),
-                    )
-                    .into_http(),
-                )
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(turn_id, error = %e, "app failed; rolling back");
-                (
-                    false,
-                    ApiError::new(StatusCode::BAD_GATEWAY, "app_failed", e.to_string()).into_http(),
-                )
-            }
-            Ok(Ok(resp)) => {
-                let rollback = resp.status().is_server_error()
-                    || resp.headers().contains_key(protocol::ROLLBACK);
-                (!rollback, resp)
-            }
-        };
-        self.turns.end(turn.id);
-
-        if commit && self.config.abort_at_commit {
-            tracing::error!(turn_id, "test hook: aborting at commit");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            std::process::abort();
-        }
-        let alarm_turn = matches!(event.work, Work::Alarm { .. });
-        let outcome = self.storage.finish_turn(&turn, commit, alarm_turn).await;
-        let committed = commit && outcome.is_ok();
-        if committed {
-            // A slot being copied must copy this object again.
-            self.ownership.mark_written(&event.object);
-        }
-        match outcome {
-            Ok(Some(change)) if committed => self.alarms.committed(&event.object, change),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(turn_id, error = %e, "ending the turn failed");
-                response = ApiError::from(e).into_http();
-            }
-        }
-        if let Work::Alarm { retry, .. } = event.work {
-            self.alarm_outcome(&event.object, retry, committed).await;
-        }
-        if let Work::WebSocket {
-            kind: EventKind::WebSocketConnect,
-            ws_id,
-        } = &event.work
-        {
-            let accepted = committed && response.status().is_success();
-            let tags = response
-                .headers()
-                .get(protocol::WEBSOCKET_TAGS)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            if accepted {
-                if let Err(e) = self.sockets.accept(&event.object.key(), ws_id, &tags) {
-                    response = e.into_http();
-                }
-            } else {
-                self.sockets.refuse(&event.object.key(), ws_id);
-            }
-        }
-        // The output gate for WebSockets: what the turn sent leaves only if it committed.
-        let outgoing = outbox.take();
-        if committed {
-            self.sockets.flush(&event.object.key(), outgoing);
-        }
-        clean_headers(response.headers_mut(), true);
-        self.metrics
-            .turn_seconds
-            .get_or_create(&OutcomeLabels {
-                outcome: if committed { "commit" } else { "rollback" },
-            })
-            .observe(started.elapsed().as_secs_f64());
-        tracing::debug!(turn_id, committed, "turn ended");
-        // The output gate: the answer leaves only now, after the commit.
-        if let Some(reply) = event.reply {
-            let _ = reply.send(response);
-        }
-        !committed
-    }
-
-    async fn alarm_outcome(&self, object: &ObjectRef, retry: u32, committed: bool) {
-        let result = if committed { "success" } else { "failure" };
-        self.metrics
-            .alarms_fired
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        if committed {
-            return;
-        }
-        match self.alarms.retry_after_failure(object, retry) {
-            Some(delay) => {
-                tracing::warn!(retry, ?delay, "alarm failed; retrying");
-            }
-            None => {
-                tracing::error!(
-                    retries = retry,
-                    "alarm failed after its last retry; dropping it"
-                );
-                self.metrics.alarms_dropped.inc();
-                if let Err(e) = self.storage.alarm_drop(object).await {
-                    tracing::error!(error = %e, "deleting the dropped alarm failed");
-                }
-                self.ownership.mark_written(object);
-                self.alarms.forget(&object.key());
-            }
-        }
-    }
 }
 
 /// The bound on turns running in the app at once (`--max-concurrent-turns`). A running turn holds
 /// a permit, except while it waits on object calls of its own ([`Host::while_calling`]): a chain
 /// of nested calls then holds at most one permit (the turn running at its tip), whatever its
 /// depth, and the permits always belong to turns that can make progress.
-struct TurnPermits {
+pub(crate) struct TurnPermits {
     semaphore: Arc<Semaphore>,
     /// Running turns by turn id: their permit (none while they wait on a call) and how many
     /// object calls they are waiting on.
@@ -563,14 +352,18 @@ impl TurnPermits {
         }
     }
 
-    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
         // The semaphore is never closed: `None` cannot happen, and would only lift the bound.
         self.semaphore.clone().acquire_owned().await.ok()
     }
 
     /// Records the permit of the running turn `turn_id`; the guard gives it back when the turn
     /// ends.
-    fn hold(&self, turn_id: u64, permit: Option<OwnedSemaphorePermit>) -> TurnPermitGuard {
+    pub(crate) fn hold(
+        &self,
+        turn_id: u64,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> TurnPermitGuard {
         self.lock().insert(turn_id, HeldPermit { permit, calls: 0 });
         TurnPermitGuard {
             turns: self.turns.clone(),
@@ -603,7 +396,7 @@ impl TurnPermits {
 }
 
 /// Removes a turn's entry (and drops its permit) when the turn ends, on every path.
-struct TurnPermitGuard {
+pub(crate) struct TurnPermitGuard {
     turns: Arc<Mutex<HashMap<u64, HeldPermit>>>,
     turn_id: u64,
 }

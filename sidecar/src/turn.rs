@@ -1,5 +1,7 @@
-//! Turn tokens: issued when an event is delivered, valid until the app answers.
+//! A turn, from its event's delivery to its end in storage: its token, its storage view, its
+//! outbox, and how the app's answer ends it ([`Turn::finish`]).
 //!
+//! Turn tokens are issued when an event is delivered and valid until the app answers.
 //! A token is `{turn number in hex}.{mac in hex}`, where the mac is the first 128 bits of
 //! SHA-256 over a random per-boot key and the turn number. Any token is checked without state:
 //! a valid mac whose turn is no longer live belongs to a finished turn (410); anything else was
@@ -9,16 +11,22 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{Response, StatusCode};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use stead_core::protocol;
+
+use crate::app::AppError;
 use crate::chain::CallChain;
+use crate::envelope;
 use crate::error::ApiError;
+use crate::limits::Limits;
 use crate::object::ObjectRef;
-use crate::storage::TurnRef;
+use crate::storage::{TurnEnd, TurnRef, TurnStore};
 use crate::websocket::registry::Outgoing;
 
 #[derive(Debug, Clone)]
@@ -67,11 +75,155 @@ impl Outbox {
     }
 }
 
-/// A started object turn: storage's view of it, its token, and its outbox.
-pub struct ObjectTurn {
-    pub turn: TurnRef,
-    pub token: String,
-    pub outbox: Outbox,
+/// What an object's turns share with storage: which turn is active, and how many commits of
+/// the object have failed (a turn that started before a failure is refused at its end).
+#[derive(Debug, Clone, Default)]
+pub struct ObjectCell {
+    pub active: Arc<AtomicU64>,
+    pub failures: Arc<AtomicU64>,
+}
+
+/// How the app answered a turn's event.
+pub enum Answer {
+    Answered(Response<Bytes>),
+    Failed(AppError),
+    TimedOut(Duration),
+}
+
+/// One object turn: its token, its storage view and its outbox. Dropping it ends the token
+/// (calls with it get 410), on every path.
+pub struct Turn {
+    storage: TurnRef,
+    token: String,
+    outbox: Outbox,
+    turns: Arc<Turns>,
+}
+
+/// A turn that has ended: the reply the output gate holds until the commit covering the turn
+/// is durable, and what it sent to WebSockets meanwhile.
+#[derive(Debug)]
+pub struct Finished {
+    pub response: Response<Bytes>,
+    /// The turn's writes were kept in the object's transaction: it commits with the group.
+    pub kept: bool,
+    /// The turn's end ran in storage: the object's transaction may be open (the group must
+    /// commit, or discard a database the turn created and rolled back).
+    pub wrote: bool,
+    /// Failed commits of the object known when the turn started.
+    pub failures_seen: u64,
+    /// What the turn sent to the object's WebSockets (released only if it commits).
+    pub outbox: Vec<Outgoing>,
+    /// The turn failed in a way that loses the object's whole transaction (the group fails).
+    pub group_lost: bool,
+    /// The answer said it speaks protocol 2 (`None`: there was no answer).
+    pub speaks_v2: Option<bool>,
+}
+
+impl Turn {
+    pub fn id(&self) -> u64 {
+        self.storage.id
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Ends the turn by the app's `answer`: decides whether it commits (status < 500, no
+    /// `stead-rollback`), applies the writes a protocol-2 answer carries, and ends the turn in
+    /// `store` (kept in the object's transaction, or rolled back to its savepoint). `alarm` says
+    /// whether this is an alarm turn, and whether its failure drops the alarm (last retry).
+    pub async fn finish(
+        self,
+        answer: Answer,
+        store: &dyn TurnStore,
+        limits: &Limits,
+        alarm: Option<AlarmTurn>,
+    ) -> Finished {
+        let mut speaks_v2 = None;
+        let (keep, writes, mut response) = match answer {
+            Answer::TimedOut(after) => (
+                false,
+                None,
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "turn_timeout",
+                    format!(
+                        "the app did not answer within the turn timeout of {after:?}; the turn was rolled back"
+                    ),
+                )
+                .into_http(),
+            ),
+            Answer::Failed(e) => (
+                false,
+                None,
+                ApiError::new(StatusCode::BAD_GATEWAY, "app_failed", e.to_string()).into_http(),
+            ),
+            Answer::Answered(mut resp) => {
+                let v2 = envelope::speaks_v2(resp.headers());
+                speaks_v2 = Some(v2);
+                let rollback = resp.status().is_server_error()
+                    || resp.headers().contains_key(protocol::ROLLBACK);
+                if !v2 {
+                    (!rollback, None, resp)
+                } else {
+                    // The writes come off the body either way; a rolled-back turn drops them.
+                    match envelope::take_writes(&mut resp, limits) {
+                        Ok(writes) if !rollback => (true, writes, resp),
+                        Ok(_) => (false, None, resp),
+                        Err(e) => (false, None, e.into_http()),
+                    }
+                }
+            }
+        };
+        // The token ends before storage ends the turn: a late call finds it finished.
+        self.turns.end(self.storage.id);
+        let end = TurnEnd {
+            keep,
+            writes,
+            alarm_turn: alarm.is_some(),
+            drop_alarm: !keep && alarm.is_some_and(|a| a.last),
+        };
+        let mut kept = keep;
+        let mut group_lost = false;
+        // A turn that wrote nothing through calls, carries no writes and is no alarm turn has
+        // nothing to end in storage: one hop less for read-only and cached turns.
+        let touched = self.storage.close();
+        let needs_storage = touched || end.writes.is_some() || end.alarm_turn;
+        let ended = if needs_storage {
+            store.end_turn(&self.storage, end).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = ended {
+            tracing::warn!(turn_id = self.storage.id, error = %e, "the turn could not be kept; rolled back");
+            group_lost = e.is_disk_failure();
+            if kept {
+                response = ApiError::from(e).into_http();
+            }
+            kept = false;
+        }
+        Finished {
+            response,
+            kept,
+            wrote: needs_storage,
+            outbox: self.outbox.take(),
+            group_lost,
+            speaks_v2,
+            failures_seen: self.storage.failures_seen,
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.turns.end(self.storage.id);
+    }
+}
+
+/// An alarm turn: `last` if its failure exhausts the retries.
+#[derive(Debug, Clone, Copy)]
+pub struct AlarmTurn {
+    pub last: bool,
 }
 
 /// Bytes of the token's mac (hex doubles them).
@@ -118,21 +270,25 @@ impl Turns {
         mac
     }
 
-    /// Starts a turn of `object`, whose active-turn cell is `active`; storage interrupts its
-    /// SQL at `deadline`.
+    /// Starts a turn of `object`, whose cell is `cell`; the object's failed commits numbered
+    /// `failures_seen` when it started; storage interrupts its SQL at `deadline`.
     pub fn begin_object(
-        &self,
+        self: &Arc<Self>,
         object: Arc<ObjectRef>,
-        active: Arc<AtomicU64>,
+        cell: &ObjectCell,
+        failures_seen: u64,
         chain: CallChain,
         deadline: Instant,
-    ) -> Result<ObjectTurn, getrandom::Error> {
+    ) -> Result<Turn, getrandom::Error> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let turn = TurnRef {
             object,
             id,
-            active,
+            active: cell.active.clone(),
             deadline: Some(deadline),
+            failures: cell.failures.clone(),
+            failures_seen,
+            touched: Arc::default(),
         };
         turn.active.store(id, Ordering::Release);
         let outbox = Outbox::default();
@@ -144,10 +300,11 @@ impl Turns {
                 outbox: outbox.clone(),
             },
         )?;
-        Ok(ObjectTurn {
-            turn,
+        Ok(Turn {
+            storage: turn,
             token,
             outbox,
+            turns: self.clone(),
         })
     }
 
@@ -207,23 +364,19 @@ mod tests {
 
     #[test]
     fn a_token_resolves_to_its_own_object_until_its_turn_ends() {
-        let turns = Turns::new();
-        let active = Arc::new(AtomicU64::new(0));
+        let turns = Arc::new(Turns::new());
+        let cell = ObjectCell::default();
         let obj = object();
-        let ObjectTurn { turn, token, .. } = turns
-            .begin_object(
-                obj.clone(),
-                active.clone(),
-                CallChain::default(),
-                Instant::now(),
-            )
+        let turn = turns
+            .begin_object(obj.clone(), &cell, 0, CallChain::default(), Instant::now())
             .unwrap();
-        assert_eq!(active.load(Ordering::Acquire), turn.id);
+        let token = turn.token().to_owned();
+        assert_eq!(cell.active.load(Ordering::Acquire), turn.id());
         match turns.resolve(&token) {
             Ok(TurnKind::Object { turn: t, .. }) => assert_eq!(t.object, obj),
             other => panic!("unexpected {other:?}"),
         }
-        turns.end(turn.id);
+        drop(turn);
         assert_eq!(turns.resolve(&token).unwrap_err(), TurnError::Finished);
     }
 

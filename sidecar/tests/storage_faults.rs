@@ -96,6 +96,9 @@ impl Rig {
             id,
             active: Arc::new(AtomicU64::new(id)),
             deadline,
+            failures: Arc::new(AtomicU64::new(0)),
+            failures_seen: 0,
+            touched: Default::default(),
         }
     }
 
@@ -514,4 +517,135 @@ async fn an_sql_result_over_the_limit_is_refused_without_being_built_and_writes_
         grown < 64 << 20,
         "peak memory grew by {grown} bytes for results refused at {limit}"
     );
+}
+
+/// Group commit on the real storage: consecutive turns of one object share a transaction, each
+/// in its own savepoint, and one commit.
+mod group {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use stead_sidecar::storage::{TurnEnd, Writes};
+
+    struct Cell {
+        active: Arc<AtomicU64>,
+        failures: Arc<AtomicU64>,
+        next: u64,
+    }
+
+    impl Cell {
+        fn new() -> Self {
+            Cell {
+                active: Arc::new(AtomicU64::new(0)),
+                failures: Arc::new(AtomicU64::new(0)),
+                next: 1000,
+            }
+        }
+
+        /// A turn of the object, started knowing `failures_seen` failed commits.
+        fn turn(&mut self, obj: &Arc<ObjectRef>, failures_seen: u64) -> TurnRef {
+            self.next += 1;
+            self.active.store(self.next, Ordering::Release);
+            TurnRef {
+                object: obj.clone(),
+                id: self.next,
+                active: self.active.clone(),
+                deadline: None,
+                failures: self.failures.clone(),
+                failures_seen,
+                touched: Default::default(),
+            }
+        }
+    }
+
+    fn keep() -> TurnEnd {
+        TurnEnd {
+            keep: true,
+            ..TurnEnd::default()
+        }
+    }
+
+    async fn put(rig: &Rig, t: &TurnRef, k: &str) {
+        bounded(rig.storage.kv_put(t, vec![(k.into(), b"1".to_vec())]))
+            .await
+            .unwrap();
+    }
+
+    async fn keys(rig: &mut Rig, obj: &Arc<ObjectRef>) -> Vec<String> {
+        let t = rig.turn(obj, None);
+        let all = bounded(rig.storage.kv_list(&t, Default::default(), 1 << 20))
+            .await
+            .unwrap();
+        bounded(rig.storage.finish_turn(&t, false, false))
+            .await
+            .unwrap();
+        all.into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_turn_inside_a_group_leaves_its_neighbours_writes() {
+        let mut rig = Rig::start(10 << 30);
+        let obj = object("group");
+        let mut cell = Cell::new();
+        let t1 = cell.turn(&obj, 0);
+        put(&rig, &t1, "a").await;
+        bounded(rig.storage.end_turn(&t1, keep())).await.unwrap();
+        let t2 = cell.turn(&obj, 0);
+        put(&rig, &t2, "b").await;
+        bounded(rig.storage.end_turn(&t2, TurnEnd::default()))
+            .await
+            .unwrap();
+        // The third turn writes only through its answer (protocol 2).
+        let t3 = cell.turn(&obj, 0);
+        let carried = TurnEnd {
+            writes: Some(Writes {
+                put: vec![("c".into(), b"1".to_vec())],
+                ..Writes::default()
+            }),
+            ..keep()
+        };
+        bounded(rig.storage.end_turn(&t3, carried)).await.unwrap();
+        bounded(rig.storage.commit(obj.clone(), cell.failures.clone()))
+            .await
+            .unwrap();
+        assert_eq!(keys(&mut rig, &obj).await, ["a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_group_commit_loses_the_whole_group_and_refuses_turns_started_before() {
+        let mut rig = Rig::start(10 << 30);
+        let obj = object("group-fail");
+        let mut cell = Cell::new();
+        let t0 = cell.turn(&obj, 0);
+        put(&rig, &t0, "before").await;
+        bounded(rig.storage.end_turn(&t0, keep())).await.unwrap();
+        bounded(rig.storage.commit(obj.clone(), cell.failures.clone()))
+            .await
+            .unwrap();
+        for k in ["a", "b"] {
+            let t = cell.turn(&obj, 0);
+            put(&rig, &t, k).await;
+            bounded(rig.storage.end_turn(&t, keep())).await.unwrap();
+        }
+        rig.faults.set(FaultPoint::Commit, Fault::Io);
+        let e = bounded(rig.storage.commit(obj.clone(), cell.failures.clone()))
+            .await
+            .unwrap_err();
+        rig.faults.clear_all();
+        assert_eq!(ApiError::from(e).status.as_u16(), 500);
+        assert_eq!(cell.failures.load(Ordering::Acquire), 1);
+
+        // A turn that started before the failure was known ran against the lost writes: its
+        // calls and its end are refused.
+        let stale = cell.turn(&obj, 0);
+        let e = bounded(rig.storage.kv_get(&stale, vec!["a".into()]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StorageError::EarlierCommitFailed), "{e}");
+        let e = bounded(rig.storage.end_turn(&stale, keep()))
+            .await
+            .unwrap_err();
+        assert_eq!(ApiError::from(e).code, "commit_failed");
+        // The next turn sees none of the group's writes.
+        assert_eq!(keys(&mut rig, &obj).await, ["before"]);
+    }
 }

@@ -103,7 +103,24 @@ pub struct ObjectDb {
     name_recorded: bool,
     /// The open transaction can no longer commit (see [`Lost`]).
     lost: Option<Lost>,
+    /// The running turn's savepoint inside the transaction (group commit: consecutive turns
+    /// share one transaction, each in its own savepoint).
+    turn: TurnState,
     faults: Faults,
+}
+
+/// The running turn inside the group's transaction.
+#[derive(Debug, Default)]
+struct TurnState {
+    /// `SAVEPOINT stead_turn` is open.
+    open: bool,
+    /// A call of the turn wrote something.
+    dirty: bool,
+    /// What the turn did to the alarm.
+    alarm: Option<AlarmChange>,
+    /// The turn can no longer commit, though the transaction lives on (a statement was
+    /// interrupted at the turn's deadline): the turn's end rolls back to its savepoint.
+    lost: Option<Lost>,
 }
 
 impl ObjectDb {
@@ -143,6 +160,7 @@ impl ObjectDb {
                 alarm_change: None,
                 name_recorded: true,
                 lost: None,
+                turn: TurnState::default(),
                 faults: faults.clone(),
             };
             db.discard()?;
@@ -163,6 +181,7 @@ impl ObjectDb {
             alarm_change: None,
             name_recorded,
             lost: None,
+            turn: TurnState::default(),
             faults: faults.clone(),
         }))
     }
@@ -220,6 +239,7 @@ impl ObjectDb {
             alarm_change: None,
             name_recorded: true,
             lost: None,
+            turn: TurnState::default(),
             faults: faults.clone(),
         };
         db.begin()?;
@@ -283,7 +303,7 @@ impl ObjectDb {
 
     /// Fails if the open transaction can no longer commit: every call of its turn fails then.
     pub fn usable(&self) -> Result<(), StorageError> {
-        match self.lost {
+        match self.lost.or(self.turn.lost) {
             Some(l) => Err(l.error()),
             None => Ok(()),
         }
@@ -311,7 +331,54 @@ impl ObjectDb {
             }
             self.name_recorded = true;
         }
+        if !self.turn.open {
+            if let Err(e) = self.conn.execute_batch("SAVEPOINT stead_turn") {
+                return Err(self.lose(e.into()));
+            }
+            self.turn.open = true;
+        }
         Ok(())
+    }
+
+    /// Ends the running turn inside the group's transaction: keeps its writes (`keep`; they
+    /// commit with the group) or rolls back to its savepoint, leaving the turns before it intact.
+    /// A turn that cannot be kept (its statement was interrupted) is rolled back and its error
+    /// returned.
+    pub fn end_turn(&mut self, keep: bool) -> Result<(), StorageError> {
+        let turn = std::mem::take(&mut self.turn);
+        if !turn.open || self.lost.is_some() || self.conn.is_autocommit() {
+            // Nothing written, or the transaction is gone (the group's commit will fail).
+            return match (keep, self.lost) {
+                (true, Some(l)) if turn.open => Err(l.error()),
+                _ => Ok(()),
+            };
+        }
+        if keep && turn.lost.is_none() {
+            if let Err(e) = self.conn.execute_batch("RELEASE stead_turn") {
+                return Err(self.lose(e.into()));
+            }
+            self.dirty |= turn.dirty;
+            if turn.alarm.is_some() {
+                self.alarm_change = turn.alarm;
+            }
+            return Ok(());
+        }
+        if let Err(e) = self
+            .conn
+            .execute_batch("ROLLBACK TO stead_turn; RELEASE stead_turn")
+        {
+            tracing::error!(error = %e, "rolling a turn back to its savepoint failed");
+            return Err(self.lose(e.into()));
+        }
+        match turn.lost {
+            Some(l) if keep => Err(l.error()),
+            _ => Ok(()),
+        }
+    }
+
+    /// What the running turn did to the alarm.
+    pub fn turn_alarm_change(&self) -> Option<AlarmChange> {
+        self.turn.alarm
     }
 
     /// Runs one app call that writes, all or nothing: inside a savepoint that is released when
@@ -337,12 +404,30 @@ impl ObjectDb {
             });
         match result {
             Ok(r) => {
-                self.dirty = true;
+                // Outside a turn's savepoint a write belongs to the transaction itself.
+                if self.turn.open {
+                    self.turn.dirty = true;
+                } else {
+                    self.dirty = true;
+                }
                 Ok(r)
             }
             Err(e) => {
-                if self.conn.is_autocommit() || matches!(e, StorageError::Deadline) {
+                if self.conn.is_autocommit() {
                     return Err(self.lose(e));
+                }
+                if matches!(e, StorageError::Deadline) {
+                    // The transaction survived the interruption: only this turn is lost, and its
+                    // end rolls back to its savepoint.
+                    if let Err(undo) = self
+                        .conn
+                        .execute_batch("ROLLBACK TO stead_call; RELEASE stead_call")
+                    {
+                        tracing::error!(error = %undo, "undoing an interrupted call failed");
+                        return Err(self.lose(e));
+                    }
+                    self.turn.lost = Some(Lost::Deadline);
+                    return Err(e);
                 }
                 if let Err(undo) = self
                     .conn
@@ -394,17 +479,17 @@ impl ObjectDb {
             "INSERT OR REPLACE INTO _stead_alarm(one, time_ms) VALUES (1, ?1)",
             params![time_ms],
         )?;
-        self.alarm_change = Some(AlarmChange::Set(time_ms));
+        self.turn.alarm = Some(AlarmChange::Set(time_ms));
         Ok(())
     }
 
     pub fn alarm_delete(&mut self) -> Result<bool, StorageError> {
         let n = self.conn.execute("DELETE FROM _stead_alarm", [])?;
-        self.alarm_change = Some(AlarmChange::Deleted);
+        self.turn.alarm = Some(AlarmChange::Deleted);
         Ok(n > 0)
     }
 
-    /// What the open transaction did to the alarm.
+    /// What the turns kept in the open transaction did to the alarm.
     pub fn alarm_change(&self) -> Option<AlarmChange> {
         self.alarm_change
     }
@@ -415,6 +500,11 @@ impl ObjectDb {
     pub fn commit(&mut self) -> Result<bool, StorageError> {
         if self.in_tx {
             self.usable()?;
+            if self.turn.open {
+                return Err(StorageError::Internal(
+                    "commit with a turn still running".into(),
+                ));
+            }
             if self.created_in_tx && !self.dirty {
                 return self.rollback();
             }
@@ -436,6 +526,7 @@ impl ObjectDb {
             self.dirty = false;
             self.alarm_change = None;
             self.lost = None;
+            self.turn = TurnState::default();
             // SQLite may have rolled back already (after an I/O error): then there is nothing
             // to roll back, and ROLLBACK would only fail with "no transaction is active".
             if !self.conn.is_autocommit() {

@@ -42,6 +42,10 @@ pub enum StorageError {
     ListTooLarge { limit: usize },
     #[error("storage failed: {0}")]
     Internal(String),
+    #[error(
+        "an earlier turn of this object failed to commit, and this turn ran against its writes; it was rolled back"
+    )]
+    EarlierCommitFailed,
     #[error("the storage pool is shut down")]
     Closed,
 }

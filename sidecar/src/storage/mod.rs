@@ -7,9 +7,12 @@
 //! turn check below airtight: a call runs only if its turn is still the object's active turn at
 //! the moment it executes.
 //!
-//! The commit path is one step, [`Storage::finish_turn`], that answers when the turn's writes
-//! are durable. Group commit (DESIGN §3) slots in behind it: the thread may hold the transaction
-//! open across several queued turns of the same object and answer them all after one COMMIT.
+//! Group commit (DESIGN §3): consecutive turns of an object share one transaction, each inside
+//! its own savepoint. [`Storage::end_turn`] keeps a turn's writes in the transaction or rolls
+//! them back to the turn's savepoint; [`Storage::commit`] makes everything kept durable with one
+//! COMMIT, and answers once it is. A failed commit counts in the object's failure cell, so every
+//! turn that started before the failure was known is refused at its end (it may have seen the
+//! lost writes).
 
 mod db;
 mod error;
@@ -17,7 +20,7 @@ mod error;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use rusqlite::types::Value;
@@ -48,25 +51,112 @@ pub struct StorageConfig {
     pub db: DbOptions,
 }
 
-/// A turn as storage sees it: its object, its number, the object's active-turn cell, and its
-/// deadline (the turn timeout), at which running SQL is interrupted.
+/// A turn as storage sees it: its object, its number, the object's active-turn cell, its
+/// deadline (the turn timeout), at which running SQL is interrupted, and the object's count of
+/// failed commits as it was when the turn started.
 #[derive(Debug, Clone)]
 pub struct TurnRef {
     pub object: Arc<ObjectRef>,
     pub id: u64,
     pub active: Arc<AtomicU64>,
     pub deadline: Option<Instant>,
+    pub failures: Arc<AtomicU64>,
+    pub failures_seen: u64,
+    /// A call of the turn reached storage (set before its check, see [`TurnRef::close`]).
+    pub touched: Arc<AtomicBool>,
 }
 
 impl TurnRef {
     fn check(&self) -> Result<(), StorageError> {
-        if self.active.load(Ordering::Acquire) == self.id {
-            Ok(())
-        } else {
-            Err(StorageError::TurnFinished)
+        // Marked before the check: if the check passes, [`TurnRef::close`] sees the mark.
+        self.touched.store(true, Ordering::SeqCst);
+        if self.active.load(Ordering::SeqCst) != self.id {
+            return Err(StorageError::TurnFinished);
         }
+        self.check_failures()
+    }
+
+    /// Closes the turn to further calls, from outside storage; whether any call of it reached
+    /// storage (then its end must run in storage; otherwise there is nothing to end there).
+    pub fn close(&self) -> bool {
+        let _ = self
+            .active
+            .compare_exchange(self.id, 0, Ordering::SeqCst, Ordering::SeqCst);
+        self.touched.load(Ordering::SeqCst)
+    }
+
+    /// Refuses a turn that started before a commit of its object failed: it ran against writes
+    /// that are gone.
+    fn check_failures(&self) -> Result<(), StorageError> {
+        if self.failures.load(Ordering::Acquire) != self.failures_seen {
+            return Err(StorageError::EarlierCommitFailed);
+        }
+        Ok(())
     }
 }
+
+/// How a turn ends, as storage applies it.
+#[derive(Debug, Clone, Default)]
+pub struct TurnEnd {
+    /// Keep the turn's writes (they commit with the group); otherwise roll back to its savepoint.
+    pub keep: bool,
+    /// Writes the app sent with its answer (protocol 2), applied only if the turn is kept.
+    pub writes: Option<Writes>,
+    /// An alarm turn: kept without touching the alarm, it clears the alarm.
+    pub alarm_turn: bool,
+    /// The alarm's last retry failed: delete it, in the group's transaction.
+    pub drop_alarm: bool,
+}
+
+/// A turn's writes carried by the app's answer (protocol 2), already checked against the limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Writes {
+    pub delete_all: bool,
+    pub delete: Vec<String>,
+    pub put: Vec<(String, Vec<u8>)>,
+    /// `Some(Some(t))` sets the alarm, `Some(None)` deletes it.
+    pub alarm: Option<Option<i64>>,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        !self.delete_all && self.delete.is_empty() && self.put.is_empty() && self.alarm.is_none()
+    }
+}
+
+/// An object's whole state, sent with the first event of an incarnation (protocol 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    pub entries: Vec<(String, Vec<u8>)>,
+    pub alarm: Option<i64>,
+}
+
+/// What the object host needs of storage between and at the ends of turns: the seam that lets
+/// the turn pipeline run in tests against a store whose commits the test holds and fails.
+pub trait TurnStore: Send + Sync + 'static {
+    /// Ends a turn (see [`TurnEnd`]); refused if a commit of the object failed since the turn
+    /// started.
+    fn end_turn(&self, turn: &TurnRef, end: TurnEnd) -> BoxFuture<Result<(), StorageError>>;
+    /// Commits every turn kept since the last commit; answers once durable, with what they did
+    /// to the alarm. A failure counts in `failures` before it is answered.
+    fn commit(
+        &self,
+        object: Arc<ObjectRef>,
+        failures: Arc<AtomicU64>,
+    ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>>;
+    /// The object's alarm, read between turns.
+    fn alarm_time(&self, object: &ObjectRef) -> BoxFuture<Result<Option<i64>, StorageError>>;
+    /// The object's whole state if its KV data is at most `max_bytes`.
+    fn state(
+        &self,
+        object: &ObjectRef,
+        max_bytes: usize,
+    ) -> BoxFuture<Result<Option<State>, StorageError>>;
+    /// Closes the object's database (hibernation); false if it is inside a transaction.
+    fn close(&self, key: ObjectKey) -> BoxFuture<Result<bool, StorageError>>;
+}
+
+pub type BoxFuture<T> = futures_util::future::BoxFuture<'static, T>;
 
 type Job = Box<dyn FnOnce(&mut Shelf) + Send>;
 
@@ -278,39 +368,85 @@ impl Storage {
         .await?
     }
 
-    /// Deletes the object's alarm between turns: its retries are exhausted.
-    pub async fn alarm_drop(&self, object: &ObjectRef) -> Result<(), StorageError> {
-        let o = object.clone();
-        self.call(&object.key(), move |s| {
-            if s.db_for_read(&o)?.is_none() {
-                return Ok(());
-            }
-            if let Err(e) = s.write(&o, |db| db.alarm_delete().map(|_| ())) {
-                s.abandon(&o);
-                return Err(e);
-            }
-            s.finish(&o, true, false).map(|_| ())
-        })
-        .await?
-    }
-
-    /// Ends a turn: commits its writes (`commit`) or rolls them back. Answers once the outcome is
-    /// durable, with what the committed turn did to the object's alarm. An alarm turn
-    /// (`alarm_turn`) that commits without touching the alarm clears it. After this, calls with
-    /// the turn's token fail with [`StorageError::TurnFinished`].
-    pub async fn finish_turn(
-        &self,
-        t: &TurnRef,
-        commit: bool,
-        alarm_turn: bool,
-    ) -> Result<Option<AlarmChange>, StorageError> {
+    /// Ends a turn: see [`TurnStore::end_turn`].
+    pub async fn end_turn(&self, t: &TurnRef, end: TurnEnd) -> Result<(), StorageError> {
         let t2 = t.clone();
         self.call(&t.object.key(), move |s| {
             // Close the door first: calls queued behind this job find the turn over.
             let _ = t2
                 .active
                 .compare_exchange(t2.id, 0, Ordering::AcqRel, Ordering::Acquire);
-            s.finish(&t2.object, commit, alarm_turn)
+            s.end_turn(&t2, end)
+        })
+        .await?
+    }
+
+    /// Commits the turns kept since the last commit: see [`TurnStore::commit`].
+    pub async fn commit(
+        &self,
+        object: Arc<ObjectRef>,
+        failures: Arc<AtomicU64>,
+    ) -> Result<Option<AlarmChange>, StorageError> {
+        self.call(&object.key(), move |s| {
+            let out = s.commit_group(&object);
+            if out.is_err() {
+                failures.fetch_add(1, Ordering::AcqRel);
+            }
+            out
+        })
+        .await?
+    }
+
+    /// Ends a turn and commits it alone (a group of one).
+    pub async fn finish_turn(
+        &self,
+        t: &TurnRef,
+        commit: bool,
+        alarm_turn: bool,
+    ) -> Result<Option<AlarmChange>, StorageError> {
+        let end = TurnEnd {
+            keep: commit,
+            alarm_turn,
+            ..TurnEnd::default()
+        };
+        if let Err(e) = self.end_turn(t, end).await {
+            // The turn's own end failed: nothing of it is kept; what the group held before it
+            // (nothing, in a group of one) still commits.
+            let _ = self.commit(t.object.clone(), t.failures.clone()).await;
+            return Err(e);
+        }
+        self.commit(t.object.clone(), t.failures.clone()).await
+    }
+
+    /// The object's whole state if its KV data is at most `max_bytes` (keys and values).
+    pub async fn state(
+        &self,
+        object: &ObjectRef,
+        max_bytes: usize,
+    ) -> Result<Option<State>, StorageError> {
+        let o = object.clone();
+        self.call(&object.key(), move |s| {
+            let Some(db) = s.db_for_read(&o)? else {
+                return Ok(Some(State {
+                    entries: vec![],
+                    alarm: None,
+                }));
+            };
+            // The list budget counts base64 values: 4/3 of the raw bytes, plus the keys.
+            let budget = max_bytes.saturating_mul(4) / 3 + 64;
+            let entries = match db.kv_list(&ListQuery::default(), budget) {
+                Ok(e) => e,
+                Err(StorageError::ListTooLarge { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let size: usize = entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if size > max_bytes {
+                return Ok(None);
+            }
+            Ok(Some(State {
+                entries,
+                alarm: db.alarm_get()?,
+            }))
         })
         .await?
     }
@@ -345,6 +481,41 @@ impl Storage {
     /// Closes the object's database (hibernation). A database inside a turn stays open.
     pub async fn close(&self, key: ObjectKey) -> Result<bool, StorageError> {
         self.call(&key.clone(), move |s| s.close(&key)).await
+    }
+}
+
+impl TurnStore for Storage {
+    fn end_turn(&self, turn: &TurnRef, end: TurnEnd) -> BoxFuture<Result<(), StorageError>> {
+        let (s, t) = (self.clone(), turn.clone());
+        Box::pin(async move { Storage::end_turn(&s, &t, end).await })
+    }
+
+    fn commit(
+        &self,
+        object: Arc<ObjectRef>,
+        failures: Arc<AtomicU64>,
+    ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
+        let s = self.clone();
+        Box::pin(async move { Storage::commit(&s, object, failures).await })
+    }
+
+    fn alarm_time(&self, object: &ObjectRef) -> BoxFuture<Result<Option<i64>, StorageError>> {
+        let (s, o) = (self.clone(), object.clone());
+        Box::pin(async move { Storage::alarm_time(&s, &o).await })
+    }
+
+    fn state(
+        &self,
+        object: &ObjectRef,
+        max_bytes: usize,
+    ) -> BoxFuture<Result<Option<State>, StorageError>> {
+        let (s, o) = (self.clone(), object.clone());
+        Box::pin(async move { Storage::state(&s, &o, max_bytes).await })
+    }
+
+    fn close(&self, key: ObjectKey) -> BoxFuture<Result<bool, StorageError>> {
+        let s = self.clone();
+        Box::pin(async move { Storage::close(&s, key).await })
     }
 }
 
@@ -474,24 +645,111 @@ impl Shelf {
         result.map_err(|e| self.refine(e))
     }
 
-    /// Ends the object's turn: commits it (`commit`) or rolls it back. Every way the commit
-    /// can fail rolls the turn back here, so nothing of a turn answered with an error is ever
-    /// committed by a later one.
-    fn finish(
-        &mut self,
-        obj: &ObjectRef,
-        commit: bool,
-        alarm_turn: bool,
-    ) -> Result<Option<AlarmChange>, StorageError> {
-        if !commit {
-            self.abandon(obj);
-            return Ok(None);
+    /// Ends the turn `t` in its object's transaction (see [`TurnEnd`]). A kept turn whose
+    /// carried writes or alarm clearing fail is rolled back to its savepoint and the error
+    /// returned: nothing of it commits with the group.
+    fn end_turn(&mut self, t: &TurnRef, end: TurnEnd) -> Result<(), StorageError> {
+        let obj = &t.object;
+        if let Err(e) = t.check_failures() {
+            self.end_open_turn(obj, false);
+            return Err(e);
         }
-        match self.commit(obj, alarm_turn) {
+        let result = if end.keep {
+            self.keep_turn(obj, &end)
+        } else {
+            self.end_open_turn(obj, false);
+            Ok(())
+        };
+        if end.drop_alarm && !end.keep {
+            // The alarm's last retry failed: it is deleted, in a savepoint of its own.
+            let dropped = match self.db_for_read(obj) {
+                Ok(Some(_)) => self.write(obj, |db| db.alarm_delete().map(|_| ())),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            match dropped {
+                Ok(()) => {
+                    if let Some((db, _)) = self.open.get_mut(&obj.key())
+                        && let Err(e) = db.end_turn(true)
+                    {
+                        tracing::error!(error = %e, "deleting an alarm after its last retry failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "deleting an alarm after its last retry failed");
+                    self.end_open_turn(obj, false);
+                }
+            }
+        }
+        result
+    }
+
+    /// Keeps the running turn in the transaction, after applying what ends it; on failure rolls
+    /// it back to its savepoint.
+    fn keep_turn(&mut self, obj: &ObjectRef, end: &TurnEnd) -> Result<(), StorageError> {
+        if let Err(e) = self.apply_end(obj, end) {
+            let e = self.refine(e);
+            self.end_open_turn(obj, false);
+            return Err(e);
+        }
+        match self.open.get_mut(&obj.key()) {
+            Some((db, _)) => db.end_turn(true).map_err(|e| self.refine(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies what ends a kept turn: its carried writes, then the clearing of a finished alarm.
+    fn apply_end(&mut self, obj: &ObjectRef, end: &TurnEnd) -> Result<(), StorageError> {
+        if let Some(w) = &end.writes {
+            if w.delete_all && self.db_for_read(obj)?.is_some() {
+                self.write(obj, |db| db.kv_delete_all().map(|_| ()))?;
+            }
+            if !w.delete.is_empty() && self.db_for_read(obj)?.is_some() {
+                self.write(obj, |db| db.kv_delete(&w.delete).map(|_| ()))?;
+            }
+            if !w.put.is_empty() {
+                self.write(obj, |db| db.kv_put(&w.put).map(|_| ()))?;
+            }
+            match w.alarm {
+                Some(Some(t)) => self.write(obj, |db| db.alarm_set(t))?,
+                Some(None) if self.db_for_read(obj)?.is_some() => {
+                    self.write(obj, |db| db.alarm_delete().map(|_| ()))?
+                }
+                _ => {}
+            }
+        }
+        if end.alarm_turn {
+            let untouched = self
+                .open
+                .get(&obj.key())
+                .is_none_or(|(db, _)| db.turn_alarm_change().is_none());
+            if untouched && self.db_for_read(obj)?.is_some() {
+                // The alarm ran and the handler set no new one: it is done.
+                self.write(obj, |db| db.alarm_delete().map(|_| ()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls the object's running turn back to its savepoint (never fails: what goes wrong is
+    /// logged, and a transaction that could not be rolled back is lost, so the group fails).
+    fn end_open_turn(&mut self, obj: &ObjectRef, keep: bool) {
+        if let Some((db, _)) = self.open.get_mut(&obj.key())
+            && let Err(e) = db.end_turn(keep)
+        {
+            tracing::debug!(error = %e, "a turn ended with an error");
+        }
+    }
+
+    /// Commits the object's open transaction (every turn kept since the last commit). Every
+    /// way the commit can fail rolls the whole transaction back here, so nothing of a failed
+    /// group is ever committed by a later one.
+    fn commit_group(&mut self, obj: &ObjectRef) -> Result<Option<AlarmChange>, StorageError> {
+        match self.commit(obj) {
             Ok(change) => Ok(change),
             Err(e) => {
                 let e = self.refine(e);
-                tracing::error!(error = %e, "commit failed; the turn rolls back");
+                tracing::error!(error = %e, "commit failed; its turns roll back");
                 self.abandon(obj);
                 if e.is_disk_failure() {
                     // After a failed write the connection's state is in doubt: close it; the
@@ -505,22 +763,8 @@ impl Shelf {
         }
     }
 
-    fn commit(
-        &mut self,
-        obj: &ObjectRef,
-        alarm_turn: bool,
-    ) -> Result<Option<AlarmChange>, StorageError> {
+    fn commit(&mut self, obj: &ObjectRef) -> Result<Option<AlarmChange>, StorageError> {
         let key = obj.key();
-        if alarm_turn {
-            let untouched = self
-                .open
-                .get(&key)
-                .is_none_or(|(db, _)| db.alarm_change().is_none());
-            if untouched && self.db_for_read(obj)?.is_some() {
-                // The alarm ran and the handler set no new one: it is done.
-                self.write(obj, |db| db.alarm_delete())?;
-            }
-        }
         let Some((db, _)) = self.open.get_mut(&key) else {
             return Ok(None);
         };
