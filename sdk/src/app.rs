@@ -303,12 +303,21 @@ impl App {
         self
     }
 
-    /// Listens on `STEAD_APP_ADDR` (default `127.0.0.1:3000`) and serves until SIGINT or
-    /// SIGTERM, then finishes the events in flight.
+    /// Listens on `STEAD_APP_ADDR` (default `127.0.0.1:3000`; `unix:/path` for a Unix domain
+    /// socket, as the sidecar's `--app unix:/path` expects) and serves until SIGINT or SIGTERM,
+    /// then finishes the events in flight.
     pub async fn serve(self) -> Result<()> {
         // A bad setting is reported before anything listens.
         protocol_from_env(self.protocol)?;
         let addr = env_or(protocol::ENV_APP_ADDR, protocol::DEFAULT_APP_ADDR);
+        #[cfg(unix)]
+        if let Some(path) = addr.strip_prefix(UNIX_PREFIX) {
+            let listener = bind_unix(std::path::Path::new(path)).await?;
+            tracing::info!(%addr, "stead app listening");
+            return self
+                .serve_unix_with_shutdown(listener, shutdown_signal())
+                .await;
+        }
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|e| Error::msg(format!("cannot listen on {addr}: {e}")))?;
@@ -341,6 +350,24 @@ impl App {
         Ok(())
     }
 
+    /// Serves on the Unix domain socket `listener` until `signal` completes, then finishes the
+    /// events in flight.
+    #[cfg(unix)]
+    pub async fn serve_unix_with_shutdown<S>(
+        self,
+        listener: tokio::net::UnixListener,
+        signal: S,
+    ) -> Result<()>
+    where
+        S: Future<Output = ()> + Send + 'static,
+    {
+        let router = self.into_router()?;
+        axum::serve(listener, router)
+            .with_graceful_shutdown(signal)
+            .await?;
+        Ok(())
+    }
+
     fn into_router(self) -> Result<axum::Router> {
         let api_url = match self.api_url {
             Some(url) => url,
@@ -355,6 +382,24 @@ impl App {
         });
         Ok(axum::Router::new().fallback(handle).with_state(shared))
     }
+}
+
+/// `STEAD_APP_ADDR` of a Unix domain socket: `unix:/path`.
+const UNIX_PREFIX: &str = "unix:";
+
+/// Binds a Unix domain socket at `path`, replacing a socket file left by an earlier run (never
+/// another kind of file).
+#[cfg(unix)]
+pub(crate) async fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let cannot =
+        |e: std::io::Error| Error::msg(format!("cannot listen on unix:{}: {e}", path.display()));
+    if let Ok(meta) = tokio::fs::symlink_metadata(path).await
+        && meta.file_type().is_socket()
+    {
+        tokio::fs::remove_file(path).await.map_err(cannot)?;
+    }
+    tokio::net::UnixListener::bind(path).map_err(cannot)
 }
 
 /// The protocol to speak: `STEAD_APP_PROTOCOL=1` forces 1; unset, empty or `2` leaves `code`.

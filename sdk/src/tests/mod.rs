@@ -6,4 +6,6 @@ mod dispatch;
 mod events;
 mod fake_api;
 mod protocol2;
+#[cfg(unix)]
+mod unix;
 mod wire;
