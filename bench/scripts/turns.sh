@@ -37,11 +37,12 @@ trap cleanup EXIT
 start_dev() { # config
   local cfg=$1 data="$out/data-$1"
   rm -rf "$data"
+  # --app-bin: exactly the app built with the sidecar; it means TCP unless v2-unix says otherwise.
   local args=(dev --example counter --port "$port" --data-dir "$data" --app-bin "$bin/counter")
   local env=()
   case $cfg in
     v2) ;;
-    v2-unix) args+=(--app-socket) ;;
+    v2-unix) args+=(--app-transport unix) ;;
     v1) env+=(STEAD_APP_PROTOCOL=1) ;;
     v1-solo) env+=(STEAD_APP_PROTOCOL=1); args+=(--sidecar-arg=--group-commit-max-turns=1) ;;
   esac
