@@ -109,7 +109,21 @@ pub struct DevArgs {
     /// Extra flags for every sidecar, e.g. `--sidecar-arg=--idle-timeout=2s`.
     #[arg(long = "sidecar-arg", allow_hyphen_values = true)]
     pub sidecar_args: Vec<String>,
+    /// How each sidecar reaches its app: `unix` (a Unix domain socket in the shard's folder,
+    /// the faster) or `tcp` (a loopback port). Default: `unix` for the bundled examples, `tcp`
+    /// with --app-bin (an app that is not built with the Rust SDK may only listen on TCP).
+    #[arg(long, value_enum)]
+    pub app_transport: Option<AppTransport>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AppTransport {
+    Tcp,
+    Unix,
+}
+
+/// The longest socket path the kernel takes (`sun_path` is 108 bytes with its NUL), with room.
+const MAX_SOCKET_PATH: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
@@ -246,6 +260,7 @@ struct Topology {
 struct Launch {
     exe: PathBuf,
     app_bin: PathBuf,
+    app_transport: AppTransport,
     example: String,
     sidecar_args: Vec<String>,
     /// `--port`: shard 0's ingress.
@@ -292,9 +307,21 @@ impl Launch {
             .collect()
     }
 
+    /// Where shard `spec`'s app listens: `unix:{shard folder}/app.sock`, or its loopback port
+    /// (also when the socket's path would be too long for the kernel).
+    fn app_addr(&self, spec: &ShardSpec) -> String {
+        let sock = spec.data_dir.join("app.sock");
+        match self.app_transport {
+            AppTransport::Unix if sock.as_os_str().len() <= MAX_SOCKET_PATH => {
+                format!("{}{}", crate::app::UNIX_PREFIX, sock.display())
+            }
+            _ => local(spec.ports.app),
+        }
+    }
+
     fn app_command(&self, spec: &ShardSpec) -> Command {
         let mut cmd = Command::new(&self.app_bin);
-        cmd.env(stead_core::protocol::ENV_APP_ADDR, local(spec.ports.app))
+        cmd.env(stead_core::protocol::ENV_APP_ADDR, self.app_addr(spec))
             .env(
                 stead_core::protocol::ENV_API_URL,
                 format!("http://{}", local(spec.ports.api)),
@@ -309,7 +336,7 @@ impl Launch {
             .args(["--ingress", &local(p.ingress)])
             .args(["--api", &local(p.api)])
             .args(["--admin", &local(p.admin)])
-            .args(["--app", &local(p.app)])
+            .args(["--app", &self.app_addr(spec)])
             .args(["--peer-addr", &local(p.peer)])
             .arg("--data-dir")
             .arg(&spec.data_dir)
@@ -558,10 +585,18 @@ impl Shard {
     /// Starts the app and the sidecar and waits until both listen.
     async fn start(launch: &Launch, spec: ShardSpec) -> Result<Self, DevError> {
         std::fs::create_dir_all(&spec.data_dir)?;
+        let app_addr = launch.app_addr(&spec);
+        if let Some(sock) = app_addr.strip_prefix(crate::app::UNIX_PREFIX) {
+            // A socket file left by an app that was killed: the new app binds it afresh.
+            match std::fs::remove_file(sock) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
         let mut app = Proc::spawn(launch, &spec, Role::App).await?;
         let mut sidecar = Proc::spawn(launch, &spec, Role::Sidecar).await?;
         let what = |role: Role| shard_label(launch, &spec, role);
-        wait_listening(&mut app.child, &what(Role::App), &local(spec.ports.app)).await?;
+        wait_listening(&mut app.child, &what(Role::App), &app_addr).await?;
         // The admin port, not the ingress: something else may already hold the ingress port,
         // and then the sidecar exits instead of listening.
         wait_listening(
@@ -648,9 +683,15 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let record = plan.record;
     // Also when inferred from a folder of an earlier version: from now on the file says it.
     save_record(&data_dir, record).await?;
+    let app_transport = args.app_transport.unwrap_or(if args.app_bin.is_some() {
+        AppTransport::Tcp
+    } else {
+        AppTransport::Unix
+    });
     let launch = Arc::new(Launch {
         exe,
         app_bin,
+        app_transport,
         example: args.example.clone(),
         sidecar_args: args.sidecar_args.clone(),
         base_port: args.port,
@@ -895,7 +936,7 @@ try:
         api = local(p.api),
         ap = shard.app.pid(),
         bin = launch.app_bin.display(),
-        app = local(p.app),
+        app = launch.app_addr(&shard.spec),
         data = shard.spec.data_dir.display(),
     );
 }
@@ -921,7 +962,7 @@ fn print_cluster_banner(launch: &Launch, shards: &[Shard], data_dir: &Path) {
             sp = shard.sidecar.pid(),
             api = local(p.api),
             ap = shard.app.pid(),
-            app = local(p.app),
+            app = launch.app_addr(&shard.spec),
             data = shard.spec.data_dir.display(),
         );
     }
@@ -1515,7 +1556,11 @@ async fn wait_listening(child: &mut Child, what: &str, addr: &str) -> Result<(),
                 status: status.to_string(),
             });
         }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        let up = match addr.strip_prefix(crate::app::UNIX_PREFIX) {
+            Some(path) => tokio::net::UnixStream::connect(path).await.is_ok(),
+            None => tokio::net::TcpStream::connect(addr).await.is_ok(),
+        };
+        if up {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1611,6 +1656,7 @@ mod tests {
         let launch = Launch {
             exe: PathBuf::new(),
             app_bin: PathBuf::new(),
+            app_transport: AppTransport::Tcp,
             example: "counter".into(),
             sidecar_args: vec![],
             base_port: 8787,
@@ -1771,6 +1817,7 @@ mod tests {
         let launch = Launch {
             exe: PathBuf::from("/bin/stead"),
             app_bin: PathBuf::new(),
+            app_transport: AppTransport::Tcp,
             example: "counter".into(),
             sidecar_args: vec![],
             base_port: 8787,
