@@ -205,6 +205,7 @@ pub struct OneShard {
     dir: PathBuf,
     ingress: SocketAddr,
     admin: SocketAddr,
+    api: SocketAddr,
     app_addr: AppAddr,
     sidecar: Option<Child>,
     app: Option<Child>,
@@ -245,6 +246,7 @@ impl OneShard {
             dir,
             ingress: at(free_port()?),
             admin: at(free_port()?),
+            api,
             app_addr,
             sidecar: None,
             app: None,
@@ -254,7 +256,7 @@ impl OneShard {
         };
         let started = async {
             shard.spawn_app(protocol)?;
-            shard.spawn_sidecar(api)?;
+            shard.spawn_sidecar()?;
             shard.wait_ready().await
         };
         if let Err(e) = started.await {
@@ -296,7 +298,8 @@ impl OneShard {
         Ok(())
     }
 
-    fn spawn_sidecar(&mut self, api: SocketAddr) -> anyhow::Result<()> {
+    fn spawn_sidecar(&mut self) -> anyhow::Result<()> {
+        let api = self.api;
         let (out, err) = self.log("sidecar")?;
         let stead = built_binary("stead")?;
         let mut cmd = std::process::Command::new(&stead);
@@ -380,6 +383,21 @@ impl OneShard {
             "the app did not listen again; logs in {}",
             self.dir.display()
         )
+    }
+
+    /// `kill -9` the sidecar and reap it; the app keeps running.
+    pub fn kill_sidecar(&mut self) {
+        if let Some(mut c) = self.sidecar.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the sidecar again on the same data (after [`OneShard::kill_sidecar`]) and waits
+    /// until it is ready.
+    pub async fn start_sidecar(&mut self) -> anyhow::Result<()> {
+        self.spawn_sidecar()?;
+        self.wait_ready().await
     }
 
     /// The ingress URL of `path`.
