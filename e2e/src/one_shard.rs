@@ -207,6 +207,7 @@ pub struct OneShard {
     admin: SocketAddr,
     api: SocketAddr,
     app_addr: AppAddr,
+    sidecar_args: Vec<String>,
     sidecar: Option<Child>,
     app: Option<Child>,
     tap: ApiTap,
@@ -229,6 +230,17 @@ impl OneShard {
         protocol: AppProtocol,
         transport: AppTransport,
     ) -> anyhow::Result<Self> {
+        Self::start_with_args(app, classes, protocol, transport, &[]).await
+    }
+
+    /// [`OneShard::start_over`], with `sidecar_args` added to the sidecar's command line.
+    pub async fn start_with_args(
+        app: &str,
+        classes: &str,
+        protocol: AppProtocol,
+        transport: AppTransport,
+        sidecar_args: &[&str],
+    ) -> anyhow::Result<Self> {
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("stead-e2e-one-{}-{n}", std::process::id()));
@@ -248,6 +260,7 @@ impl OneShard {
             admin: at(free_port()?),
             api,
             app_addr,
+            sidecar_args: sidecar_args.iter().map(|a| a.to_string()).collect(),
             sidecar: None,
             app: None,
             tap: ApiTap::start(api).await?,
@@ -313,6 +326,7 @@ impl OneShard {
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .args(["--classes", &self.classes])
+            .args(&self.sidecar_args)
             .env(
                 "RUST_LOG",
                 std::env::var("STEAD_E2E_LOG").unwrap_or_else(|_| "warn".into()),

@@ -413,3 +413,40 @@ async fn after_kill_9_of_the_sidecar_the_running_app_serves_only_durable_values(
         (200, (durable + 1).to_string())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buffered_write_over_a_smaller_namespace_limit_fails_the_turn_at_its_end() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Keys of at most 256 bytes: a key of 300 is buffered by the SDK (it buffers up to 512), so
+    // the sidecar refuses it with the answer, and the whole turn rolls back.
+    let shard = OneShard::start_with_args(
+        "counter",
+        "Counter",
+        AppProtocol::Latest,
+        AppTransport::Tcp,
+        &["--max-key-bytes", "256"],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start a sidecar and the counter: {e:#}"));
+    let c = shard.client();
+    assert_eq!(
+        post(c, &object(&shard, "small", "/increment"), "").await,
+        (200, "1".into())
+    );
+    let key = "k".repeat(300);
+    let (status, body) = post(
+        c,
+        &object(&shard, "small", "/put-raw"),
+        &format!(r#"{{"key": "{key}", "value": 1}}"#),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("key_too_large"), "{body}");
+    let (status, _) = get(c, &object(&shard, "small", &format!("/get-raw?key={key}"))).await;
+    assert_eq!(status, 404, "the refused write was kept");
+    // The object goes on from its last committed state.
+    assert_eq!(
+        post(c, &object(&shard, "small", "/increment"), "").await,
+        (200, "2".into())
+    );
+}
