@@ -335,7 +335,6 @@ async fn the_counter_over_a_unix_socket_is_exact_with_protocol_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "sidecar defect: /readyz (sidecar/src/admin.rs) connects over TCP to `unix:/path`, so it stays 503 with --app unix:"]
 async fn readyz_is_ok_with_the_app_on_a_unix_socket() {
     let _one = ONE_AT_A_TIME.lock().await;
     let shard = OneShard::start_over(

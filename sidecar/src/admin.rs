@@ -42,9 +42,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
 
 /// Ready when the app accepts connections: before that, every event would fail.
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
-    let connect = tokio::net::TcpStream::connect(&s.app_addr);
+    let addr = s.app_addr.clone();
+    let connect = async move {
+        match addr.strip_prefix(crate::app::UNIX_PREFIX) {
+            Some(path) => tokio::net::UnixStream::connect(path).await.map(drop),
+            None => tokio::net::TcpStream::connect(&addr).await.map(drop),
+        }
+    };
     match tokio::time::timeout(Duration::from_secs(1), connect).await {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
             "the app does not accept connections yet\n".to_owned(),

@@ -131,7 +131,11 @@ pub fn take_writes(
     }
     for p in wire.put {
         limits.key(&p.key)?;
-        let v = limits.value(&p.key, &p.value)?;
+        // A value that is not base64 is the app's mistake, not the client's.
+        let v = limits.value(&p.key, &p.value).map_err(|e| match e.code {
+            "bad_request" => malformed(e.message),
+            _ => e,
+        })?;
         writes.put.push((p.key, v));
     }
     Ok((!writes.is_empty()).then_some(writes))
