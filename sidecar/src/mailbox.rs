@@ -31,7 +31,7 @@ use crate::metrics::{OutcomeLabels, ResultLabels};
 use crate::object::{ObjectKey, ObjectRef};
 use crate::ownership::SlotGuard;
 use crate::storage::StorageError;
-use crate::turn::{AlarmTurn, Answer, Finished, ObjectCell};
+use crate::turn::{AlarmTurn, Answer, CommitOutcome, Finished, ObjectCell};
 
 /// A finished turn in the output gate.
 pub(crate) struct Held {
@@ -120,7 +120,13 @@ impl Host {
                     ..
                 }
             );
-            let held = self.run_turn(event, &cell, &mut inc).await;
+            // The group ends with this turn if nothing else is queued when the app has
+            // answered, or at its bounds: then the turn's end and the group's commit go to
+            // storage together.
+            let bound = gate.len() + 1 >= self.config.group_max_turns.max(1)
+                || gate.age() >= self.config.group_max_age;
+            let last = |rx: &mpsc::Receiver<Event>| connect || bound || rx.is_empty();
+            let (held, commit) = self.run_turn(event, &cell, &mut inc, || last(&rx)).await;
             let rolled_back = !held.finished.kept;
             let group_lost = held.finished.group_lost;
             gate.hold(held);
@@ -128,15 +134,15 @@ impl Host {
                 // The app's in-memory instance may hold state the rollback undid.
                 inc = self.new_incarnation(&cell);
             }
-            if connect
-                || group_lost
-                || gate.len() >= self.config.group_max_turns.max(1)
-                || gate.age() >= self.config.group_max_age
-            {
+            if let Some(commit) = commit {
+                // Already on its way: the group ends here, whatever arrived meanwhile.
+                self.seal_with(&mut gate, &last_object, &cell, Some(commit))
+                    .await;
+            } else if connect || group_lost || bound {
                 self.seal(&mut gate, &last_object, &cell).await;
-                if connect {
-                    gate.settle().await;
-                }
+            }
+            if connect {
+                gate.settle().await;
             }
         }
     }
@@ -186,6 +192,17 @@ impl Host {
         object: &Option<Arc<ObjectRef>>,
         cell: &ObjectCell,
     ) {
+        self.seal_with(gate, object, cell, None).await;
+    }
+
+    /// [`Host::seal`] with the group's commit already queued (`commit`), or not yet.
+    async fn seal_with(
+        self: &Arc<Self>,
+        gate: &mut OutputGate<Held>,
+        object: &Option<Arc<ObjectRef>>,
+        cell: &ObjectCell,
+        commit: Option<CommitOutcome>,
+    ) {
         let Some(object) = object.clone() else {
             return;
         };
@@ -193,17 +210,17 @@ impl Host {
             return;
         }
         let wrote = gate.held().iter().any(|h| h.finished.wrote);
-        if wrote && self.config.abort_at_commit {
+        if wrote && commit.is_none() && self.config.abort_at_commit {
             tracing::error!("test hook: aborting at commit");
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             std::process::abort();
         }
         // A group that left nothing in the transaction needs no commit; its replies still wait
         // for the groups before it, and fail if one of those failed (see `release_turn`).
-        let commit = if wrote {
-            self.store.commit(object.clone(), cell.failures.clone())
-        } else {
-            Box::pin(std::future::ready(Ok(None)))
+        let commit = match commit {
+            Some(queued) => queued,
+            None if wrote => self.store.commit(object.clone(), cell.failures.clone()),
+            None => Box::pin(std::future::ready(Ok(None))),
         };
         let host = self.clone();
         let failures = cell.failures.clone();
@@ -237,7 +254,13 @@ impl Host {
     }
 
     /// Runs one event as a turn, up to its end in storage; its reply waits in the gate.
-    async fn run_turn(&self, event: Event, cell: &ObjectCell, inc: &mut Incarnation) -> Held {
+    async fn run_turn(
+        &self,
+        event: Event,
+        cell: &ObjectCell,
+        inc: &mut Incarnation,
+        last_of_group: impl Fn() -> bool,
+    ) -> (Held, Option<CommitOutcome>) {
         let permit = self.turn_permits.acquire().await;
         let started = Instant::now();
         let Event {
@@ -278,7 +301,7 @@ impl Host {
                     group_lost: false,
                     speaks_v2: None,
                 };
-                return held(finished, work, reply, admitted);
+                return (held(finished, work, reply, admitted), None);
             }
         };
         let _permit = self.turn_permits.hold(turn.id(), permit);
@@ -332,13 +355,21 @@ impl Host {
             }),
             _ => None,
         };
-        let finished = turn
-            .finish(answer, self.store.as_ref(), &self.config.limits, alarm)
+        // (The abort-at-commit test hook aborts before a commit is queued: see `seal_with`.)
+        let seal = (last_of_group() && !self.config.abort_at_commit).then(|| cell.failures.clone());
+        let (finished, commit) = turn
+            .finish(
+                answer,
+                self.store.as_ref(),
+                &self.config.limits,
+                alarm,
+                seal,
+            )
             .await;
         if let Some(v2) = finished.speaks_v2 {
             self.app_v2.store(v2, Ordering::Relaxed);
         }
-        held(finished, work, reply, admitted)
+        (held(finished, work, reply, admitted), commit)
     }
 
     /// Releases a sealed group once its commit's `outcome` is known: what its turns answered and

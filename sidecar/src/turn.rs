@@ -20,13 +20,14 @@ use subtle::ConstantTimeEq;
 
 use stead_core::protocol;
 
+use crate::alarms::AlarmChange;
 use crate::app::AppError;
 use crate::chain::CallChain;
 use crate::envelope;
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::object::ObjectRef;
-use crate::storage::{TurnEnd, TurnRef, TurnStore};
+use crate::storage::{BoxFuture, StorageError, TurnEnd, TurnRef, TurnStore};
 use crate::websocket::registry::Outgoing;
 
 #[derive(Debug, Clone)]
@@ -132,13 +133,17 @@ impl Turn {
     /// `stead-rollback`), applies the writes a protocol-2 answer carries, and ends the turn in
     /// `store` (kept in the object's transaction, or rolled back to its savepoint). `alarm` says
     /// whether this is an alarm turn, and whether its failure drops the alarm (last retry).
+    /// With `seal` (the object's failure cell), the turn is the last of its group: its end and
+    /// the group's commit go to storage together, and the commit's outcome is returned to be
+    /// awaited by the output gate.
     pub async fn finish(
         self,
         answer: Answer,
         store: &dyn TurnStore,
         limits: &Limits,
         alarm: Option<AlarmTurn>,
-    ) -> Finished {
+        seal: Option<Arc<AtomicU64>>,
+    ) -> (Finished, Option<CommitOutcome>) {
         let mut speaks_v2 = None;
         let (keep, writes, mut response) = match answer {
             Answer::TimedOut(after) => (
@@ -189,10 +194,15 @@ impl Turn {
         // nothing to end in storage: one hop less for read-only and cached turns.
         let touched = self.storage.close();
         let needs_storage = touched || end.writes.is_some() || end.alarm_turn;
-        let ended = if needs_storage {
-            store.end_turn(&self.storage, end).await
-        } else {
-            Ok(())
+        let mut commit = None;
+        let ended = match (needs_storage, seal) {
+            (false, _) => Ok(()),
+            (true, None) => store.end_turn(&self.storage, end).await,
+            (true, Some(failures)) => {
+                let (ended, committed) = store.end_turn_and_commit(&self.storage, end, failures);
+                commit = Some(committed);
+                ended.await
+            }
         };
         if let Err(e) = ended {
             tracing::warn!(turn_id = self.storage.id, error = %e, "the turn could not be kept; rolled back");
@@ -202,7 +212,7 @@ impl Turn {
             }
             kept = false;
         }
-        Finished {
+        let finished = Finished {
             response,
             kept,
             wrote: needs_storage,
@@ -210,7 +220,8 @@ impl Turn {
             group_lost,
             speaks_v2,
             failures_seen: self.storage.failures_seen,
-        }
+        };
+        (finished, commit)
     }
 }
 
@@ -219,6 +230,9 @@ impl Drop for Turn {
         self.turns.end(self.storage.id);
     }
 }
+
+/// The outcome of a group's commit, once storage has it.
+pub type CommitOutcome = BoxFuture<Result<Option<AlarmChange>, StorageError>>;
 
 /// An alarm turn: `last` if its failure exhausts the retries.
 #[derive(Debug, Clone, Copy)]

@@ -135,7 +135,8 @@ pub struct State {
 /// the turn pipeline run in tests against a store whose commits the test holds and fails.
 pub trait TurnStore: Send + Sync + 'static {
     /// Ends a turn (see [`TurnEnd`]); refused if a commit of the object failed since the turn
-    /// started.
+    /// started. Like `commit`, ordered among the object's operations when called, not when
+    /// the future is first polled.
     fn end_turn(&self, turn: &TurnRef, end: TurnEnd) -> BoxFuture<Result<(), StorageError>>;
     /// Commits every turn kept since the last commit; answers once durable, with what they did
     /// to the alarm. A failure counts in `failures` before it is answered.
@@ -144,6 +145,21 @@ pub trait TurnStore: Send + Sync + 'static {
         object: Arc<ObjectRef>,
         failures: Arc<AtomicU64>,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>>;
+    /// Ends a turn and then commits its group, queued together: one trip to storage for the
+    /// last turn of a group.
+    #[allow(clippy::type_complexity)]
+    fn end_turn_and_commit(
+        &self,
+        turn: &TurnRef,
+        end: TurnEnd,
+        failures: Arc<AtomicU64>,
+    ) -> (
+        BoxFuture<Result<(), StorageError>>,
+        BoxFuture<Result<Option<AlarmChange>, StorageError>>,
+    ) {
+        let ended = self.end_turn(turn, end);
+        (ended, self.commit(turn.object.clone(), failures))
+    }
     /// The object's alarm, read between turns.
     fn alarm_time(&self, object: &ObjectRef) -> BoxFuture<Result<Option<i64>, StorageError>>;
     /// The object's whole state if its KV data is at most `max_bytes`.
@@ -216,14 +232,28 @@ impl Storage {
         key: &ObjectKey,
         f: impl FnOnce(&mut Shelf) -> R + Send + 'static,
     ) -> Result<R, StorageError> {
+        self.enqueue(key, f).await
+    }
+
+    /// Queues `f` on the object's storage thread now, not when the future is first polled: jobs
+    /// of one object run in the order they were queued, and the turn pipeline relies on a
+    /// commit being queued before anything the next turn does.
+    fn enqueue<R: Send + 'static>(
+        &self,
+        key: &ObjectKey,
+        f: impl FnOnce(&mut Shelf) -> R + Send + 'static,
+    ) -> BoxFuture<Result<R, StorageError>> {
         let (tx, rx) = oneshot::channel();
         let idx = worker_index(key, self.workers.len());
-        self.workers[idx]
+        let sent = self.workers[idx]
             .send(Box::new(move |shelf| {
                 let _ = tx.send(f(shelf));
             }))
-            .map_err(|_| StorageError::Closed)?;
-        rx.await.map_err(|_| StorageError::Closed)
+            .map_err(|_| StorageError::Closed);
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| StorageError::Closed)
+        })
     }
 
     pub async fn kv_get(
@@ -368,33 +398,34 @@ impl Storage {
         .await?
     }
 
-    /// Ends a turn: see [`TurnStore::end_turn`].
-    pub async fn end_turn(&self, t: &TurnRef, end: TurnEnd) -> Result<(), StorageError> {
+    /// Ends a turn: see [`TurnStore::end_turn`]. Queued at once.
+    pub fn end_turn(&self, t: &TurnRef, end: TurnEnd) -> BoxFuture<Result<(), StorageError>> {
         let t2 = t.clone();
-        self.call(&t.object.key(), move |s| {
+        let job = self.enqueue(&t.object.key(), move |s| {
             // Close the door first: calls queued behind this job find the turn over.
             let _ = t2
                 .active
                 .compare_exchange(t2.id, 0, Ordering::AcqRel, Ordering::Acquire);
             s.end_turn(&t2, end)
-        })
-        .await?
+        });
+        Box::pin(async move { job.await? })
     }
 
-    /// Commits the turns kept since the last commit: see [`TurnStore::commit`].
-    pub async fn commit(
+    /// Commits the turns kept since the last commit: see [`TurnStore::commit`]. Queued at once.
+    pub fn commit(
         &self,
         object: Arc<ObjectRef>,
         failures: Arc<AtomicU64>,
-    ) -> Result<Option<AlarmChange>, StorageError> {
-        self.call(&object.key(), move |s| {
+    ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
+        let key = object.key();
+        let job = self.enqueue(&key, move |s| {
             let out = s.commit_group(&object);
             if out.is_err() {
                 failures.fetch_add(1, Ordering::AcqRel);
             }
             out
-        })
-        .await?
+        });
+        Box::pin(async move { job.await? })
     }
 
     /// Ends a turn and commits it alone (a group of one).
@@ -486,8 +517,7 @@ impl Storage {
 
 impl TurnStore for Storage {
     fn end_turn(&self, turn: &TurnRef, end: TurnEnd) -> BoxFuture<Result<(), StorageError>> {
-        let (s, t) = (self.clone(), turn.clone());
-        Box::pin(async move { Storage::end_turn(&s, &t, end).await })
+        Storage::end_turn(self, turn, end)
     }
 
     fn commit(
@@ -495,8 +525,35 @@ impl TurnStore for Storage {
         object: Arc<ObjectRef>,
         failures: Arc<AtomicU64>,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
-        let s = self.clone();
-        Box::pin(async move { Storage::commit(&s, object, failures).await })
+        Storage::commit(self, object, failures)
+    }
+
+    fn end_turn_and_commit(
+        &self,
+        turn: &TurnRef,
+        end: TurnEnd,
+        failures: Arc<AtomicU64>,
+    ) -> (
+        BoxFuture<Result<(), StorageError>>,
+        BoxFuture<Result<Option<AlarmChange>, StorageError>>,
+    ) {
+        let t2 = turn.clone();
+        let (ended_tx, ended_rx) = oneshot::channel();
+        let job = self.enqueue(&turn.object.key(), move |s| {
+            let _ = t2
+                .active
+                .compare_exchange(t2.id, 0, Ordering::AcqRel, Ordering::Acquire);
+            let _ = ended_tx.send(s.end_turn(&t2, end));
+            let out = s.commit_group(&t2.object);
+            if out.is_err() {
+                failures.fetch_add(1, Ordering::AcqRel);
+            }
+            out
+        });
+        (
+            Box::pin(async move { ended_rx.await.map_err(|_| StorageError::Closed)? }),
+            Box::pin(async move { job.await? }),
+        )
     }
 
     fn alarm_time(&self, object: &ObjectRef) -> BoxFuture<Result<Option<i64>, StorageError>> {
