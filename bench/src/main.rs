@@ -8,12 +8,16 @@
 //! - `soak`: minutes of mixed load (counters, a hot object, alarms, chat) with the servers' RSS
 //!   and open descriptors sampled;
 //! - `reshard`: live resharding of a local cluster under an open-loop counter load: pause per
-//!   slot, total time, bytes/s and the share of 503s.
+//!   slot, total time, bytes/s and the share of 503s;
+//! - `open-objects`: the sidecar's memory and descriptors per open object;
+//! - `cold-open`: first-request latency of objects among N written to disk.
 
 mod alarms;
+mod cold_open;
 mod common;
 mod http;
 mod idle_sockets;
+mod open_objects;
 mod procfs;
 mod prom;
 mod reshard;
@@ -38,6 +42,11 @@ enum Cli {
     Soak(soak::Args),
     /// Live resharding (e.g. 3 -> 5 shards) of a local cluster under counter load.
     Reshard(reshard::Args),
+    /// Open objects: the sidecar's memory (RSS) and descriptors per open object.
+    OpenObjects(open_objects::Args),
+    /// Cold open: first-request latency of objects among N on disk (`populate`, `measure`).
+    #[command(subcommand)]
+    ColdOpen(cold_open::Args),
 }
 
 #[tokio::main]
@@ -49,5 +58,7 @@ async fn main() -> Result<()> {
         Cli::IdleSockets(a) => idle_sockets::run(a).await,
         Cli::Soak(a) => soak::run(a).await,
         Cli::Reshard(a) => reshard::run(a).await,
+        Cli::OpenObjects(a) => open_objects::run(a).await,
+        Cli::ColdOpen(a) => cold_open::run(a).await,
     }
 }
