@@ -81,7 +81,7 @@ def colour(name):
     return "rgb(%d,%d,%d)" % (220, 180 + h, 60 + h)
 
 
-def svg(stacks, title, width=1600, row=16):
+def svg(stacks, title, width=1600, row=16, min_width=1.5):
     root = {"n": 0, "kids": {}}
     for stack, n in stacks.items():
         node = root
@@ -95,7 +95,7 @@ def svg(stacks, title, width=1600, row=16):
     def walk(node, name, x, depth):
         nonlocal depth_max
         w = node["n"] / total * (width - 20)
-        if w < 0.3:
+        if w < min_width:
             return
         depth_max = max(depth_max, depth)
         rects.append((name, x, depth, w, node["n"]))
@@ -114,6 +114,7 @@ def svg(stacks, title, width=1600, row=16):
     ]
     for name, x, depth, w, n in rects:
         y = height - 20 - (depth + 1) * row
+        name = name if len(name) <= 160 else name[:157] + "..."
         label = html.escape(name)
         tip = "%s — %d samples (%.2f%%)" % (label, n, 100.0 * n / total)
         chars = int(w / 7)
