@@ -788,10 +788,12 @@ fn new_database_image(dir: &Path) -> Result<&'static [u8], StorageError> {
     if let Some(image) = IMAGE.get() {
         return Ok(image);
     }
+    // Threads that create their first objects at once each build one: the names must differ.
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let scratch = dir.join(format!(
         ".stead-new-{}-{}.sqlite",
         std::process::id(),
-        now_ms()
+        BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let built = (|| -> Result<Vec<u8>, StorageError> {
         let conn = Connection::open_with_flags_and_vfs(
