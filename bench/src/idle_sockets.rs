@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_tungstenite::connect_async_with_config;
 
-use crate::common::{Rng, check_fd_budget, round1, url_port};
+use crate::common::{Latency, Rng, check_fd_budget, new_hist, round1, url_port};
 use crate::procfs;
 
 /// Most sockets one object accepts (docs/app-protocol.md).
@@ -54,12 +54,14 @@ pub struct Args {
 async fn hold_socket(
     url: String,
     permits: Arc<Semaphore>,
-    opened: mpsc::UnboundedSender<Result<(), String>>,
+    opened: mpsc::UnboundedSender<Result<Duration, String>>,
     open_now: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) {
     let permit = permits.acquire_owned().await;
+    let started = Instant::now();
     let ws = connect_async_with_config(url.as_str(), None, true).await;
+    let took = started.elapsed();
     drop(permit);
     let mut ws = match ws {
         Ok((ws, _)) => ws,
@@ -69,7 +71,7 @@ async fn hold_socket(
         }
     };
     open_now.fetch_add(1, Ordering::Relaxed);
-    let _ = opened.send(Ok(()));
+    let _ = opened.send(Ok(took));
     loop {
         tokio::select! {
             msg = ws.next() => if !matches!(msg, Some(Ok(_))) { break },
@@ -132,9 +134,13 @@ pub async fn run(args: Args) -> Result<()> {
         })
         .collect();
     let (mut ok, mut failed, mut first_error) = (0usize, 0usize, None);
+    let mut handshakes = new_hist();
     while ok + failed < args.sockets {
         match opened_rx.recv().await {
-            Some(Ok(())) => ok += 1,
+            Some(Ok(took)) => {
+                ok += 1;
+                handshakes.saturating_record(took.as_micros().max(1) as u64);
+            }
             Some(Err(e)) => {
                 failed += 1;
                 first_error.get_or_insert(e);
@@ -173,6 +179,8 @@ pub async fn run(args: Args) -> Result<()> {
         ok as f64 / open_secs,
         first_error.map_or(String::new(), |e| format!("; first error: {e}"))
     );
+    let handshake = Latency::of(&handshakes);
+    println!("  handshake {}", handshake.line());
     let per_socket = |b: u64, a: u64, n: u64| (a as f64 - b as f64) / n.max(1) as f64;
     let mut json_pids = Vec::new();
     for (j, &pid) in pids.iter().enumerate() {
@@ -209,7 +217,7 @@ pub async fn run(args: Args) -> Result<()> {
     let json = serde_json::json!({
         "bench": "idle-sockets", "label": args.label, "url": args.url, "sockets": args.sockets,
         "per_room": args.per_room, "opened": ok, "failed": failed, "open_s": round1(open_secs),
-        "still_open": still_open, "settle_s": args.settle, "hold_s": args.hold, "pids": json_pids,
+        "handshake": handshake.json(), "still_open": still_open, "settle_s": args.settle, "hold_s": args.hold, "pids": json_pids,
     });
     println!("{json}");
     Ok(())

@@ -9,12 +9,16 @@
 //!   and open descriptors sampled;
 //! - `reshard`: live resharding of a local cluster under an open-loop counter load: pause per
 //!   slot, total time, bytes/s and the share of 503s;
-//! - `transport`: the sidecar-app hop alone, loopback TCP against a Unix socket.
+//! - `transport`: the sidecar-app hop alone, loopback TCP against a Unix socket;
+//! - `open-objects`: the sidecar's memory and descriptors per open object;
+//! - `cold-open`: first-request latency of objects among N written to disk.
 
 mod alarms;
+mod cold_open;
 mod common;
 mod http;
 mod idle_sockets;
+mod open_objects;
 mod procfs;
 mod prom;
 mod reshard;
@@ -42,6 +46,11 @@ enum Cli {
     Reshard(reshard::Args),
     /// The sidecar-app hop alone: HTTP/1.1 round trips over loopback TCP vs a Unix socket.
     Transport(transport::Args),
+    /// Open objects: the sidecar's memory (RSS) and descriptors per open object.
+    OpenObjects(open_objects::Args),
+    /// Cold open: first-request latency of objects among N on disk (`populate`, `measure`).
+    #[command(subcommand)]
+    ColdOpen(cold_open::Args),
 }
 
 #[tokio::main]
@@ -54,5 +63,7 @@ async fn main() -> Result<()> {
         Cli::Soak(a) => soak::run(a).await,
         Cli::Reshard(a) => reshard::run(a).await,
         Cli::Transport(a) => transport::run(a).await,
+        Cli::OpenObjects(a) => open_objects::run(a).await,
+        Cli::ColdOpen(a) => cold_open::run(a).await,
     }
 }

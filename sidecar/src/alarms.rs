@@ -103,6 +103,42 @@ pub enum AlarmError {
     VolumeFull,
     #[error("the alarm index could not be written (I/O error; see the log line before)")]
     WriteFailed,
+    #[error(
+        "another sidecar uses this data folder (it holds {LOCK_FILE}); stop it, or give this one its own --data-dir"
+    )]
+    FolderInUse,
+}
+
+/// In a shard's data folder: held locked (`flock`) by the sidecar that serves the folder, for
+/// as long as it runs. Object databases are opened without SQLite's file locks (see
+/// `storage::db`), so this lock is what keeps a second sidecar away from them.
+pub const LOCK_FILE: &str = "shard.lock";
+/// How long a start waits for the folder's lock (a sidecar of this process that is stopping).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Takes the data folder's lock, waiting up to [`LOCK_WAIT`] for a holder that is stopping.
+fn lock_data_folder(data_dir: &Path) -> Result<std::fs::File, AlarmError> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join(LOCK_FILE))?;
+    let started = std::time::Instant::now();
+    loop {
+        // SAFETY: flock(2) on a descriptor that `file` owns and keeps open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err.into());
+        }
+        if started.elapsed() >= LOCK_WAIT {
+            return Err(AlarmError::FolderInUse);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[derive(Clone)]
@@ -143,6 +179,7 @@ impl Alarms {
         faults: Faults,
     ) -> Result<Self, AlarmError> {
         std::fs::create_dir_all(data_dir)?;
+        let lock = lock_data_folder(data_dir)?;
         let conn = Connection::open(data_dir.join("shard.sqlite"))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;
@@ -195,6 +232,7 @@ impl Alarms {
             conn,
             dir: data_dir.to_path_buf(),
             faults,
+            _lock: lock,
         };
         std::thread::Builder::new()
             .name("stead-alarm-index".into())
@@ -358,6 +396,9 @@ struct IndexWriter {
     conn: Connection,
     dir: PathBuf,
     faults: Faults,
+    /// The data folder's lock ([`LOCK_FILE`]): held while the index is written, released when
+    /// the last handle on the alarms is gone.
+    _lock: std::fs::File,
 }
 
 impl IndexWriter {
@@ -401,19 +442,26 @@ impl IndexWriter {
 
     fn write(&mut self, batch: Vec<IndexOp>) -> Result<(), rusqlite::Error> {
         let tx = self.conn.transaction()?;
-        for op in batch {
-            match op {
-                IndexOp::Upsert(o, t, _) => {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO alarms(class, id, name, time_ms) VALUES (?1, ?2, ?3, ?4)",
-                        params![o.class.as_str(), o.id.to_hex(), o.name.as_ref().map(|n| n.as_str()), t],
-                    )?;
-                }
-                IndexOp::Delete((class, id)) => {
-                    tx.execute(
-                        "DELETE FROM alarms WHERE class = ?1 AND id = ?2",
-                        params![class.as_str(), id.to_hex()],
-                    )?;
+        {
+            // Prepared once per connection (cached), not parsed again for every entry.
+            let mut upsert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO alarms(class, id, name, time_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM alarms WHERE class = ?1 AND id = ?2")?;
+            for op in batch {
+                match op {
+                    IndexOp::Upsert(o, t, _) => {
+                        upsert.execute(params![
+                            o.class.as_str(),
+                            o.id.to_hex(),
+                            o.name.as_ref().map(|n| n.as_str()),
+                            t
+                        ])?;
+                    }
+                    IndexOp::Delete((class, id)) => {
+                        delete.execute(params![class.as_str(), id.to_hex()])?;
+                    }
                 }
             }
         }
@@ -429,5 +477,78 @@ impl IndexWriter {
             ));
         }
         tx.commit()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "stead-alarms-test-{}-{}",
+            std::process::id(),
+            ObjectId::unique().unwrap().to_hex()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn start(dir: &Path) -> Result<Alarms, AlarmError> {
+        Alarms::start(dir, 16, Duration::from_secs(2), Metrics::new())
+    }
+
+    #[test]
+    fn a_second_shard_on_the_same_data_folder_is_refused_until_the_first_is_gone() {
+        let dir = tempdir();
+        let first = start(&dir).unwrap();
+        // Object databases carry no SQLite locks: the folder's lock is what keeps a second
+        // sidecar from opening them.
+        assert!(matches!(start(&dir), Err(AlarmError::FolderInUse)));
+        drop(first);
+        // The index thread lets go of the lock once the last handle is gone.
+        let again = start(&dir);
+        assert!(again.is_ok(), "{:?}", again.err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_of_write_aheads_from_many_threads_is_durable_in_the_index() {
+        let dir = tempdir();
+        let alarms = start(&dir).unwrap();
+        let class = ClassName::new("Counter").unwrap();
+        let objects: Vec<ObjectRef> = (0..64)
+            .map(|i| {
+                let name = ObjectName::new(&format!("o{i}")).unwrap();
+                ObjectRef::new(
+                    class.clone(),
+                    ObjectId::named(&class, &name),
+                    Some(name),
+                    16,
+                )
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for (i, o) in objects.iter().enumerate() {
+                let alarms = alarms.clone();
+                s.spawn(move || alarms.write_ahead(o, 1_000 + i as i64).unwrap());
+            }
+        });
+        // Every acknowledged write-ahead is in shard.sqlite, read by another connection.
+        let conn = Connection::open(dir.join("shard.sqlite")).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM alarms", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 64);
+        let t: i64 = conn
+            .query_row(
+                "SELECT time_ms FROM alarms WHERE id = ?1",
+                [objects[5].id.to_hex()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(t, 1_005);
+        drop(alarms);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -38,6 +38,7 @@ pub mod route;
 pub mod scale;
 pub mod serve;
 pub mod sidecar;
+pub mod sqlite_memory;
 pub mod storage;
 pub mod target;
 pub mod turn;

@@ -61,6 +61,10 @@ fn start_malloc_trim() -> std::io::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before anything opens a SQLite database (SQLite takes these only before it starts).
+    if !stead_sidecar::sqlite_memory::configure_process() {
+        eprintln!("warning: SQLite started before its memory settings could be applied");
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Sidecar(config) => {

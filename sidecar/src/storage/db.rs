@@ -21,6 +21,16 @@ use crate::object::ObjectRef;
 /// SQLite page cache per open database, in KiB: small, because a shard holds thousands.
 const CACHE_KIB: i64 = 512;
 
+/// The SQLite VFS of object databases: the unix VFS without file locks. SQLite's locking unix
+/// VFS keeps every locked file of the process in one list, searched linearly under a global
+/// mutex on every open (twice: `findReusableFd` and `findInodeInfo`); with thousands of objects
+/// open that search was the largest single cost of creating and opening an object (issue 10).
+/// The locks protected nothing the sidecar needs: each object database is opened by one
+/// connection only (the storage thread that owns the object), in exclusive locking mode with
+/// the WAL index in heap memory, and one sidecar owns a data folder (`shard.lock`, taken by
+/// the alarm index at start-up).
+const OBJECT_VFS: &std::ffi::CStr = c"unix-none";
+
 /// Options that hold for every database of the shard.
 #[derive(Debug, Clone)]
 pub struct DbOptions {
@@ -138,9 +148,10 @@ impl ObjectDb {
         if let Some(f) = faults.at(FaultPoint::Open) {
             return Err(f.to_io_error().into());
         }
-        let conn = Connection::open_with_flags(
+        let conn = Connection::open_with_flags_and_vfs(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OBJECT_VFS,
         )?;
         configure(&conn, opts)?;
         let committed: bool = conn.query_row(
@@ -216,17 +227,19 @@ impl ObjectDb {
         opts: &DbOptions,
         faults: &Faults,
     ) -> Result<Self, StorageError> {
-        let conn = Connection::open_with_flags(
+        let written = write_new_database(&path, dir, opts)?;
+        let conn = Connection::open_with_flags_and_vfs(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
                 | OpenFlags::SQLITE_OPEN_CREATE
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OBJECT_VFS,
         )?;
         if let Some(f) = faults.at(FaultPoint::Open) {
             return Err(f.to_io_error().into());
         }
         configure(&conn, opts)?;
-        if opts.durability == Durability::Strict {
+        if !written && opts.durability == Durability::Strict {
             // A new file is durable only once its directory entry is.
             fs::File::open(dir)?.sync_all()?;
         }
@@ -244,6 +257,8 @@ impl ObjectDb {
         };
         db.begin()?;
         db.created_in_tx = true;
+        // `_stead_meta` is created here, in the turn's transaction, not in the image: a file
+        // without it is one whose creating turn never committed (see `open_existing`).
         db.conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS _stead_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS _stead_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -849,6 +864,90 @@ pub fn param_from_json(v: &serde_json::Value) -> Result<Value, String> {
     })
 }
 
+/// The tables of a new object database that are not created in its first turn.
+const NEW_DATABASE_SCHEMA: &str = "PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;
+     CREATE TABLE _stead_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+     CREATE TABLE _stead_alarm(one INTEGER PRIMARY KEY CHECK (one = 1), time_ms INTEGER NOT NULL);";
+
+/// The bytes of a new object database: WAL mode, `_stead_kv` and `_stead_alarm`, no rows. Built
+/// once per process (in a scratch file of `dir`) and then copied for every new object: creating
+/// a database with SQLite itself switches it to WAL mode through a rollback journal (a journal
+/// file created, synced and deleted, and the database synced) and parses the schema, for every
+/// object; the copy is one write and one fsync.
+fn new_database_image(dir: &Path) -> Result<&'static [u8], StorageError> {
+    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    if let Some(image) = IMAGE.get() {
+        return Ok(image);
+    }
+    // Threads that create their first objects at once each build one: the names must differ.
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let scratch = dir.join(format!(
+        ".stead-new-{}-{}.sqlite",
+        std::process::id(),
+        BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let built = (|| -> Result<Vec<u8>, StorageError> {
+        let conn = Connection::open_with_flags_and_vfs(
+            &scratch,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OBJECT_VFS,
+        )?;
+        conn.execute_batch(NEW_DATABASE_SCHEMA)?;
+        // Closing checkpoints the WAL into the file and deletes the WAL.
+        conn.close().map_err(|(_, e)| e)?;
+        Ok(fs::read(&scratch)?)
+    })();
+    if let Err(e) = remove_files(&scratch) {
+        tracing::warn!(error = %e, "removing the scratch database of new objects");
+    }
+    let image = built?;
+    // A database file in WAL mode: "SQLite format 3\0", read and write versions 2.
+    if !image.starts_with(b"SQLite format 3\0") || image.get(18..20) != Some(&[2, 2]) {
+        return Err(StorageError::Internal(
+            "the image of a new database is not a WAL-mode SQLite file".into(),
+        ));
+    }
+    Ok(IMAGE.get_or_init(|| image))
+}
+
+/// Writes a new object database at `path` from [`new_database_image`], durably in strict mode
+/// (the file and its directory entry), without ever replacing a file: returns false when `path`
+/// exists already (SQLite then opens what is there, as before). Leftover companions (a WAL or
+/// journal of a database deleted before) are removed first, so that nothing of an earlier
+/// object is replayed into the new one.
+fn write_new_database(path: &Path, dir: &Path, opts: &DbOptions) -> Result<bool, StorageError> {
+    use std::io::Write as _;
+    let image = new_database_image(dir)?;
+    let mut file = match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    for suffix in ["-wal", "-journal"] {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(suffix);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    file.write_all(image)?;
+    if opts.durability == Durability::Strict {
+        // The header (WAL mode) must be on disk before the first commit's WAL is: SQLite
+        // deletes the WAL of an empty database file when it opens it.
+        file.sync_all()?;
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(true)
+}
+
 /// Deletes a database file and its companions, where they exist.
 fn remove_files(path: &Path) -> std::io::Result<()> {
     for suffix in ["", "-wal", "-journal"] {
@@ -863,7 +962,34 @@ fn remove_files(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Turns the connection's lookaside off: SQLite's default gives every connection 48 KiB of
+/// small-allocation slots (touched when set up), which at thousands of open objects costs more
+/// than it saves; small allocations go to malloc instead. Done per connection so that it holds
+/// even where SQLite started before [`crate::sqlite_memory::configure_process`].
+fn no_lookaside(conn: &Connection) -> Result<(), StorageError> {
+    // SAFETY: the handle is valid for as long as `conn`; SQLITE_DBCONFIG_LOOKASIDE takes
+    // (void*, int, int), passed with exactly those types; a null buffer with size 0 and count 0
+    // turns lookaside off. Nothing else uses the connection meanwhile (we hold `&conn` on the
+    // only thread that uses it).
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            0 as std::ffi::c_int,
+            0 as std::ffi::c_int,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(StorageError::Internal(format!(
+            "turning SQLite's lookaside off failed (code {rc})"
+        )));
+    }
+    Ok(())
+}
+
 fn configure(conn: &Connection, opts: &DbOptions) -> Result<(), StorageError> {
+    no_lookaside(conn)?;
     // Exclusive locking before WAL: the WAL index then lives in heap memory, no -shm file.
     conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;")?;
     let sync = match opts.durability {
@@ -1114,6 +1240,124 @@ mod tests {
             db.sql_exec_t("SELECT * FROM nope", &[]),
             Err(StorageError::Sql(_))
         ));
+    }
+
+    /// The POSIX locks this process holds on `path`'s inode, from /proc/locks.
+    fn posix_locks_on(path: &Path) -> usize {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = fs::metadata(path).unwrap().ino();
+        let me = std::process::id().to_string();
+        fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // "1: POSIX  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+                f.get(1) == Some(&"POSIX")
+                    && f.get(4) == Some(&me.as_str())
+                    && f.get(5).and_then(|d| d.rsplit(':').next()) == Some(&ino.to_string())
+            })
+            .count()
+    }
+
+    #[test]
+    fn an_open_object_database_holds_no_file_lock_and_no_lookaside() {
+        let dir = tempdir();
+        let o = obj("a");
+        let mut db = ObjectDb::create(&o, &dir, &opts(), &Faults::default()).unwrap();
+        db.write_call(|d| d.kv_put(&[("k".into(), b"v".to_vec())]))
+            .unwrap();
+        assert!(db.commit().unwrap());
+        // Exclusive locking mode on SQLite's default VFS would hold a POSIX write lock on the
+        // file from the first write until close; the lock-free VFS holds none (and keeps no
+        // process-wide list of locked files to search on every open).
+        let path = o.database_path(&dir);
+        assert_eq!(posix_locks_on(&path), 0);
+        let mut used = 0;
+        let mut high = 0;
+        // SAFETY: a valid handle; the out-pointers are live locals.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                db.conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_LOOKASIDE_USED,
+                &mut used,
+                &mut high,
+                0,
+            )
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+        assert_eq!((used, high), (0, 0), "lookaside slots were used");
+        drop(db);
+        // Reopened (WAL mode, exclusive, no locks), it reads what was committed.
+        let db = ObjectDb::open_existing(&o, &dir, &opts(), &Faults::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            db.kv_get(&["k".into()]).unwrap(),
+            vec![("k".into(), b"v".to_vec())]
+        );
+        let mode: String = db
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(posix_locks_on(&path), 0);
+    }
+
+    #[test]
+    fn a_new_database_whose_first_turn_never_committed_is_not_an_object() {
+        let dir = tempdir();
+        let o = obj("a");
+        let path = o.database_path(&dir);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // As a crash leaves it between writing the new file and the first commit.
+        assert!(write_new_database(&path, path.parent().unwrap(), &opts()).unwrap());
+        assert!(path.exists());
+        assert!(
+            ObjectDb::open_existing(&o, &dir, &opts(), &Faults::default())
+                .unwrap()
+                .is_none()
+        );
+        assert!(!path.exists(), "the uncommitted file is removed");
+        // An existing file is never replaced.
+        let mut db = ObjectDb::create(&o, &dir, &opts(), &Faults::default()).unwrap();
+        db.write_call(|d| d.kv_put(&[("k".into(), b"v".to_vec())]))
+            .unwrap();
+        assert!(db.commit().unwrap());
+        assert!(!write_new_database(&path, path.parent().unwrap(), &opts()).unwrap());
+        assert_eq!(db.kv_get(&["k".into()]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_wal_left_by_a_deleted_object_is_not_replayed_into_a_new_one() {
+        let dir = tempdir();
+        let o = obj("a");
+        let path = o.database_path(&dir);
+        let mut db = ObjectDb::create(&o, &dir, &opts(), &Faults::default()).unwrap();
+        db.write_call(|d| d.kv_put(&[("old".into(), b"1".to_vec())]))
+            .unwrap();
+        assert!(db.commit().unwrap());
+        // The committed write is in the WAL; keep a copy of it as a crash during a deletion
+        // (database removed, WAL not yet) would leave it.
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let wal_bytes = fs::read(&wal).unwrap();
+        assert!(!wal_bytes.is_empty());
+        drop(db);
+        remove_files(&path).unwrap();
+        fs::write(&wal, &wal_bytes).unwrap();
+
+        let mut db = ObjectDb::create(&o, &dir, &opts(), &Faults::default()).unwrap();
+        assert!(db.kv_get(&["old".into()]).unwrap().is_empty());
+        db.write_call(|d| d.kv_put(&[("new".into(), b"2".to_vec())]))
+            .unwrap();
+        assert!(db.commit().unwrap());
+        drop(db);
+        let db = ObjectDb::open_existing(&o, &dir, &opts(), &Faults::default())
+            .unwrap()
+            .unwrap();
+        assert!(db.kv_get(&["old".into()]).unwrap().is_empty());
+        assert_eq!(db.kv_get(&["new".into()]).unwrap().len(), 1);
     }
 
     fn tempdir() -> PathBuf {
