@@ -82,7 +82,8 @@ pub(crate) struct Event {
 }
 
 pub struct Host {
-    pub(crate) mailboxes: Mutex<HashMap<ObjectKey, mpsc::Sender<Event>>>,
+    /// Events are boxed in the queues: an idle object's queue block holds pointers, not events.
+    pub(crate) mailboxes: Mutex<HashMap<ObjectKey, mpsc::Sender<Box<Event>>>>,
     pub(crate) turn_permits: TurnPermits,
     pub(crate) store: Arc<dyn TurnStore>,
     pub(crate) app: Arc<dyn App>,
@@ -173,14 +174,14 @@ impl Host {
         chain: CallChain,
     ) -> Response<Bytes> {
         let (reply, answer) = oneshot::channel();
-        let event = Event {
+        let event = Box::new(Event {
             object: Arc::new(object),
             chain,
             work,
             request,
             reply: Some(reply),
             admitted: None,
-        };
+        });
         if let Err(e) = self.enqueue(event) {
             return e.into_http();
         }
@@ -206,14 +207,14 @@ impl Host {
                 return;
             }
         };
-        let mut event = Event {
+        let mut event = Box::new(Event {
             object: Arc::new(object),
             chain: CallChain::default(),
             work,
             request,
             reply: None,
             admitted: Some(admitted),
-        };
+        });
         // A mailbox can close between lookup and send (it hibernated): then take the new one.
         for _ in 0..3 {
             let tx = self.mailbox(&event.object.key());
@@ -226,7 +227,7 @@ impl Host {
     }
 
     /// The sender of the object's mailbox, started if needed.
-    fn mailbox(self: &Arc<Self>, key: &ObjectKey) -> mpsc::Sender<Event> {
+    fn mailbox(self: &Arc<Self>, key: &ObjectKey) -> mpsc::Sender<Box<Event>> {
         let mut mailboxes = self.mailboxes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = mailboxes.get(key)
             && !tx.is_closed()
@@ -293,7 +294,7 @@ impl Host {
         }
     }
 
-    fn enqueue(self: &Arc<Self>, mut event: Event) -> Result<(), ApiError> {
+    fn enqueue(self: &Arc<Self>, mut event: Box<Event>) -> Result<(), ApiError> {
         if event.admitted.is_none() {
             let slot = event.object.slot;
             event.admitted = Some(

@@ -65,7 +65,7 @@ impl Host {
     pub(crate) async fn run_mailbox(
         self: Arc<Self>,
         key: ObjectKey,
-        mut rx: mpsc::Receiver<Event>,
+        mut rx: mpsc::Receiver<Box<Event>>,
     ) {
         let cell = ObjectCell::default();
         let mut inc = Incarnation {
@@ -110,7 +110,7 @@ impl Host {
                 // A commit failed: the app's instance may hold writes that are gone.
                 inc = self.new_incarnation(&cell);
             }
-            let Some(event) = self.check_alarm(event).await else {
+            let Some(event) = self.check_alarm(*event).await else {
                 continue;
             };
             let connect = matches!(
@@ -125,7 +125,7 @@ impl Host {
             // storage together.
             let bound = gate.len() + 1 >= self.config.group_max_turns.max(1)
                 || gate.age() >= self.config.group_max_age;
-            let last = |rx: &mpsc::Receiver<Event>| connect || bound || rx.is_empty();
+            let last = |rx: &mpsc::Receiver<Box<Event>>| connect || bound || rx.is_empty();
             let (held, commit) = self.run_turn(event, &cell, &mut inc, || last(&rx)).await;
             let rolled_back = !held.finished.kept;
             let group_lost = held.finished.group_lost;
@@ -160,7 +160,7 @@ impl Host {
     async fn close_idle(
         &self,
         key: &ObjectKey,
-        rx: &mpsc::Receiver<Event>,
+        rx: &mpsc::Receiver<Box<Event>>,
         last_object: &Option<Arc<ObjectRef>>,
         inc: &Incarnation,
     ) -> bool {

@@ -255,6 +255,24 @@ async fn every_limit_and_malformed_call_is_refused_with_a_json_error_and_writes_
 }
 
 #[tokio::test]
+async fn sql_on_a_missing_table_of_a_new_object_fails_and_creates_nothing() {
+    let (shard, _app) = with_proxy_app(&[]).await;
+    let (s, b) = call_in_turn(
+        &shard,
+        "empty-room",
+        "/v1/sql/exec",
+        json!({"sql": "SELECT seq FROM messages ORDER BY seq DESC LIMIT 100"}),
+    )
+    .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("sql_error")));
+    assert!(
+        shard.database_files().is_empty(),
+        "{:?}",
+        shard.database_files()
+    );
+}
+
+#[tokio::test]
 async fn a_batch_that_fails_midway_writes_nothing() {
     let (shard, _app) = with_proxy_app(&[]).await;
     let entries = vec![

@@ -311,6 +311,15 @@ impl ObjectDb {
         self.in_tx
     }
 
+    /// Frees the connection's cached pages (best effort; never inside a transaction).
+    pub fn release_memory(&self) {
+        if !self.in_tx
+            && let Err(e) = self.conn.release_memory()
+        {
+            tracing::debug!(error = %e, "releasing an object's page cache failed");
+        }
+    }
+
     /// The open transaction was created with the database (a rollback deletes it).
     pub fn created_in_tx(&self) -> bool {
         self.created_in_tx
@@ -669,7 +678,10 @@ impl ObjectDb {
                     }
                 }
                 Ok(None) => return true,
-                Err(_) => return false,
+                // SQL that does not even prepare here (e.g. a table that does not exist) fails
+                // the same way on the object's first database: run it on the scratch database,
+                // which creates nothing.
+                Err(_) => return true,
             }
         }
     }

@@ -851,6 +851,12 @@ impl Shelf {
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
+        // Between groups the object's pages go back to the allocator (they are read again, from
+        // the OS's cache, by the next turn that needs them): an open object that waits holds
+        // little more than its connection and WAL index.
+        if let Some((db, _)) = self.open.get(&key) {
+            db.release_memory();
+        }
         Ok(change)
     }
 
