@@ -24,19 +24,22 @@ use stead_sidecar::ownership::Ownership;
 use stead_sidecar::storage::{State, StorageError, TurnEnd, TurnRef, TurnStore};
 use stead_sidecar::turn::Turns;
 use stead_sidecar::websocket::registry::Sockets;
-use tokio::sync::{OwnedMutexGuard, Semaphore};
+use tokio::sync::Semaphore;
 
 const SLOTS: u32 = 16;
 
 type Kv = BTreeMap<String, Vec<u8>>;
 
-/// A store with one object, whose operations run in order as on a storage thread.
+/// A store with one object, whose operations run one at a time in the order they were asked
+/// for, as on a storage thread: a task takes them from a queue (a commit waiting for its permit
+/// holds up everything queued behind it, as an fsync does).
 #[derive(Clone)]
 struct FakeStore(Arc<StoreInner>);
 
+type Job = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
 struct StoreInner {
-    /// Operations run one at a time, in the order they were asked for (FIFO).
-    lane: Arc<tokio::sync::Mutex<()>>,
+    lane: tokio::sync::mpsc::UnboundedSender<Job>,
     /// Everything kept so far, committed or not.
     view: Mutex<Kv>,
     committed: Mutex<Kv>,
@@ -48,14 +51,40 @@ struct StoreInner {
 
 impl FakeStore {
     fn new() -> Self {
+        let (lane, mut jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        tokio::spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                job().await;
+            }
+        });
         FakeStore(Arc::new(StoreInner {
-            lane: Arc::default(),
+            lane,
             view: Mutex::default(),
             committed: Mutex::default(),
             commits_allowed: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             fail_next_commit: AtomicBool::new(false),
             commits: AtomicU64::new(0),
         }))
+    }
+
+    /// Queues `op` now; the future answers its result.
+    fn queue<R, F>(
+        &self,
+        op: impl FnOnce(Arc<StoreInner>) -> F + Send + 'static,
+    ) -> BoxFuture<'static, R>
+    where
+        R: Send + 'static,
+        F: std::future::Future<Output = R> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let inner = self.0.clone();
+        let job: Job = Box::new(move || {
+            Box::pin(async move {
+                let _ = tx.send(op(inner).await);
+            })
+        });
+        let _ = self.0.lane.send(job);
+        Box::pin(async move { rx.await.expect("the fake store's lane stopped") })
     }
 
     /// From now on, commits wait for [`FakeStore::allow`].
@@ -79,10 +108,8 @@ impl TurnStore for FakeStore {
         turn: &TurnRef,
         end: TurnEnd,
     ) -> BoxFuture<'static, Result<(), StorageError>> {
-        let s = self.0.clone();
         let t = turn.clone();
-        Box::pin(async move {
-            let _lane = s.lane.lock().await;
+        self.queue(move |s| async move {
             t.active.store(0, Ordering::Release);
             if t.failures.load(Ordering::Acquire) != t.failures_seen {
                 return Err(StorageError::EarlierCommitFailed);
@@ -108,15 +135,7 @@ impl TurnStore for FakeStore {
         _object: Arc<ObjectRef>,
         failures: Arc<AtomicU64>,
     ) -> BoxFuture<'static, Result<Option<AlarmChange>, StorageError>> {
-        let s = self.0.clone();
-        // Taken now, as a storage thread takes the job now: what the next turns do comes after.
-        let lane: Option<OwnedMutexGuard<()>> = s.lane.clone().try_lock_owned().ok();
-        let snapshot = s.view.lock().unwrap().clone();
-        Box::pin(async move {
-            let _lane = match lane {
-                Some(g) => g,
-                None => s.lane.clone().lock_owned().await,
-            };
+        self.queue(move |s| async move {
             if let Ok(p) = s.commits_allowed.acquire().await {
                 p.forget();
             }
@@ -126,7 +145,7 @@ impl TurnStore for FakeStore {
                 failures.fetch_add(1, Ordering::AcqRel);
                 return Err(StorageError::Io);
             }
-            *s.committed.lock().unwrap() = snapshot;
+            *s.committed.lock().unwrap() = s.view.lock().unwrap().clone();
             Ok(None)
         })
     }
@@ -143,9 +162,7 @@ impl TurnStore for FakeStore {
         _object: &ObjectRef,
         _max_bytes: usize,
     ) -> BoxFuture<'static, Result<Option<State>, StorageError>> {
-        let s = self.0.clone();
-        Box::pin(async move {
-            let _lane = s.lane.lock().await;
+        self.queue(|s| async move {
             let entries = s.view.lock().unwrap().clone().into_iter().collect();
             Ok(Some(State {
                 entries,
