@@ -509,8 +509,17 @@ async fn a_restart_with_another_shards_flag_reshards_and_a_second_resize_is_refu
     assert!(dev.stop().await.success());
     assert_eq!(record(&data).shards, 2);
 
-    // Started with --shards 3 on a two-shard folder: serves two, then reshards to three.
-    let dev = Dev::start(&scratch, port, Some(3), "dev2");
+    // Started with --shards 3 on a two-shard folder: serves two, then reshards to three. Each
+    // hand-off step waits a little, so the resize surely still runs when the test asks for
+    // another one.
+    let slots = format!("--sidecar-arg=--slots={SLOTS}");
+    let dev = Dev::start_on(
+        &data,
+        scratch.0.join("dev2.out"),
+        port,
+        Some(3),
+        &[&slots, "--sidecar-arg=--test-handoff-step-delay=50ms"],
+    );
     eventually("the control file is written", || {
         let there = data.join(CONTROL_FILE).exists();
         async move { there }
