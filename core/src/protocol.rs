@@ -49,6 +49,9 @@ pub const ENV_APP_ADDR: &str = "STEAD_APP_ADDR";
 /// Environment variable naming the base URL of the sidecar's app API.
 pub const ENV_API_URL: &str = "STEAD_API_URL";
 pub const DEFAULT_APP_ADDR: &str = "127.0.0.1:3000";
+/// Environment variable of an app (the Rust SDK reads it) that forces its app protocol: `1`
+/// (every storage operation a call) or `2` (the default where the sidecar offers it).
+pub const ENV_APP_PROTOCOL: &str = "STEAD_APP_PROTOCOL";
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:9787";
 
 /// What an event delivered to the app is about (`stead-event`).

@@ -21,9 +21,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::client::Client;
 use crate::local::{built_binary, die_with_parent, free_port};
 
-/// Environment variable of the Rust SDK that forces the app protocol (`stead_sdk::ENV_APP_PROTOCOL`;
-/// this crate does not depend on the SDK).
-pub const ENV_APP_PROTOCOL: &str = "STEAD_APP_PROTOCOL";
+/// Environment variable of the Rust SDK that forces the app protocol.
+pub use stead_core::protocol::ENV_APP_PROTOCOL;
 
 /// How the sidecar reaches the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -201,7 +201,7 @@ struct Shared {
 
 /// Environment variable that forces the app protocol: `1` makes an app speak protocol 1 (every
 /// storage operation a call, no cache), whatever [`App::protocol`] says.
-pub const ENV_APP_PROTOCOL: &str = "STEAD_APP_PROTOCOL";
+pub use stead_core::protocol::ENV_APP_PROTOCOL;
 
 /// An app: the classes it serves and its stateless front door.
 ///

@@ -116,8 +116,12 @@ pub const LOCK_FILE: &str = "shard.lock";
 /// How long a start waits for the folder's lock (a sidecar of this process that is stopping).
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-/// Takes the data folder's lock, waiting up to [`LOCK_WAIT`] for a holder that is stopping.
-fn lock_data_folder(data_dir: &Path) -> Result<std::fs::File, AlarmError> {
+/// The data folder's lock ([`LOCK_FILE`]), held until dropped.
+pub struct FolderLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the data folder's lock, waiting up to [`LOCK_WAIT`] for a holder that is stopping. A
+/// sidecar takes it before it reads or changes anything in the folder.
+pub fn lock_data_folder(data_dir: &Path) -> Result<FolderLock, AlarmError> {
     use std::os::fd::AsRawFd as _;
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -128,7 +132,7 @@ fn lock_data_folder(data_dir: &Path) -> Result<std::fs::File, AlarmError> {
     loop {
         // SAFETY: flock(2) on a descriptor that `file` owns and keeps open.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(file);
+            return Ok(FolderLock(file));
         }
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
@@ -180,6 +184,19 @@ impl Alarms {
     ) -> Result<Self, AlarmError> {
         std::fs::create_dir_all(data_dir)?;
         let lock = lock_data_folder(data_dir)?;
+        Self::start_locked(lock, data_dir, slots, first_retry, metrics, faults)
+    }
+
+    /// [`Alarms::start_with_faults`] in a folder whose lock the caller already holds (the
+    /// sidecar takes it first thing); the index keeps it for as long as it runs.
+    pub fn start_locked(
+        lock: FolderLock,
+        data_dir: &Path,
+        slots: u32,
+        first_retry: Duration,
+        metrics: Metrics,
+        faults: Faults,
+    ) -> Result<Self, AlarmError> {
         let conn = Connection::open(data_dir.join("shard.sqlite"))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;
@@ -398,7 +415,7 @@ struct IndexWriter {
     faults: Faults,
     /// The data folder's lock ([`LOCK_FILE`]): held while the index is written, released when
     /// the last handle on the alarms is gone.
-    _lock: std::fs::File,
+    _lock: FolderLock,
 }
 
 impl IndexWriter {

@@ -62,14 +62,17 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let metrics = Metrics::new();
     let membership = membership(&config).await?;
-    let (ownership, ring, unfinished) = {
+    let (folder_lock, (ownership, ring, unfinished)) = {
         let dir = config.data_dir.clone();
         let me = config.ordinal();
         let ring = membership.ring();
         let loaded = tokio::task::spawn_blocking(move || {
+            // First of all: a second sidecar on this folder must not even clean up.
+            std::fs::create_dir_all(&dir).map_err(StartError::Serve)?;
+            let lock = crate::alarms::lock_data_folder(&dir)?;
             let loaded = Ownership::load(&dir, me, &ring)?;
             Handoffs::clean_up(&dir, &loaded.0)?;
-            Ok::<_, StartError>(loaded)
+            Ok::<_, StartError>((lock, loaded))
         });
         loaded
             .await
@@ -88,9 +91,11 @@ pub async fn run(
         let slots = config.slots;
         let first_retry = config.alarm_first_retry;
         let m = metrics.clone();
-        tokio::task::spawn_blocking(move || Alarms::start(&dir, slots, first_retry, m))
-            .await
-            .map_err(|e| StartError::Serve(std::io::Error::other(e)))??
+        tokio::task::spawn_blocking(move || {
+            Alarms::start_locked(folder_lock, &dir, slots, first_retry, m, Default::default())
+        })
+        .await
+        .map_err(|e| StartError::Serve(std::io::Error::other(e)))??
     };
     let sockets = Arc::new(Sockets::new(metrics.clone()));
     let storage = Storage::start(

@@ -358,3 +358,39 @@ async fn reading_a_never_written_object_creates_nothing() {
     assert_eq!((s, v.trim()), (200, "0"));
     assert!(shard.database_files().is_empty());
 }
+
+#[tokio::test]
+async fn a_second_sidecar_on_the_same_data_folder_is_refused_before_it_touches_it() {
+    let shard = Shard::start(&[]).await;
+    let (s, _) = shard
+        .send("POST", "/objects/Counter/name/locked/increment", "")
+        .await;
+    assert_eq!(s, 200);
+    let port = || support::free_port().to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stead"))
+        .arg("sidecar")
+        .args(["--ingress", &format!("127.0.0.1:{}", port())])
+        .args(["--api", &format!("127.0.0.1:{}", port())])
+        .args(["--admin", &format!("127.0.0.1:{}", port())])
+        .args(["--app", &format!("127.0.0.1:{}", port())])
+        .arg("--data-dir")
+        .arg(&shard.data_dir)
+        .args(["--classes", "Counter"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), out)
+        .await
+        .expect("the second sidecar exits")
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("another sidecar uses this data folder"),
+        "{said}"
+    );
+    // The first one serves on, with its object.
+    let (s, body) = shard
+        .send("POST", "/objects/Counter/name/locked/increment", "")
+        .await;
+    assert_eq!((s, body.trim()), (200, "2"));
+}
