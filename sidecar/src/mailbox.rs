@@ -30,7 +30,7 @@ use crate::host::{Event, Host, Work};
 use crate::metrics::{OutcomeLabels, ResultLabels};
 use crate::object::{ObjectKey, ObjectRef};
 use crate::ownership::SlotGuard;
-use crate::storage::StorageError;
+use crate::storage::{Failures, StorageError};
 use crate::turn::{AlarmTurn, Answer, CommitOutcome, Finished, ObjectCell};
 
 /// A finished turn in the output gate.
@@ -105,8 +105,7 @@ impl Host {
                 }
             };
             last_object = Some(event.object.clone());
-            let failures = cell.failures.load(Ordering::Acquire);
-            if failures != inc.failures_seen {
+            if cell.failures.count() != inc.failures_seen {
                 // A commit failed: the app's instance may hold writes that are gone.
                 inc = self.new_incarnation(&cell);
             }
@@ -128,7 +127,6 @@ impl Host {
             let last = |rx: &mpsc::Receiver<Box<Event>>| connect || bound || rx.is_empty();
             let (held, commit) = self.run_turn(event, &cell, &mut inc, || last(&rx)).await;
             let rolled_back = !held.finished.kept;
-            let group_lost = held.finished.group_lost;
             gate.hold(held);
             if rolled_back {
                 // The app's in-memory instance may hold state the rollback undid.
@@ -138,7 +136,7 @@ impl Host {
                 // Already on its way: the group ends here, whatever arrived meanwhile.
                 self.seal_with(&mut gate, &last_object, &cell, Some(commit))
                     .await;
-            } else if connect || group_lost || bound {
+            } else if connect || bound {
                 self.seal(&mut gate, &last_object, &cell).await;
             }
             if connect {
@@ -151,7 +149,7 @@ impl Host {
         Incarnation {
             generation: self.next_generation(),
             fresh: true,
-            failures_seen: cell.failures.load(Ordering::Acquire),
+            failures_seen: cell.failures.count(),
         }
     }
 
@@ -225,8 +223,7 @@ impl Host {
         let host = self.clone();
         let failures = cell.failures.clone();
         gate.seal(commit, move |held, outcome| async move {
-            let failures = failures.load(Ordering::Acquire);
-            host.release(&object, held, outcome, failures).await;
+            host.release(&object, held, outcome, &failures).await;
         })
         .await;
     }
@@ -292,15 +289,7 @@ impl Host {
                 let response =
                     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
                         .into_http();
-                let finished = Finished {
-                    response,
-                    kept: false,
-                    wrote: false,
-                    failures_seen: inc.failures_seen,
-                    outbox: vec![],
-                    group_lost: false,
-                    speaks_v2: None,
-                };
+                let finished = Finished::refused(response, inc.failures_seen);
                 return (held(finished, work, reply, admitted), None);
             }
         };
@@ -357,15 +346,13 @@ impl Host {
         };
         // (The abort-at-commit test hook aborts before a commit is queued: see `seal_with`.)
         let seal = (last_of_group() && !self.config.abort_at_commit).then(|| cell.failures.clone());
-        let (finished, commit) = turn
-            .finish(
-                answer,
-                self.store.as_ref(),
-                &self.config.limits,
-                alarm,
-                seal,
-            )
-            .await;
+        let (finished, commit) = turn.finish(
+            answer,
+            self.store.as_ref(),
+            &self.config.limits,
+            alarm,
+            seal,
+        );
         if let Some(v2) = finished.speaks_v2 {
             self.app_v2.store(v2, Ordering::Relaxed);
         }
@@ -377,10 +364,14 @@ impl Host {
     async fn release(
         &self,
         object: &Arc<ObjectRef>,
-        group: Vec<Held>,
+        mut group: Vec<Held>,
         outcome: Result<Option<AlarmChange>, StorageError>,
-        failures: u64,
+        failures: &Failures,
     ) {
+        // The turns' ends were queued before the commit: they are done.
+        for held in &mut group {
+            held.finished.settle().await;
+        }
         let failed = match outcome {
             Ok(change) => {
                 if group.iter().any(|h| h.finished.wrote) {
@@ -398,8 +389,10 @@ impl Host {
             }
         };
         for held in group {
-            // A turn that started before a commit of the object failed ran against lost writes.
-            let stale = (held.finished.failures_seen != failures)
+            // A turn that never reached storage cannot have been refused there: if it ran
+            // after a failed commit or end, it answered from writes that are gone.
+            let f = &held.finished;
+            let stale = (!f.wrote && f.kept && failures.stale(f.failures_seen, f.turn_id))
                 .then(|| ApiError::from(StorageError::EarlierCommitFailed));
             self.release_turn(held, failed.as_ref().or(stale.as_ref()));
         }

@@ -27,7 +27,7 @@ use crate::envelope;
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::object::ObjectRef;
-use crate::storage::{BoxFuture, StorageError, TurnEnd, TurnRef, TurnStore};
+use crate::storage::{BoxFuture, Failures, StorageError, TurnEnd, TurnRef, TurnStore};
 use crate::websocket::registry::Outgoing;
 
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ impl Outbox {
 #[derive(Debug, Clone, Default)]
 pub struct ObjectCell {
     pub active: Arc<AtomicU64>,
-    pub failures: Arc<AtomicU64>,
+    pub failures: Arc<Failures>,
 }
 
 /// How the app answered a turn's event.
@@ -100,24 +100,57 @@ pub struct Turn {
     turns: Arc<Turns>,
 }
 
-/// A turn that has ended: the reply the output gate holds until the commit covering the turn
-/// is durable, and what it sent to WebSockets meanwhile.
-#[derive(Debug)]
+/// A turn that has ended in the app: the reply the output gate holds until the commit covering
+/// the turn is durable, what it sent to WebSockets meanwhile, and its end in storage, which the
+/// gate awaits (it is queued before the group's commit, so it is done by then).
 pub struct Finished {
     pub response: Response<Bytes>,
-    /// The turn's writes were kept in the object's transaction: it commits with the group.
+    /// The turn's writes are kept in the object's transaction: it commits with the group. Final
+    /// once [`Finished::settle`] has run.
     pub kept: bool,
     /// The turn's end ran in storage: the object's transaction may be open (the group must
     /// commit, or discard a database the turn created and rolled back).
     pub wrote: bool,
-    /// Failed commits of the object known when the turn started.
-    pub failures_seen: u64,
     /// What the turn sent to the object's WebSockets (released only if it commits).
     pub outbox: Vec<Outgoing>,
-    /// The turn failed in a way that loses the object's whole transaction (the group fails).
-    pub group_lost: bool,
     /// The answer said it speaks protocol 2 (`None`: there was no answer).
     pub speaks_v2: Option<bool>,
+    /// Failed commits and ends of the object known when the turn started.
+    pub failures_seen: u64,
+    pub turn_id: u64,
+    /// The turn's end in storage, queued and not yet awaited.
+    ended: Option<BoxFuture<Result<(), StorageError>>>,
+}
+
+impl Finished {
+    /// A turn that never reached the app (`response` says why).
+    pub fn refused(response: Response<Bytes>, failures_seen: u64) -> Self {
+        Self {
+            response,
+            kept: false,
+            wrote: false,
+            outbox: vec![],
+            speaks_v2: None,
+            failures_seen,
+            turn_id: 0,
+            ended: None,
+        }
+    }
+
+    /// Waits for the turn's end in storage: a kept turn that could not be kept there (its
+    /// carried writes failed on disk, or it ran after a failure) answers the error instead.
+    pub async fn settle(&mut self) {
+        let Some(ended) = self.ended.take() else {
+            return;
+        };
+        if let Err(e) = ended.await {
+            tracing::warn!(turn_id = self.turn_id, error = %e, "the turn could not be kept; rolled back");
+            if self.kept {
+                self.response = ApiError::from(e).into_http();
+            }
+            self.kept = false;
+        }
+    }
 }
 
 impl Turn {
@@ -133,19 +166,19 @@ impl Turn {
     /// `stead-rollback`), applies the writes a protocol-2 answer carries, and ends the turn in
     /// `store` (kept in the object's transaction, or rolled back to its savepoint). `alarm` says
     /// whether this is an alarm turn, and whether its failure drops the alarm (last retry).
-    /// With `seal` (the object's failure cell), the turn is the last of its group: its end and
+    /// With `seal` (the object's failures), the turn is the last of its group: its end and
     /// the group's commit go to storage together, and the commit's outcome is returned to be
     /// awaited by the output gate.
-    pub async fn finish(
+    pub fn finish(
         self,
         answer: Answer,
         store: &dyn TurnStore,
         limits: &Limits,
         alarm: Option<AlarmTurn>,
-        seal: Option<Arc<AtomicU64>>,
+        seal: Option<Arc<Failures>>,
     ) -> (Finished, Option<CommitOutcome>) {
         let mut speaks_v2 = None;
-        let (keep, writes, mut response) = match answer {
+        let (keep, writes, response) = match answer {
             Answer::TimedOut(after) => (
                 false,
                 None,
@@ -188,38 +221,29 @@ impl Turn {
             alarm_turn: alarm.is_some(),
             drop_alarm: !keep && alarm.is_some_and(|a| a.last),
         };
-        let mut kept = keep;
-        let mut group_lost = false;
         // A turn that wrote nothing through calls, carries no writes and is no alarm turn has
-        // nothing to end in storage: one hop less for read-only and cached turns.
+        // nothing to end in storage: one hop less for read-only and cached turns. Otherwise its
+        // end is queued now and awaited by the output gate: the next turn goes to the app
+        // meanwhile.
         let touched = self.storage.close();
         let needs_storage = touched || end.writes.is_some() || end.alarm_turn;
-        let mut commit = None;
-        let ended = match (needs_storage, seal) {
-            (false, _) => Ok(()),
-            (true, None) => store.end_turn(&self.storage, end).await,
+        let (ended, commit) = match (needs_storage, seal) {
+            (false, _) => (None, None),
+            (true, None) => (Some(store.end_turn(&self.storage, end)), None),
             (true, Some(failures)) => {
                 let (ended, committed) = store.end_turn_and_commit(&self.storage, end, failures);
-                commit = Some(committed);
-                ended.await
+                (Some(ended), Some(committed))
             }
         };
-        if let Err(e) = ended {
-            tracing::warn!(turn_id = self.storage.id, error = %e, "the turn could not be kept; rolled back");
-            group_lost = e.is_disk_failure();
-            if kept {
-                response = ApiError::from(e).into_http();
-            }
-            kept = false;
-        }
         let finished = Finished {
             response,
-            kept,
+            kept: keep,
             wrote: needs_storage,
             outbox: self.outbox.take(),
-            group_lost,
             speaks_v2,
             failures_seen: self.storage.failures_seen,
+            turn_id: self.storage.id,
+            ended,
         };
         (finished, commit)
     }

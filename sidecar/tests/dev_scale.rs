@@ -552,13 +552,20 @@ async fn a_restart_with_another_shards_flag_reshards_and_a_second_resize_is_refu
             "done" => break p,
             "failed" => panic!("the resize failed: {body}\n{}", dev.output()),
             "idle" => {}
-            _ => {
-                // While it runs, another resize is refused (409).
+            // While it runs, another resize is refused (409). Asked only well before its end
+            // (while shards start, or while slots remain to move), so that the resize cannot
+            // finish between this poll and the request.
+            state
+                if state == "starting"
+                    || (state == "moving"
+                        && p["moved"].as_u64().unwrap_or(0) < p["total"].as_u64().unwrap_or(0)) =>
+            {
                 let (status, body) = call("POST", &url, token, r#"{"shards":1}"#).await.unwrap();
                 assert_eq!(status, 409, "{body}");
                 assert!(body.contains("resize_in_progress"), "{body}");
                 refused = true;
             }
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

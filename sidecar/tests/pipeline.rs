@@ -21,7 +21,7 @@ use stead_sidecar::host::{Host, HostConfig};
 use stead_sidecar::metrics::Metrics;
 use stead_sidecar::object::{ObjectKey, ObjectRef};
 use stead_sidecar::ownership::Ownership;
-use stead_sidecar::storage::{State, StorageError, TurnEnd, TurnRef, TurnStore};
+use stead_sidecar::storage::{Failures, State, StorageError, TurnEnd, TurnRef, TurnStore};
 use stead_sidecar::turn::Turns;
 use stead_sidecar::websocket::registry::Sockets;
 use tokio::sync::Semaphore;
@@ -111,12 +111,17 @@ impl TurnStore for FakeStore {
         let t = turn.clone();
         self.queue(move |s| async move {
             t.active.store(0, Ordering::Release);
-            if t.failures.load(Ordering::Acquire) != t.failures_seen {
+            if t.failures.count() != t.failures_seen {
                 return Err(StorageError::EarlierCommitFailed);
             }
             if end.keep
                 && let Some(w) = end.writes
             {
+                if w.put.iter().any(|(k, _)| k == "boom") {
+                    // A write the disk refuses: this turn, and every turn after it, fail.
+                    t.failures.record(t.id);
+                    return Err(StorageError::Io);
+                }
                 let mut view = s.view.lock().unwrap();
                 if w.delete_all {
                     view.clear();
@@ -133,7 +138,7 @@ impl TurnStore for FakeStore {
     fn commit(
         &self,
         _object: Arc<ObjectRef>,
-        failures: Arc<AtomicU64>,
+        failures: Arc<Failures>,
     ) -> BoxFuture<'static, Result<Option<AlarmChange>, StorageError>> {
         self.queue(move |s| async move {
             if let Ok(p) = s.commits_allowed.acquire().await {
@@ -142,7 +147,7 @@ impl TurnStore for FakeStore {
             s.commits.fetch_add(1, Ordering::Relaxed);
             if s.fail_next_commit.swap(false, Ordering::AcqRel) {
                 *s.view.lock().unwrap() = s.committed.lock().unwrap().clone();
-                failures.fetch_add(1, Ordering::AcqRel);
+                failures.record(0);
                 return Err(StorageError::Io);
             }
             *s.committed.lock().unwrap() = s.view.lock().unwrap().clone();
@@ -435,13 +440,14 @@ async fn queued_turns_share_one_commit() {
     rig.store.hold_commits();
     let held = rig.send("/put/a/0");
     rig.settle().await;
-    // While the first commit is held, ten turns queue; the first of them runs in the app, and
-    // its end waits behind the commit.
+    // While the first commit is held, ten turns queue and all run in the app: their ends wait
+    // behind the commit, and none of their replies leaves.
     let turns: Vec<_> = (1..=10)
         .map(|i| rig.send(&format!("/put/k{i}/{i}")))
         .collect();
     rig.settle().await;
-    assert_eq!(rig.app.seen().len(), 2);
+    assert_eq!(rig.app.seen().len(), 11);
+    assert!(turns.iter().all(|t| !t.is_finished()));
     rig.store.allow(1 << 20);
     assert_eq!(held.await.unwrap().0, StatusCode::OK);
     for t in turns {
@@ -584,4 +590,36 @@ async fn a_read_only_turn_that_saw_writes_of_a_failed_commit_fails_too() {
     assert!(body.contains("commit_failed"), "{body}");
     // The next turn starts from what is durable.
     assert_eq!(rig.send("/get/x").await.unwrap().1, "none");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_turn_whose_writes_fail_in_storage_fails_the_turns_after_it_not_before() {
+    let rig = rig(config());
+    rig.store.hold_commits();
+    let first = rig.send("/put/x/1");
+    rig.settle().await;
+    // These run in the app while `first`'s commit is held; their ends queue behind it.
+    let before = rig.send("/put/a/1");
+    let boom = rig.send("/put/boom/1");
+    let reader = rig.send("/get/boom");
+    let after = rig.send("/put/d/1");
+    rig.settle().await;
+    rig.store.allow(1 << 20);
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    assert_eq!(
+        before.await.unwrap().0,
+        StatusCode::OK,
+        "a turn before the failure"
+    );
+    let (status, body) = boom.await.unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(body.contains("storage_error"), "{body}");
+    for (what, t) in [("the reader", reader), ("the writer", after)] {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{what}: {body}");
+        assert!(body.contains("commit_failed"), "{what}: {body}");
+    }
+    assert_eq!(rig.store.committed().keys().collect::<Vec<_>>(), ["a", "x"]);
+    // The next turn starts from what is durable, as a new incarnation.
+    assert_eq!(rig.send("/get/boom").await.unwrap().1, "none");
 }

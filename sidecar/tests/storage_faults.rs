@@ -96,7 +96,7 @@ impl Rig {
             id,
             active: Arc::new(AtomicU64::new(id)),
             deadline,
-            failures: Arc::new(AtomicU64::new(0)),
+            failures: Arc::default(),
             failures_seen: 0,
             touched: Default::default(),
         }
@@ -524,11 +524,11 @@ async fn an_sql_result_over_the_limit_is_refused_without_being_built_and_writes_
 mod group {
     use super::*;
     use std::sync::atomic::Ordering;
-    use stead_sidecar::storage::{TurnEnd, Writes};
+    use stead_sidecar::storage::{Failures, TurnEnd, Writes};
 
     struct Cell {
         active: Arc<AtomicU64>,
-        failures: Arc<AtomicU64>,
+        failures: Arc<Failures>,
         next: u64,
     }
 
@@ -536,7 +536,7 @@ mod group {
         fn new() -> Self {
             Cell {
                 active: Arc::new(AtomicU64::new(0)),
-                failures: Arc::new(AtomicU64::new(0)),
+                failures: Arc::default(),
                 next: 1000,
             }
         }
@@ -632,7 +632,7 @@ mod group {
             .unwrap_err();
         rig.faults.clear_all();
         assert_eq!(ApiError::from(e).status.as_u16(), 500);
-        assert_eq!(cell.failures.load(Ordering::Acquire), 1);
+        assert_eq!(cell.failures.count(), 1);
 
         // A turn that started before the failure was known ran against the lost writes: its
         // calls and its end are refused.

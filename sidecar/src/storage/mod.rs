@@ -60,7 +60,7 @@ pub struct TurnRef {
     pub id: u64,
     pub active: Arc<AtomicU64>,
     pub deadline: Option<Instant>,
-    pub failures: Arc<AtomicU64>,
+    pub failures: Arc<Failures>,
     pub failures_seen: u64,
     /// A call of the turn reached storage (set before its check, see [`TurnRef::close`]).
     pub touched: Arc<AtomicBool>,
@@ -88,10 +88,49 @@ impl TurnRef {
     /// Refuses a turn that started before a commit of its object failed: it ran against writes
     /// that are gone.
     fn check_failures(&self) -> Result<(), StorageError> {
-        if self.failures.load(Ordering::Acquire) != self.failures_seen {
+        // Exact here: the object's storage jobs run in turn order, so a job that runs after a
+        // failure belongs to a turn after the failed one.
+        if self.failures.count() != self.failures_seen {
             return Err(StorageError::EarlierCommitFailed);
         }
         Ok(())
+    }
+}
+
+/// An object's failed commits and failed turn ends: every turn that ran after one (against
+/// writes that are gone) must fail too.
+#[derive(Debug, Default)]
+pub struct Failures {
+    count: AtomicU64,
+    /// The id of the last failed turn end; 0 for a failed commit (every turn that started
+    /// before the failure was known ran against lost writes).
+    after: AtomicU64,
+}
+
+impl Failures {
+    /// How many failures there were so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// A failure that invalidates the turns after turn `after` (0: all of them).
+    pub fn record(&self, after: u64) {
+        self.after.store(after, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether turn `turn_id`, started when the count was `seen`, ran against lost writes.
+    /// Conservative when several failures happened since.
+    pub fn stale(&self, seen: u64, turn_id: u64) -> bool {
+        let now = self.count();
+        if now == seen {
+            return false;
+        }
+        if now - seen > 1 {
+            return true;
+        }
+        let after = self.after.load(Ordering::SeqCst);
+        self.count() != now || turn_id > after
     }
 }
 
@@ -143,7 +182,7 @@ pub trait TurnStore: Send + Sync + 'static {
     fn commit(
         &self,
         object: Arc<ObjectRef>,
-        failures: Arc<AtomicU64>,
+        failures: Arc<Failures>,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>>;
     /// Ends a turn and then commits its group, queued together: one trip to storage for the
     /// last turn of a group.
@@ -152,7 +191,7 @@ pub trait TurnStore: Send + Sync + 'static {
         &self,
         turn: &TurnRef,
         end: TurnEnd,
-        failures: Arc<AtomicU64>,
+        failures: Arc<Failures>,
     ) -> (
         BoxFuture<Result<(), StorageError>>,
         BoxFuture<Result<Option<AlarmChange>, StorageError>>,
@@ -415,13 +454,13 @@ impl Storage {
     pub fn commit(
         &self,
         object: Arc<ObjectRef>,
-        failures: Arc<AtomicU64>,
+        failures: Arc<Failures>,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
         let key = object.key();
         let job = self.enqueue(&key, move |s| {
             let out = s.commit_group(&object);
             if out.is_err() {
-                failures.fetch_add(1, Ordering::AcqRel);
+                failures.record(0);
             }
             out
         });
@@ -523,7 +562,7 @@ impl TurnStore for Storage {
     fn commit(
         &self,
         object: Arc<ObjectRef>,
-        failures: Arc<AtomicU64>,
+        failures: Arc<Failures>,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
         Storage::commit(self, object, failures)
     }
@@ -532,7 +571,7 @@ impl TurnStore for Storage {
         &self,
         turn: &TurnRef,
         end: TurnEnd,
-        failures: Arc<AtomicU64>,
+        failures: Arc<Failures>,
     ) -> (
         BoxFuture<Result<(), StorageError>>,
         BoxFuture<Result<Option<AlarmChange>, StorageError>>,
@@ -546,7 +585,7 @@ impl TurnStore for Storage {
             let _ = ended_tx.send(s.end_turn(&t2, end));
             let out = s.commit_group(&t2.object);
             if out.is_err() {
-                failures.fetch_add(1, Ordering::AcqRel);
+                failures.record(0);
             }
             out
         });
@@ -712,7 +751,12 @@ impl Shelf {
             return Err(e);
         }
         let result = if end.keep {
-            self.keep_turn(obj, &end)
+            let kept = self.keep_turn(obj, &end);
+            if kept.is_err() {
+                // The app answered the next turns against this one's writes, which are gone.
+                t.failures.record(t.id);
+            }
+            kept
         } else {
             self.end_open_turn(obj, false);
             Ok(())
