@@ -440,13 +440,7 @@ impl Storage {
     /// Ends a turn: see [`TurnStore::end_turn`]. Queued at once.
     pub fn end_turn(&self, t: &TurnRef, end: TurnEnd) -> BoxFuture<Result<(), StorageError>> {
         let t2 = t.clone();
-        let job = self.enqueue(&t.object.key(), move |s| {
-            // Close the door first: calls queued behind this job find the turn over.
-            let _ = t2
-                .active
-                .compare_exchange(t2.id, 0, Ordering::AcqRel, Ordering::Acquire);
-            s.end_turn(&t2, end)
-        });
+        let job = self.enqueue(&t.object.key(), move |s| s.close_and_end_turn(&t2, end));
         Box::pin(async move { job.await? })
     }
 
@@ -457,13 +451,7 @@ impl Storage {
         failures: Arc<Failures>,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
         let key = object.key();
-        let job = self.enqueue(&key, move |s| {
-            let out = s.commit_group(&object);
-            if out.is_err() {
-                failures.record(0);
-            }
-            out
-        });
+        let job = self.enqueue(&key, move |s| s.commit_counting(&object, &failures));
         Box::pin(async move { job.await? })
     }
 
@@ -579,15 +567,8 @@ impl TurnStore for Storage {
         let t2 = turn.clone();
         let (ended_tx, ended_rx) = oneshot::channel();
         let job = self.enqueue(&turn.object.key(), move |s| {
-            let _ = t2
-                .active
-                .compare_exchange(t2.id, 0, Ordering::AcqRel, Ordering::Acquire);
-            let _ = ended_tx.send(s.end_turn(&t2, end));
-            let out = s.commit_group(&t2.object);
-            if out.is_err() {
-                failures.record(0);
-            }
-            out
+            let _ = ended_tx.send(s.close_and_end_turn(&t2, end));
+            s.commit_counting(&t2.object, &failures)
         });
         (
             Box::pin(async move { ended_rx.await.map_err(|_| StorageError::Closed)? }),
@@ -739,6 +720,27 @@ impl Shelf {
     ) -> Result<R, StorageError> {
         let result = self.db_for_write(obj).and_then(|db| db.write_call(call));
         result.map_err(|e| self.refine(e))
+    }
+
+    /// Closes the turn to its calls (those queued behind this job find it over), then ends it.
+    fn close_and_end_turn(&mut self, t: &TurnRef, end: TurnEnd) -> Result<(), StorageError> {
+        let _ = t
+            .active
+            .compare_exchange(t.id, 0, Ordering::AcqRel, Ordering::Acquire);
+        self.end_turn(t, end)
+    }
+
+    /// Commits the object's group; a failure counts in `failures` before it is answered.
+    fn commit_counting(
+        &mut self,
+        obj: &ObjectRef,
+        failures: &Failures,
+    ) -> Result<Option<AlarmChange>, StorageError> {
+        let out = self.commit_group(obj);
+        if out.is_err() {
+            failures.record(0);
+        }
+        out
     }
 
     /// Ends the turn `t` in its object's transaction (see [`TurnEnd`]). A kept turn whose
