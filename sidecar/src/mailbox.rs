@@ -1,8 +1,8 @@
 //! One object's mailbox: its events become turns, one at a time in the app, pipelined behind an
 //! output gate (DESIGN §3).
 //!
-//! - Turn N+1 is delivered to the app as soon as the app answered turn N and storage ended it;
-//!   N's commit need not be durable yet. N+1 runs against N's kept writes.
+//! - Turn N+1 is delivered to the app as soon as the app answered turn N: N's end in storage and
+//!   its commit are queued first and awaited by the gate. N+1 runs against N's writes.
 //! - Consecutive turns share one transaction, each in its own savepoint (group commit). The
 //!   group is committed when no event is queued, or when it reaches `group_max_turns` turns or
 //!   `group_max_age`; while its commit is on its way to the disk the next turn runs in the app.
@@ -250,7 +250,8 @@ impl Host {
         None
     }
 
-    /// Runs one event as a turn, up to its end in storage; its reply waits in the gate.
+    /// Runs one event as a turn, up to the app's answer; its end in storage is queued, and its
+    /// reply waits in the gate.
     async fn run_turn(
         &self,
         event: Event,

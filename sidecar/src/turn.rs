@@ -163,8 +163,9 @@ impl Turn {
     }
 
     /// Ends the turn by the app's `answer`: decides whether it commits (status < 500, no
-    /// `stead-rollback`), applies the writes a protocol-2 answer carries, and ends the turn in
-    /// `store` (kept in the object's transaction, or rolled back to its savepoint). `alarm` says
+    /// `stead-rollback`), takes the writes a protocol-2 answer carries, and queues the turn's end
+    /// in `store` (kept in the object's transaction, or rolled back to its savepoint), which
+    /// [`Finished::settle`] awaits. `alarm` says
     /// whether this is an alarm turn, and whether its failure drops the alarm (last retry).
     /// With `seal` (the object's failures), the turn is the last of its group: its end and
     /// the group's commit go to storage together, and the commit's outcome is returned to be

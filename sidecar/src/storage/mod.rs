@@ -186,16 +186,12 @@ pub trait TurnStore: Send + Sync + 'static {
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>>;
     /// Ends a turn and then commits its group, queued together: one trip to storage for the
     /// last turn of a group.
-    #[allow(clippy::type_complexity)]
     fn end_turn_and_commit(
         &self,
         turn: &TurnRef,
         end: TurnEnd,
         failures: Arc<Failures>,
-    ) -> (
-        BoxFuture<Result<(), StorageError>>,
-        BoxFuture<Result<Option<AlarmChange>, StorageError>>,
-    ) {
+    ) -> EndAndCommit {
         let ended = self.end_turn(turn, end);
         (ended, self.commit(turn.object.clone(), failures))
     }
@@ -212,6 +208,12 @@ pub trait TurnStore: Send + Sync + 'static {
 }
 
 pub type BoxFuture<T> = futures_util::future::BoxFuture<'static, T>;
+
+/// A turn's end and its group's commit, queued together: their outcomes, in that order.
+pub type EndAndCommit = (
+    BoxFuture<Result<(), StorageError>>,
+    BoxFuture<Result<Option<AlarmChange>, StorageError>>,
+);
 
 type Job = Box<dyn FnOnce(&mut Shelf) + Send>;
 
@@ -560,10 +562,7 @@ impl TurnStore for Storage {
         turn: &TurnRef,
         end: TurnEnd,
         failures: Arc<Failures>,
-    ) -> (
-        BoxFuture<Result<(), StorageError>>,
-        BoxFuture<Result<Option<AlarmChange>, StorageError>>,
-    ) {
+    ) -> EndAndCommit {
         let t2 = turn.clone();
         let (ended_tx, ended_rx) = oneshot::channel();
         let job = self.enqueue(&turn.object.key(), move |s| {
