@@ -5,9 +5,15 @@
 #
 # Runtime: distroless cc (glibc + libgcc, no shell), user 65532 (nonroot); the chart runs it with
 # a read-only root filesystem and every capability dropped.
+#
+# A binary built on the host instead: put stead-operator into dist/ and pass
+# --build-arg BINARIES=prebuilt (docs/kubernetes.md, "Images without Docker").
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN=bookworm
+# Where the binary comes from: `builder` (compiled below) or `prebuilt` (dist/ in the context).
+ARG BINARIES=builder
+ARG RUNTIME=gcr.io/distroless/cc-debian12:nonroot
 
 FROM rust:${RUST_VERSION}-${DEBIAN} AS builder
 # cmake and clang for the TLS stack's C parts (aws-lc-rs / ring).
@@ -24,8 +30,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && mkdir -p /out \
  && cp "target/release/${OPERATOR_BIN}" /out/stead-operator
 
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=builder /out/stead-operator /usr/local/bin/stead-operator
+FROM scratch AS prebuilt
+COPY dist/stead-operator /out/stead-operator
+
+FROM ${BINARIES} AS binaries
+
+FROM ${RUNTIME}
+COPY --from=binaries /out/stead-operator /usr/local/bin/stead-operator
 USER 65532:65532
 # Metrics, /healthz and /readyz (the chart's metrics.port).
 EXPOSE 8080

@@ -8,9 +8,17 @@
 #   docker build -f docker/stead.Dockerfile --target life -t stead-life:dev .         # life
 #
 # Runtime: distroless cc (glibc + libgcc, no shell), user 65532 (nonroot). SQLite is bundled.
+#
+# Binaries built on the host instead of in the Rust image (no registry needed for the build
+# stage): put stead, counter, chat and life into dist/ and pass --build-arg BINARIES=prebuilt;
+# --build-arg RUNTIME=<image> names another base. docs/kubernetes.md, "Images without Docker",
+# builds them with buildah this way.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN=bookworm
+# Where the binaries come from: `builder` (compiled below) or `prebuilt` (dist/ in the context).
+ARG BINARIES=builder
+ARG RUNTIME=gcr.io/distroless/cc-debian12:nonroot
 
 FROM rust:${RUST_VERSION}-${DEBIAN} AS builder
 # cmake and clang for crates with C parts (aws-lc-rs, when TLS is on); SQLite builds with cc.
@@ -28,26 +36,31 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && mkdir -p /out \
  && cp target/release/stead target/release/counter target/release/chat target/release/life /out/
 
+FROM scratch AS prebuilt
+COPY dist/ /out/
+
+FROM ${BINARIES} AS binaries
+
 # The counter example app (examples/counter), for examples/counter/k8s and the kind e2e tier.
-FROM gcr.io/distroless/cc-debian12:nonroot AS counter
-COPY --from=builder /out/counter /usr/local/bin/counter
+FROM ${RUNTIME} AS counter
+COPY --from=binaries /out/counter /usr/local/bin/counter
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/counter"]
 
 # The chat room example (examples/chat).
-FROM gcr.io/distroless/cc-debian12:nonroot AS chat
-COPY --from=builder /out/chat /usr/local/bin/chat
+FROM ${RUNTIME} AS chat
+COPY --from=binaries /out/chat /usr/local/bin/chat
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/chat"]
 
 # The multiplayer Game of Life example (examples/life).
-FROM gcr.io/distroless/cc-debian12:nonroot AS life
-COPY --from=builder /out/life /usr/local/bin/life
+FROM ${RUNTIME} AS life
+COPY --from=binaries /out/life /usr/local/bin/life
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/life"]
 
-FROM gcr.io/distroless/cc-debian12:nonroot AS stead
-COPY --from=builder /out/stead /usr/local/bin/stead
+FROM ${RUNTIME} AS stead
+COPY --from=binaries /out/stead /usr/local/bin/stead
 USER 65532:65532
 # The sidecar's default ports: ingress, peer, admin (/healthz, /readyz, /metrics).
 EXPOSE 8787 7878 9788

@@ -89,7 +89,7 @@ helm test stead --namespace "$NS_OPERATOR" --logs --timeout 3m
 
 step "running the scenarios"
 STEAD_KUBE_NAMESPACE="$NS_APPS" STEAD_KUBE_NAME=counter \
-  cargo test -p stead-e2e --lib kube::kind -- --ignored --test-threads=1
+  cargo test -p stead-e2e --lib kube::tier -- --ignored --test-threads=1
 
 step "helm upgrade keeps the namespace (CRD updated in place)"
 helm upgrade stead charts/stead --namespace "$NS_OPERATOR" --reuse-values --wait --timeout 5m

@@ -138,6 +138,21 @@ impl KubeCluster {
         &self.pods[shard]
     }
 
+    /// The Kubernetes namespace of the `DurableNamespace`.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The `kubectl` binary this cluster is driven with.
+    pub fn kubectl_path(&self) -> &str {
+        &self.kubectl
+    }
+
+    /// Runs `kubectl -n {namespace} ARGS` and returns its stdout.
+    pub async fn kubectl_in_namespace(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.kubectl(args).await
+    }
+
     async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut all = vec!["-n", self.namespace.as_str()];
         all.extend_from_slice(args);
@@ -309,7 +324,10 @@ async fn kubectl_text(kubectl: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-async fn kubectl_json(kubectl: &str, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn kubectl_json(
+    kubectl: &str,
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
     let text = kubectl_text(kubectl, args).await?;
     serde_json::from_str(&text).with_context(|| format!("{kubectl} {}: not JSON", args.join(" ")))
 }
@@ -362,55 +380,157 @@ pub async fn objects_survive_a_pod_restart(c: &KubeCluster, victim: usize) {
     }
 }
 
-/// The kind tier: run by `scripts/kind-e2e.sh` once the counter example is applied
-/// (`STEAD_KUBE_NAMESPACE`, default `apps`; `STEAD_KUBE_NAME`, default `counter`).
+/// The Kubernetes tiers: run by `scripts/node-e2e.sh` (a real one-node cluster on this machine)
+/// and `scripts/kind-e2e.sh` (kind, where Docker exists), once the counter and chat examples are
+/// applied. Environment: `STEAD_KUBE_NAMESPACE` (default `apps`), `STEAD_KUBE_NAME` (`counter`),
+/// `STEAD_KUBE_CHAT` (`chat`), `STEAD_KUBE_OPERATOR_NAMESPACE` (`stead-system`),
+/// `STEAD_KUBE_HELM_UPGRADE` (the `helm upgrade` command line to run under load),
+/// `STEAD_PROMLINT` (Prometheus's metrics linter; `scripts/node-tools.sh` builds it).
 #[cfg(test)]
-mod kind {
+mod tier {
     use super::*;
+    use crate::kube_scenarios::{self as k, ServiceEntry};
     use crate::scenarios;
 
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-    async fn cluster() -> KubeCluster {
-        let ns = std::env::var("STEAD_KUBE_NAMESPACE").unwrap_or_else(|_| "apps".to_owned());
-        let name = std::env::var("STEAD_KUBE_NAME").unwrap_or_else(|_| "counter".to_owned());
-        KubeCluster::connect(&ns, &name)
+    fn var(name: &str, default: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| default.to_owned())
+    }
+
+    fn required(name: &str) -> String {
+        std::env::var(name)
+            .unwrap_or_else(|_| panic!("{name} is not set (scripts/node-e2e.sh sets it)"))
+    }
+
+    async fn connect(name: &str) -> KubeCluster {
+        let ns = var("STEAD_KUBE_NAMESPACE", "apps");
+        KubeCluster::connect(&ns, name)
             .await
             .unwrap_or_else(|e| panic!("connect to DurableNamespace {ns}/{name}: {e:#}"))
     }
 
+    async fn cluster() -> KubeCluster {
+        connect(&var("STEAD_KUBE_NAME", "counter")).await
+    }
+
+    async fn service(c: &KubeCluster, name: &str) -> ServiceEntry {
+        ServiceEntry::open(c.kubectl_path(), c.namespace(), name)
+            .await
+            .unwrap_or_else(|e| panic!("reach Service {name}: {e:#}"))
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "needs a cluster with the counter example: scripts/kind-e2e.sh"]
-    async fn kind_counters_are_exact_through_every_shard() {
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_counters_are_exact_through_every_shard() {
         let _turn = ONE_AT_A_TIME.lock().await;
         scenarios::counter_exactness(&cluster().await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "needs a cluster with the counter example: scripts/kind-e2e.sh"]
-    async fn kind_a_named_object_is_one_object_through_every_entry() {
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_counters_are_exact_through_the_client_service() {
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let c = cluster().await;
+        let svc = service(&c, &var("STEAD_KUBE_NAME", "counter")).await;
+        k::counters_are_exact_through_the_service(&svc).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_a_named_object_is_one_object_through_every_entry() {
         let _turn = ONE_AT_A_TIME.lock().await;
         scenarios::one_object_through_every_entry(&cluster().await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "needs a cluster with the counter example: scripts/kind-e2e.sh"]
-    async fn kind_the_peer_port_refuses_requests_without_the_token() {
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_the_peer_port_refuses_requests_without_the_token() {
         let _turn = ONE_AT_A_TIME.lock().await;
         scenarios::peer_port_requires_the_token(&cluster().await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "needs a cluster with the counter example: scripts/kind-e2e.sh"]
-    async fn kind_objects_on_different_shards_call_each_other() {
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_objects_on_different_shards_call_each_other() {
         let _turn = ONE_AT_A_TIME.lock().await;
         scenarios::calls_across_shards(&cluster().await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    #[ignore = "needs a cluster with the counter example: scripts/kind-e2e.sh"]
-    async fn kind_objects_survive_a_pod_restart() {
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_objects_survive_a_pod_restart() {
         let _turn = ONE_AT_A_TIME.lock().await;
         objects_survive_a_pod_restart(&cluster().await, 1).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_a_force_deleted_pod_loses_no_acknowledged_write() {
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let c = cluster().await;
+        let svc = service(&c, &var("STEAD_KUBE_NAME", "counter")).await;
+        k::a_force_deleted_pod_loses_no_acknowledged_write(&c, &svc, 2).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_helm_upgrade_during_load_keeps_counters_exact() {
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let c = cluster().await;
+        let svc = service(&c, &var("STEAD_KUBE_NAME", "counter")).await;
+        k::helm_upgrade_during_load_keeps_counters_exact(
+            &svc,
+            &required("STEAD_KUBE_HELM_UPGRADE"),
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_chat_websockets_work_through_the_service() {
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let chat = connect(&var("STEAD_KUBE_CHAT", "chat")).await;
+        let svc = service(&chat, &var("STEAD_KUBE_CHAT", "chat")).await;
+        k::chat_websockets_through_the_service(&svc).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_every_pods_metrics_pass_prometheus_lint() {
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let promlint = required("STEAD_PROMLINT");
+        for name in [
+            var("STEAD_KUBE_NAME", "counter"),
+            var("STEAD_KUBE_CHAT", "chat"),
+        ] {
+            let c = connect(&name).await;
+            for shard in 0..c.shard_count() {
+                let text = c.metrics(shard).await.expect("scrape the shard");
+                k::lint_metrics(&promlint, c.pod(shard), &text).await;
+            }
+        }
+        let c = cluster().await;
+        let ns = var("STEAD_KUBE_OPERATOR_NAMESPACE", "stead-system");
+        let svc = ServiceEntry::open(c.kubectl_path(), &ns, "stead-operator-metrics")
+            .await
+            .expect("reach the operator's metrics Service");
+        let url = format!("{}/metrics", svc.url);
+        let scrape = crate::client::Client::new()
+            .get(&url)
+            .await
+            .expect("scrape the operator");
+        assert_eq!(scrape.status, 200, "GET {url}: {}", scrape.body);
+        k::lint_metrics(&promlint, "the operator", &scrape.body).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_resharding_three_five_two_three_under_load_keeps_counters_exact() {
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let name = var("STEAD_KUBE_NAME", "counter");
+        let c = cluster().await;
+        let svc = service(&c, &name).await;
+        k::reshards_under_load_keep_counters_exact(&c, &name, &svc).await;
     }
 }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cluster;
 pub mod kill_cycles;
 pub mod kube;
+pub mod kube_scenarios;
 pub mod local;
 pub mod netns;
 pub mod one_shard;

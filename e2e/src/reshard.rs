@@ -195,9 +195,10 @@ pub async fn seed(c: &dyn Cluster, names: &[String]) -> anyhow::Result<LoadRecor
     Ok(rec)
 }
 
-/// Checks that every object's answered values are exactly 1..=n (no gap, no repeat), that its
-/// final value is n, and that its database exists on exactly one shard.
-pub async fn check_exact(c: &dyn Cluster, rec: &LoadRecord) -> anyhow::Result<()> {
+/// Checks that only 2xx and 503 with Retry-After were answered, and that every object's
+/// answered values are exactly 1..=n (no gap, no repeat) and its final value, read through
+/// `entry`, is n.
+pub async fn check_values(entry: &str, rec: &LoadRecord) -> anyhow::Result<()> {
     anyhow::ensure!(
         rec.unexpected.is_empty(),
         "{} answers were neither 2xx nor 503 with Retry-After, e.g. {:?}",
@@ -205,7 +206,6 @@ pub async fn check_exact(c: &dyn Cluster, rec: &LoadRecord) -> anyhow::Result<()
         &rec.unexpected[..rec.unexpected.len().min(5)]
     );
     let client = Client::new();
-    let entry = c.entries()[0].clone();
     for (name, values) in &rec.values {
         let mut sorted = values.clone();
         sorted.sort_unstable();
@@ -232,6 +232,13 @@ pub async fn check_exact(c: &dyn Cluster, rec: &LoadRecord) -> anyhow::Result<()
             values.len()
         );
     }
+    Ok(())
+}
+
+/// Checks that every object's answered values are exactly 1..=n (no gap, no repeat), that its
+/// final value is n, and that its database exists on exactly one shard.
+pub async fn check_exact(c: &dyn Cluster, rec: &LoadRecord) -> anyhow::Result<()> {
+    check_values(&c.entries()[0], rec).await?;
     let files = c.database_files().context("database files")?;
     let mut by_id: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for f in files {
