@@ -34,7 +34,23 @@ export class Response extends NodeResponse {
   }
 }
 
+const NodeRequest = globalThis.Request;
+
+/** A Request that takes another Request (or a streamed body) as its init without `duplex`. */
+export class Request extends NodeRequest {
+  constructor(input, init) {
+    if (init instanceof NodeRequest) {
+      init = { method: init.method, headers: init.headers, body: init.body, redirect: init.redirect, signal: init.signal };
+    }
+    if (init && init.body != null && init.duplex === undefined && typeof init.body.getReader === "function") {
+      init = { ...init, duplex: "half" };
+    }
+    super(input, init);
+  }
+}
+
 if (!globalThis.__steadGlobals) {
+  globalThis.Request = Request;
   globalThis.__steadGlobals = true;
   globalThis.Response = Response;
   globalThis.WebSocketPair = WebSocketPair;
