@@ -168,6 +168,10 @@ async function rpcCall(className, id, method, args) {
   if (ct === "application/x-stead-rpc") {
     const answer = v8.deserialize(res.body);
     if ("error" in answer) throw rebuildError(answer.error);
+    if ("response" in answer) {
+      const r = answer.response;
+      return new Response(NULL_BODY.has(r.status) ? null : r.body, { status: r.status, headers: r.headers });
+    }
     return answer.value;
   }
   // The sidecar answered itself (cycle 508, unknown class 404, ...), or the object answered

@@ -522,6 +522,10 @@ export class Runtime {
     try {
       const value = await obj[method](...(Array.isArray(args) ? args : []));
       try {
+        if (value instanceof globalThis.Response) {
+          const a = await fromResponse(value);
+          return rpcAnswer(200, { response: { status: a.status, headers: a.headers, body: a.body } });
+        }
         return rpcAnswer(200, { value });
       } catch (e) {
         return rpcAnswer(500, { error: { name: "DataCloneError", message: `${method}() returned a value that cannot be sent back: ${e.message}` } });
