@@ -75,12 +75,13 @@ const steadPlugin = (byExt) => ({
  * Bundles `main` into a fresh temporary folder; returns `{file, dir}` (the caller removes `dir`).
  * Throws BundleError with esbuild's messages.
  */
-export async function bundle(main, rules) {
+export async function bundle(main, rules, root) {
   const dir = await fs.promises.mkdtemp(path.join(os.tmpdir(), "stead-workers-"));
   const outfile = path.join(dir, "worker.mjs");
   try {
     await esbuild.build({
       entryPoints: [main],
+      absWorkingDir: root ?? path.dirname(main),
       bundle: true,
       format: "esm",
       platform: "node",

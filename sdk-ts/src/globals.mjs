@@ -4,7 +4,8 @@
 
 import { WebSocketPair, WebSocketRequestResponsePair } from "./websocket.mjs";
 
-const NodeResponse = globalThis.Response;
+/** Node's own Response (`Response.json()` and `fetch()` give these; ours extends it). */
+export const NodeResponse = globalThis.Response;
 
 /** Upgrade answers: Response -> {webSocket}. A WeakMap, not private fields: undici's
  * constructor reads `status` before a subclass's fields exist. */

@@ -4,6 +4,7 @@
 
 import v8 from "node:v8";
 import { call } from "./api.mjs";
+import { NodeResponse } from "./globals.mjs";
 import { currentEvent } from "./context.mjs";
 import { DurableObjectId, RPC_HEADER, RPC_SECRET_HEADER } from "./namespace.mjs";
 import { DurableObjectStorage, ObjectCache, TurnStorage, sendWrites } from "./storage.mjs";
@@ -58,7 +59,7 @@ function decodePct(raw) {
 
 /** What a user handler gave back, as an answer (reads the Response body). */
 async function fromResponse(res) {
-  if (!(res instanceof globalThis.Response) && !(res && typeof res.arrayBuffer === "function" && "status" in res)) {
+  if (!(res instanceof NodeResponse)) {
     throw new TypeError(`a fetch handler must return a Response, got ${res === undefined ? "undefined" : typeof res}`);
   }
   const headers = [];
@@ -522,7 +523,7 @@ export class Runtime {
     try {
       const value = await obj[method](...(Array.isArray(args) ? args : []));
       try {
-        if (value instanceof globalThis.Response) {
+        if (value instanceof NodeResponse) {
           const a = await fromResponse(value);
           return rpcAnswer(200, { response: { status: a.status, headers: a.headers, body: a.body } });
         }

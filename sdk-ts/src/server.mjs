@@ -2,6 +2,7 @@
 
 import fs from "node:fs";
 import http from "node:http";
+import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { bundle } from "./bundle.mjs";
 import * as sdk from "./index.mjs";
@@ -23,7 +24,7 @@ export function exportedClasses(mod) {
  * Returns {runtime, cleanup}.
  */
 export async function load(project) {
-  const built = await bundle(project.main, project.rules);
+  const built = await bundle(project.main, project.rules, project.config ? path.dirname(project.config) : undefined);
   let mod;
   try {
     mod = await import(pathToFileURL(built.file).href);

@@ -68,9 +68,10 @@ test("the peer's chat room broadcasts numbered messages with each sender's name 
   assert.deepEqual(after, { sockets: 0, msgs: 2 });
 });
 
-test("the peer's counter keeps its count across a restart of the runner", { skip: !peer && "workerd peer files not found" }, async () => {
+test("the runner exits 0 on SIGTERM and the peer's counter keeps its count across its restart", { skip: !peer && "workerd peer files not found" }, async () => {
   for (let i = 0; i < 3; i++) await fetch(`${s.url}/counter/durable`);
   await stop(s.runner);
+  assert.equal(s.runner.exitCode, 0, `SIGTERM ends the runner with 0:\n${s.runner.output}`);
   const runnerEnv = { ...process.env, STEAD_APP_ADDR: `unix:${path.join(s.dir, "app.sock")}`, STEAD_API_URL: s.apiUrl };
   s.runner = start(process.execPath, [RUNNER, "serve", "--config", path.join(dir, "wrangler.toml")], { env: runnerEnv });
   for (let i = 0; i < 100 && !s.runner.output.includes("listening on"); i++) await sleep(100);
