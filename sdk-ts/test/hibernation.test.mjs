@@ -11,8 +11,8 @@ let s;
 
 before(async () => {
   s = await stack({
-    classes: ["Hub"],
-    runnerArgs: ["--main", MAIN, "--binding", "HUB=Hub"],
+    classes: ["Hub", "Echo"],
+    runnerArgs: ["--main", MAIN, "--binding", "HUB=Hub", "--binding", "ECHO=Echo"],
     sidecarArgs: ["--idle-timeout", "300ms"],
   });
 });
@@ -95,4 +95,16 @@ test("tags, attachments, auto-response and messages work across the object's hib
   assert.deepEqual(byUser.cat, { user: "cat", code: 3001, reason: "cat leaves", wasClean: true });
   assert.equal(byUser.bob.code, 4000);
   assert.equal((await info()).sockets, 0);
+});
+
+test("a classic socket whose instance was dropped by hibernation is closed with 1012", async () => {
+  const e = openSocket(`${s.ws}/objects/Echo/name/e/`);
+  await e.opened;
+  e.ws.send("a");
+  assert.deepEqual(await e.take(1), ["echo a"]);
+  await sleep(1200);
+  e.ws.send("b");
+  const closed = await e.closed;
+  assert.equal(closed.code, 1012);
+  assert.deepEqual(e.messages, []);
 });
