@@ -167,7 +167,11 @@ class Instance {
     this.chain = Promise.resolve();
   }
 
-  /** Queues an app API call of the current turn; they leave in call order, before the answer. */
+  /**
+   * Queues an app API call of the current turn; they leave in call order, before the answer.
+   * Sends are held back a little: consecutive sends of the same message to several sockets
+   * become one broadcast call (per socket, the order is the same).
+   */
   socketCall(name, payload, onAnswer) {
     const t = this.turn;
     if (!t || t.finished) {
@@ -175,6 +179,41 @@ class Instance {
         `${name.replace("websockets/", "WebSocket ")}: outside an event; Stead sends WebSocket messages from the turn of an event (fetch, alarm, webSocket* handlers)`,
       );
     }
+    if (name === "websockets/send") {
+      t.sends.push({ payload, onAnswer });
+      return;
+    }
+    this.flushSends(t);
+    this.chainCall(t, name, payload, onAnswer);
+  }
+
+  /** Turns the held-back sends of turn `t` into calls. */
+  flushSends(t) {
+    const sends = t.sends;
+    t.sends = [];
+    let i = 0;
+    while (i < sends.length) {
+      const { payload } = sends[i];
+      const same = (p) => p.text === payload.text && p.binary === payload.binary;
+      let j = i + 1;
+      const ids = new Set([payload.id]);
+      while (j < sends.length && same(sends[j].payload) && !ids.has(sends[j].payload.id)) {
+        ids.add(sends[j].payload.id);
+        j++;
+      }
+      if (j - i >= 2 && this.socketsLoaded) {
+        const except = [...this.sockets.keys()].filter((id) => !ids.has(id));
+        const body = payload.text !== undefined ? { text: payload.text } : { binary: payload.binary };
+        if (except.length) body.except = except;
+        this.chainCall(t, "websockets/broadcast", body);
+      } else {
+        for (let k = i; k < j; k++) this.chainCall(t, "websockets/send", sends[k].payload, sends[k].onAnswer);
+      }
+      i = j;
+    }
+  }
+
+  chainCall(t, name, payload, onAnswer) {
     t.ops = t.ops.then(async () => {
       try {
         const ans = await call(t.token, name, payload);
@@ -383,6 +422,7 @@ export class Runtime {
     if (!v2) inst.cache.forget();
     const turn = new TurnStorage(token, inst.cache, { v2, alarmEvent: event === "alarm" });
     turn.ops = Promise.resolve();
+    turn.sends = [];
     turn.connectId = null;
     turn.accepted = null;
     inst.turn = turn;
@@ -405,6 +445,7 @@ export class Runtime {
       } catch (e) {
         res = errorAnswer(e, `${inst.className}.${event === "request" ? "fetch" : event}`);
       }
+      inst.flushSends(turn);
       await turn.ops;
       if (turn.mustRollBack && res.status < 500) res.headers.push(["stead-rollback", "1"]);
       const commits = res.status < 500 && !res.headers.some(([k]) => k === "stead-rollback");
