@@ -88,7 +88,7 @@ export async function waitFor(url, want = 200, tries = 150) {
  * A one-shard Stead: a sidecar serving `classes` and the runner serving the project given by
  * `runnerArgs` (e.g. ["--config", file]). Returns {url, api, stop, sidecar, runner, dir}.
  */
-export async function stack({ classes, runnerArgs, sidecarArgs = [], env = {} }) {
+export async function stack({ classes, runnerArgs, sidecarArgs = [], env = {}, nodeArgs = [] }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "stead-ts-test-"));
   const [ingress, api, admin, peer] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
   const appAddr = `unix:${path.join(dir, "app.sock")}`;
@@ -103,7 +103,7 @@ export async function stack({ classes, runnerArgs, sidecarArgs = [], env = {} })
     "--classes", classes.join(","),
     ...sidecarArgs,
   ]);
-  const runner = start(process.execPath, [RUNNER, "serve", ...runnerArgs], {
+  const runner = start(process.execPath, [...nodeArgs, RUNNER, "serve", ...runnerArgs], {
     env: { ...process.env, STEAD_APP_ADDR: appAddr, STEAD_API_URL: `http://127.0.0.1:${api}`, ...env },
   });
   const s = {
