@@ -1,4 +1,4 @@
-// W1 (one hot counter) and W4 (chat fanout) with the workerd peer's worker.js, on Stead with
+// W1 (one hot counter, through the front and, on Stead, also by object route) and W4 (chat fanout) with the workerd peer's worker.js, on Stead with
 // this SDK's runner and on workerd, in one run. Release binaries:
 //
 //   cargo build --release -p stead-sidecar -p stead-bench --bins
@@ -47,6 +47,7 @@ try {
   await waitFor(`${w}/nope`, 404);
   for (const round of [1, 2]) {
     run(`W1 stead+node r${round}`, ["http", "--method", "GET", "--url", `${s.url}/counter/{object}`]);
+    run(`W1 stead+node direct r${round}`, ["http", "--method", "GET", "--url", `${s.url}/objects/Counter/name/{object}/`]);
     run(`W1 workerd r${round}`, ["http", "--method", "GET", "--url", `${w}/counter/{object}`]);
     for (const inflight of ["1", "16"]) {
       run(`W4 stead+node in-flight ${inflight} r${round}`, ["ws-fanout", "--url", `${s.ws}/objects/Room/name/{room}/?name=u{i}`, "--in-flight", inflight]);
