@@ -10,13 +10,13 @@ const flag = new Int32Array(sab);
 const url = new URL(base);
 const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
 
-function reply(msg) {
-  port.postMessage(msg);
+function reply(id, msg) {
+  port.postMessage({ id, ...msg });
   Atomics.store(flag, 0, 1);
   Atomics.notify(flag, 0);
 }
 
-parentPort.on("message", ({ name, token, body }) => {
+parentPort.on("message", ({ id, name, token, body }) => {
   const req = http.request(
     {
       agent,
@@ -29,11 +29,11 @@ parentPort.on("message", ({ name, token, body }) => {
     (res) => {
       const chunks = [];
       res.on("data", (c) => chunks.push(c));
-      res.on("end", () => reply({ status: res.statusCode, body: Buffer.concat(chunks).toString("utf8") }));
-      res.on("error", (e) => reply({ error: e.message }));
+      res.on("end", () => reply(id, { status: res.statusCode, body: Buffer.concat(chunks).toString("utf8") }));
+      res.on("error", (e) => reply(id, { error: e.message }));
     },
   );
   req.setNoDelay(true);
-  req.on("error", (e) => reply({ error: e.message }));
+  req.on("error", (e) => reply(id, { error: e.message }));
   req.end(body);
 });

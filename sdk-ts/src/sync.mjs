@@ -29,16 +29,25 @@ function start() {
 const WAIT_MS = 40_000;
 
 /** `POST /v1/{name}` under `token`, blocking until the answer; returns its JSON or throws. */
+let seq = 0;
+
 export function callSync(token, name, payload) {
   const s = state ?? start();
+  const id = ++seq;
+  const deadline = Date.now() + WAIT_MS;
   Atomics.store(s.flag, 0, 0);
-  s.worker.postMessage({ name, token, body: JSON.stringify(payload ?? {}) });
-  const woke = Atomics.wait(s.flag, 0, 0, WAIT_MS);
-  const got = receiveMessageOnPort(s.port);
-  if (!got) {
-    throw new SteadApiError(504, "sync_call_timeout", `the synchronous ${name} call got no answer (${woke})`);
+  s.worker.postMessage({ id, name, token, body: JSON.stringify(payload ?? {}) });
+  let msg = null;
+  while (msg === null) {
+    const left = deadline - Date.now();
+    if (left <= 0) throw new SteadApiError(504, "sync_call_timeout", `the synchronous ${name} call got no answer within ${WAIT_MS / 1000} s`);
+    Atomics.wait(s.flag, 0, 0, left);
+    Atomics.store(s.flag, 0, 0);
+    // Answers of earlier calls that timed out are dropped.
+    for (let got = receiveMessageOnPort(s.port); got; got = receiveMessageOnPort(s.port)) {
+      if (got.message.id === id) msg = got.message;
+    }
   }
-  const msg = got.message;
   if (msg.error) throw new SteadApiError(502, "api_unreachable", `the Stead app API cannot be reached: ${msg.error}`);
   return decodeAnswer(msg.status, Buffer.from(msg.body, "utf8"));
 }
