@@ -3,6 +3,7 @@
 # side-by-side benchmarks against Stead. workerd is installed from npm at run time into a cache
 # directory outside the repository; no workerd code or binary is ever kept in this repo.
 #
+#   scripts/peer-workerd.sh install  install workerd from npm into the cache directory (if needed)
 #   scripts/peer-workerd.sh start    install (if needed), fresh data dir, start, wait until up
 #   scripts/peer-workerd.sh stop     stop the instance started by `start` (pid file)
 #   scripts/peer-workerd.sh status   print whether it runs
@@ -74,8 +75,9 @@ stop() {
 }
 
 case "${1:-}" in
+  install) install ;;
   start) start ;;
   stop) stop ;;
   status) if running; then echo "running (pid $(cat "$pidfile"))"; else echo "stopped"; exit 1; fi ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
 esac

@@ -15,5 +15,18 @@ scripts/workflow-check.sh
 # from Go modules once and cached; a failed build stops here, loudly.
 scripts/envtest.sh >/dev/null
 cargo test --workspace
+# The TypeScript SDK (sdk-ts/): Node's test runner against real sidecars (the binaries above).
+(cd sdk-ts && npm ci --no-audit --no-fund --loglevel=error && npm test)
 # The Helm chart and the example manifests: helm lint, helm template | kubeconform -strict.
 scripts/helm-check.sh
+# The one-node cluster tier (scripts/node-e2e.sh): a real kubelet, containerd and kube-proxy on
+# this machine, the chart installed, the examples applied, the Kubernetes scenarios run. It needs
+# root; elsewhere it says so, unless STEAD_REQUIRE_NODE_TIER=1 (CI) makes that a failure.
+if [[ "$(id -u)" == 0 ]]; then
+  scripts/node-e2e.sh
+elif [[ "${STEAD_REQUIRE_NODE_TIER:-}" == 1 ]]; then
+  echo "test: the one-node cluster tier needs root (scripts/node-e2e.sh)" >&2
+  exit 1
+else
+  echo "test: skipped the one-node cluster tier: it needs root (sudo scripts/node-e2e.sh)" >&2
+fi

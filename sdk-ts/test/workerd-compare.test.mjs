@@ -15,7 +15,9 @@ const workerdBin = [
   process.env.STEAD_WORKERD_BIN,
   path.join(process.env.STEAD_PEER_DIR || path.join(os.homedir(), ".cache", "stead-peer-workerd"), "node_modules", ".bin", "workerd"),
 ].find((p) => p && fs.existsSync(p));
-const skip = !peer ? "workerd peer files not found" : !workerdBin ? "workerd not installed (run scripts/peer-workerd.sh start once, or set STEAD_WORKERD_BIN)" : false;
+const skip = !peer ? "workerd peer files not found" : !workerdBin ? "workerd not installed (run scripts/peer-workerd.sh install once, or set STEAD_WORKERD_BIN)" : false;
+// CI installs workerd and the peer files are beside the checkout: there a skip is a failure.
+if (skip && process.env.STEAD_REQUIRE_PEERS === "1") throw new Error(`the workerd comparison cannot run: ${skip}`);
 
 let stead;
 let workerd;
