@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The kind e2e tier: a throwaway kind cluster, the images built and loaded, the chart installed,
-# the counter example applied, the shared scenarios run against it through port-forwards
-# (e2e/src/kube.rs: routing, the peer token, calls across shards, a pod killed and its data
-# kept across the restart), then the cluster deleted.
+# the counter and chat examples applied, the Kubernetes scenarios run against it (e2e/src/kube.rs,
+# module `tier`: the same ones the one-node tier, scripts/node-e2e.sh, runs), then the cluster
+# deleted.
 #
 # Needs docker (with a running engine), kind, kubectl and helm (helm is built by
 # scripts/helm-check.sh when missing). Where any is missing it says so and exits 0.
@@ -57,17 +57,22 @@ step() { echo "kind e2e: $*" >&2; }
 # The counter image is built under the name its manifest names (a released image's name, see
 # docs/kubernetes.md, "a local kind cluster"), so the manifest is applied as it is.
 COUNTER_IMAGE="$(sed -n 's/^ *image: *//p' examples/counter/k8s/counter.yaml)"
-[[ -n "$COUNTER_IMAGE" ]] || { echo "kind e2e: no image in examples/counter/k8s/counter.yaml" >&2; exit 1; }
+CHAT_IMAGE="$(sed -n 's/^ *image: *//p' examples/chat/k8s/chat.yaml)"
+[[ -n "$COUNTER_IMAGE" && -n "$CHAT_IMAGE" ]] || { echo "kind e2e: no image in examples/{counter,chat}/k8s/*.yaml" >&2; exit 1; }
+# Prometheus's metrics linter for the metrics scenario (a small Go build, cached).
+STEAD_PROMLINT="$(scripts/node-tools.sh promlint)/promlint"
+export STEAD_PROMLINT
 
 step "building images"
 docker build -f docker/stead.Dockerfile --target stead -t stead:dev .
 docker build -f docker/stead.Dockerfile --target counter -t "$COUNTER_IMAGE" .
+docker build -f docker/stead.Dockerfile --target chat -t "$CHAT_IMAGE" .
 docker build -f docker/operator.Dockerfile -t stead-operator:dev .
 
 step "creating kind cluster $CLUSTER"
 kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
 kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG" --wait 120s
-for image in stead:dev "$COUNTER_IMAGE" stead-operator:dev; do
+for image in stead:dev "$COUNTER_IMAGE" "$CHAT_IMAGE" stead-operator:dev; do
   kind load docker-image --name "$CLUSTER" "$image"
 done
 
@@ -78,18 +83,20 @@ helm install stead charts/stead --namespace "$NS_OPERATOR" --create-namespace --
   --set operator.logLevel=debug
 kubectl wait --for=condition=Established crd/durablenamespaces.stead.dev --timeout=60s
 
-step "applying the counter example"
+step "applying the counter and chat examples"
 kubectl create namespace "$NS_APPS"
-kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml
-kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter --timeout=5m
+kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml -f examples/chat/k8s/chat.yaml
+kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter durablenamespace/chat --timeout=5m
 kubectl -n "$NS_APPS" get durablenamespaces
 
 step "helm test: the chart's test pod calls the counter through its client Service"
 helm test stead --namespace "$NS_OPERATOR" --logs --timeout 3m
 
-step "running the scenarios"
-STEAD_KUBE_NAMESPACE="$NS_APPS" STEAD_KUBE_NAME=counter \
-  cargo test -p stead-e2e --lib kube::tier -- --ignored --test-threads=1
+step "running the scenarios (the same as the one-node tier's, scripts/node-e2e.sh)"
+export STEAD_KUBE_NAMESPACE="$NS_APPS" STEAD_KUBE_NAME=counter STEAD_KUBE_CHAT=chat
+export STEAD_KUBE_OPERATOR_NAMESPACE="$NS_OPERATOR"
+export STEAD_KUBE_HELM_UPGRADE="helm upgrade stead $PWD/charts/stead --namespace $NS_OPERATOR --reuse-values --set operator.logLevel=info --wait --timeout 5m"
+cargo test -p stead-e2e --lib kube::tier -- --ignored --test-threads=1
 
 step "helm upgrade keeps the namespace (CRD updated in place)"
 helm upgrade stead charts/stead --namespace "$NS_OPERATOR" --reuse-values --wait --timeout 5m

@@ -149,11 +149,12 @@ down() {
     done
   done
   # Kernel settings back to what they were before `up`.
+  local key value
   if [[ -f "$STATE/sysctl.before" ]]; then
-    local key value
     while IFS='=' read -r key value; do
       [[ -n "$key" ]] && sysctl -q -w "$key=$value" >/dev/null 2>&1 || true
     done <"$STATE/sysctl.before"
+    cp "$STATE/sysctl.before" "$STATE.sysctl"
   fi
   # The CNI plugin's IP allocations live in /var/lib/cni (its default).
   rm -rf /var/lib/cni/networks/stead-node "$RUN"
@@ -167,6 +168,19 @@ down() {
   [[ -z "$still" ]] || fail "processes left after teardown: $still"
   if awk '{print $5}' /proc/self/mountinfo | grep -qE "^($STATE|$RUN)"; then
     fail "mounts left after teardown under $STATE or $RUN"
+  fi
+  ! ip link show "$BRIDGE" >/dev/null 2>&1 || fail "the bridge $BRIDGE is left after teardown"
+  for table in filter nat mangle; do
+    ! iptables -t "$table" -S 2>/dev/null | grep -qE "^-N (KUBE-|CNI-|$CHAIN)" ||
+      fail "iptables chains left in table $table: $(iptables -t "$table" -S | grep -E '^-N (KUBE-|CNI-|STEAD-)' | head -3)"
+  done
+  [[ -z "$(find /sys/fs/cgroup -type d -name 'kubepods*' 2>/dev/null)" ]] || fail "kubepods cgroups left after teardown"
+  if [[ -f "$STATE.sysctl" ]]; then
+    while IFS='=' read -r key value; do
+      [[ -z "$key" || "$(sysctl -n "$key" 2>/dev/null)" == "$value" ]] ||
+        fail "kernel setting $key is $(sysctl -n "$key"), was $value before the cluster"
+    done <"$STATE.sysctl"
+    rm -f "$STATE.sysctl"
   fi
   say "down"
 }

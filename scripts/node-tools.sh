@@ -10,6 +10,7 @@
 #     metrics` runs);
 #   - `pause`, compiled statically from the pause.c in the kubernetes module.
 # Everything lands in ${STEAD_NODE_TOOLS:-$HOME/.cache/stead-node}/bin; reruns are no-ops.
+# `scripts/node-tools.sh promlint` builds only the linter (all the kind tier needs of these).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,46 +31,50 @@ fail() {
 }
 
 # Debian's packages. conntrack is what kube-proxy runs to drop stale UDP entries.
-need_pkgs=()
-for pair in containerd:containerd runc:runc iptables:iptables buildah:buildah conntrack:conntrack \
-  gcc:gcc openssl:openssl; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
-done
-[[ -x /usr/lib/cni/bridge ]] || need_pkgs+=(containernetworking-plugins)
-if ((${#need_pkgs[@]})); then
-  say "installing ${need_pkgs[*]} from Debian"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq "${need_pkgs[@]}" >/dev/null || fail "apt-get install ${need_pkgs[*]}"
-fi
+install_packages() {
+  need_pkgs=()
+  for pair in containerd:containerd runc:runc iptables:iptables buildah:buildah conntrack:conntrack \
+    gcc:gcc openssl:openssl; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need_pkgs+=("${pair#*:}")
+  done
+  [[ -x /usr/lib/cni/bridge ]] || need_pkgs+=(containernetworking-plugins)
+  if ((${#need_pkgs[@]})); then
+    say "installing ${need_pkgs[*]} from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq "${need_pkgs[@]}" >/dev/null || fail "apt-get install ${need_pkgs[*]}"
+  fi
+}
 
 export GOTOOLCHAIN=local
 export CGO_ENABLED=0
 export GOFLAGS=-mod=mod
 
-# The kubernetes module folder scripts/envtest.sh prepared (it builds kube-apiserver there).
-ENVTEST_BIN="$(scripts/envtest.sh)"
-KUBE_SRC="$(dirname "$ENVTEST_BIN")/src/kubernetes-$KUBE_VERSION"
-[[ -f "$KUBE_SRC/go.mod" ]] || fail "no $KUBE_SRC/go.mod (scripts/envtest.sh makes it)"
+build_kube() {
+  # The kubernetes module folder scripts/envtest.sh prepared (it builds kube-apiserver there).
+  ENVTEST_BIN="$(scripts/envtest.sh)"
+  KUBE_SRC="$(dirname "$ENVTEST_BIN")/src/kubernetes-$KUBE_VERSION"
+  [[ -f "$KUBE_SRC/go.mod" ]] || fail "no $KUBE_SRC/go.mod (scripts/envtest.sh makes it)"
 
-kube_ldflags="-s -w"
-kube_ldflags+=" -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION"
-kube_ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
-kube_ldflags+=" -X k8s.io/component-base/version.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2)"
-kube_ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-# kubectl reports its version from client-go's copy of the version package.
-kube_ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
+  kube_ldflags="-s -w"
+  kube_ldflags+=" -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION"
+  kube_ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
+  kube_ldflags+=" -X k8s.io/component-base/version.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2)"
+  kube_ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  # kubectl reports its version from client-go's copy of the version package.
+  kube_ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION"
 
-for cmd in kubelet kube-controller-manager kube-scheduler kube-proxy kubectl; do
-  if [[ -x "$BIN/$cmd" && "$(cat "$BIN/.$cmd.version" 2>/dev/null)" == "$KUBE_VERSION" ]]; then
-    continue
-  fi
-  say "building $cmd $KUBE_VERSION"
-  (cd "$KUBE_SRC" && go build -trimpath -ldflags "$kube_ldflags" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd") ||
-    fail "building $cmd (see the go output above)"
-  mv "$BIN/$cmd.tmp" "$BIN/$cmd"
-  echo "$KUBE_VERSION" >"$BIN/.$cmd.version"
-done
+  for cmd in kubelet kube-controller-manager kube-scheduler kube-proxy kubectl; do
+    if [[ -x "$BIN/$cmd" && "$(cat "$BIN/.$cmd.version" 2>/dev/null)" == "$KUBE_VERSION" ]]; then
+      continue
+    fi
+    say "building $cmd $KUBE_VERSION"
+    (cd "$KUBE_SRC" && go build -trimpath -ldflags "$kube_ldflags" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd") ||
+      fail "building $cmd (see the go output above)"
+    mv "$BIN/$cmd.tmp" "$BIN/$cmd"
+    echo "$KUBE_VERSION" >"$BIN/.$cmd.version"
+  done
+}
 
 # A Go main in its own module folder: go_tool NAME VERSION-STAMP MODULE@VERSION PACKAGE [main.go]
 go_tool() {
@@ -89,11 +94,14 @@ go_tool() {
   echo "$stamp" >"$BIN/.$name.version"
 }
 
-go_tool crictl "$CRI_TOOLS_VERSION" "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
+build_crictl() {
+  go_tool crictl "$CRI_TOOLS_VERSION" "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
+}
 
 # CoreDNS with the plugins of a cluster DNS and nothing else: the full module links every cloud
 # provider's SDK for its other plugins.
-go_tool coredns "$COREDNS_VERSION-cluster" "github.com/coredns/coredns@$COREDNS_VERSION" . '
+build_coredns() {
+  go_tool coredns "$COREDNS_VERSION-cluster" "github.com/coredns/coredns@$COREDNS_VERSION" . '
 package main
 
 import (
@@ -114,9 +122,11 @@ func init() {
 }
 
 func main() { coremain.Run() }'
+}
 
 # `promtool check metrics` is client_golang's promlint over stdin; this is that call alone (the
 # promtool module links every service-discovery SDK).
+build_promlint() {
 go_tool promlint "$CLIENT_GOLANG_VERSION" "github.com/prometheus/client_golang@$CLIENT_GOLANG_VERSION" . '
 package main
 
@@ -142,16 +152,29 @@ func main() {
 		os.Exit(3)
 	}
 }'
+}
 
 # The pause container's binary, from the kubernetes module's own source.
-if [[ ! -x "$BIN/pause" || "$(cat "$BIN/.pause.version" 2>/dev/null)" != "$KUBE_VERSION" ]]; then
-  pause_c="$(cd "$KUBE_SRC" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
-  [[ -f "$pause_c" ]] || fail "no pause.c at $pause_c"
-  say "compiling pause from $pause_c"
-  gcc -Os -Wall -Werror -static -DVERSION="$KUBE_VERSION-stead" -o "$BIN/pause.tmp" "$pause_c" ||
-    fail "compiling pause.c (Debian's gcc with static glibc)"
-  mv "$BIN/pause.tmp" "$BIN/pause"
-  echo "$KUBE_VERSION" >"$BIN/.pause.version"
-fi
+build_pause() {
+  if [[ ! -x "$BIN/pause" || "$(cat "$BIN/.pause.version" 2>/dev/null)" != "$KUBE_VERSION" ]]; then
+    pause_c="$(cd "$KUBE_SRC" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+    [[ -f "$pause_c" ]] || fail "no pause.c at $pause_c"
+    say "compiling pause from $pause_c"
+    gcc -Os -Wall -Werror -static -DVERSION="$KUBE_VERSION-stead" -o "$BIN/pause.tmp" "$pause_c" ||
+      fail "compiling pause.c (Debian's gcc with static glibc)"
+    mv "$BIN/pause.tmp" "$BIN/pause"
+    echo "$KUBE_VERSION" >"$BIN/.pause.version"
+  fi
+}
 
+if [[ "${1:-}" == promlint ]]; then
+  build_promlint
+else
+  install_packages
+  build_kube
+  build_crictl
+  build_coredns
+  build_promlint
+  build_pause
+fi
 echo "$BIN"
