@@ -628,8 +628,8 @@ pub async fn serve(
             None => break,
             Some(a) => a,
         };
-        let stream = match accepted {
-            Ok((s, _)) => s,
+        let (stream, peer) = match accepted {
+            Ok((s, a)) => (s, a),
             Err(e) => {
                 // EMFILE and friends: pause instead of spinning; descriptors free up as
                 // connections close.
@@ -671,6 +671,7 @@ pub async fn serve(
             app.clone(),
             limits.clone(),
             conn,
+            peer,
             stop.clone(),
             drain_tx.clone(),
         ));
@@ -687,10 +688,14 @@ async fn serve_connection(
     app: axum::Router,
     limits: Arc<ConnectionLimits>,
     conn: Arc<ConnState>,
+    peer: std::net::SocketAddr,
     stop: Option<watch::Receiver<bool>>,
     _drain: DrainToken,
 ) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        // Who is on the other end of the connection (the ingress tells the app).
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let app = app.clone();
         let limits = limits.clone();
         let conn = conn.clone();
