@@ -32,6 +32,16 @@ export class Ticker extends DurableObject {
           await s.setAlarm(Date.now() + 3_600_000);
         })();
         return new Response("started");
+      case "/txn-later":
+        // Concurrent read-modify-writes, each whole in one turn: none is lost.
+        for (let i = 0; i < 5; i++) {
+          setTimeout(() => s.transaction(async (txn) => {
+            const n = (await txn.get("t")) ?? 0;
+            await later(5);
+            await txn.put("t", n + 1);
+          }), 10);
+        }
+        return new Response("started");
       case "/call-later":
         setTimeout(() => this.env.TICKER.getByName("callee").bump(url.searchParams.get("by")), 20);
         return new Response("started");
@@ -53,6 +63,7 @@ export class Ticker extends DurableObject {
           alarm: (await s.getAlarm()) !== null,
           bumped: (await s.get("bumped")) ?? 0,
           sql: (await s.get("sql")) ?? null,
+          t: (await s.get("t")) ?? 0,
         });
       case "/ip":
       case "/forward-ip":
@@ -82,6 +93,11 @@ export default {
     const url = new URL(req.url);
     if (url.pathname === "/ip") return new Response(req.headers.get("cf-connecting-ip") ?? "none");
     if (url.pathname === "/forward-ip") return env.TICKER.getByName("ip").fetch(req);
+    if (url.pathname === "/ws-in-front") {
+      // (server.accept() here throws already: only an object can accept.)
+      const [client] = Object.values(new WebSocketPair());
+      return new Response(null, { status: 101, webSocket: client });
+    }
     return new Response("not found", { status: 404 });
   },
 };
@@ -136,6 +152,12 @@ test("a promise the handler did not await writes storage and sets an alarm in tu
   assert.equal(state.alarm, true);
 });
 
+test("transaction() between events runs whole in one turn, so concurrent timers lose no update", async () => {
+  await fetch(`${s.url}/objects/Ticker/name/x/txn-later`);
+  const state = await until("x", (st) => st.t === 5);
+  assert.equal(state.t, 5);
+});
+
 test("a timer's call to another object runs in that object's own turn", async () => {
   await fetch(`${s.url}/objects/Ticker/name/caller/call-later?by=5`);
   const state = await until("callee", (st) => st.bumped === 5);
@@ -177,4 +199,15 @@ test("CF-Connecting-IP is the client's address on the front door and on object r
   assert.deepEqual(await getFrom("127.0.0.4", "/objects/Ticker/name/ip/ip", forged), { status: 200, body: "127.0.0.4" });
   // The front passes the request on to an object: the object sees the header the front saw.
   assert.deepEqual(await getFrom("127.0.0.5", "/forward-ip", forged), { status: 200, body: "127.0.0.5" });
+});
+
+test("a front that accepts a WebSocket itself gets 501 websocket_in_front", async () => {
+  const res = await getFrom("127.0.0.1", "/ws-in-front", {
+    connection: "Upgrade",
+    upgrade: "websocket",
+    "sec-websocket-version": "13",
+    "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+  });
+  assert.equal(res.status, 501, res.body);
+  assert.equal(JSON.parse(res.body).error.code, "websocket_in_front");
 });
