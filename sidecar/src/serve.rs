@@ -163,11 +163,14 @@ struct ConnState {
     /// The task reading the connection, woken when its last request finishes so that it arms
     /// the keep-alive deadline.
     reader: Mutex<Option<Waker>>,
+    /// The address of the other end of the connection.
+    peer: std::net::SocketAddr,
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(peer: std::net::SocketAddr) -> Self {
         Self {
+            peer,
             active: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
@@ -647,7 +650,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         open.inc();
-        let conn = Arc::new(ConnState::new());
+        let conn = Arc::new(ConnState::new(peer));
         let io = ConnIo {
             stream,
             conn: conn.clone(),
@@ -671,7 +674,6 @@ pub async fn serve(
             app.clone(),
             limits.clone(),
             conn,
-            peer,
             stop.clone(),
             drain_tx.clone(),
         ));
@@ -688,14 +690,13 @@ async fn serve_connection(
     app: axum::Router,
     limits: Arc<ConnectionLimits>,
     conn: Arc<ConnState>,
-    peer: std::net::SocketAddr,
     stop: Option<watch::Receiver<bool>>,
     _drain: DrainToken,
 ) {
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // Who is on the other end of the connection (the ingress tells the app).
         req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
+            .insert(axum::extract::ConnectInfo(conn.peer));
         let app = app.clone();
         let limits = limits.clone();
         let conn = conn.clone();

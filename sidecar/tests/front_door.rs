@@ -167,15 +167,13 @@ async fn a_front_door_that_does_not_hand_the_handshake_over_answers_it_itself() 
     // No stead-upgrade-to: the front's own answer goes to the client, no socket opens.
     let refused = ws_from("127.0.0.1", shards[0].ingress, "/lobby")
         .await
-        .err()
-        .expect("no upgrade");
+        .expect_err("no upgrade");
     assert_eq!(refused.0, 200);
     assert!(refused.1.contains("front"), "{}", refused.1);
     // A stead-upgrade-to that names no object route is the app's mistake.
     let (status, body) = ws_from("127.0.0.1", shards[0].ingress, "/bad-upgrade")
         .await
-        .err()
-        .expect("no upgrade");
+        .expect_err("no upgrade");
     assert_eq!(status, 502, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"]["code"], "app_failed");
