@@ -124,7 +124,17 @@ impl Ingress {
         strip_stead_headers(&mut parts.headers);
         let mut event = http::Request::new(Bytes::new());
         *event.method_mut() = parts.method.clone();
-        *event.uri_mut() = parts.uri.clone();
+        // The app gets path and query only, as on every stateless event.
+        *event.uri_mut() = match parts.uri.path_and_query() {
+            Some(p) => match p.as_str().parse() {
+                Ok(u) => u,
+                Err(_) => {
+                    let e = ApiError::bad_request("invalid_path", "invalid path");
+                    return ("-".into(), e.into_response());
+                }
+            },
+            None => http::Uri::from_static("/"),
+        };
         *event.headers_mut() = parts.headers.clone();
         clean_headers(event.headers_mut(), true);
         ClientAddr::set_header(event.headers_mut(), &parts.extensions);
