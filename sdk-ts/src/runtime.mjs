@@ -174,6 +174,8 @@ class Instance {
     this.chain = Promise.resolve();
     /** work with no turn, gathered in this microtask, not yet sent (see detached()) */
     this.pendingBatch = null;
+    /** the turn of an event waiting for blockConcurrencyWhile() promises, while it waits */
+    this.waitingTurn = null;
   }
 
   /**
@@ -200,7 +202,10 @@ class Instance {
         this.pendingBatch = batch;
         queueMicrotask(() => {
           if (this.pendingBatch === batch) this.pendingBatch = null;
-          this.runtime.sendBatch(this, batch);
+          // An event is in flight and waits for a blockConcurrencyWhile(): the batch cannot get
+          // a turn of its own before that event ends, so it runs in that event's turn.
+          if (this.waitingTurn) this.runtime.runBatchIn(this, batch, this.waitingTurn);
+          else this.runtime.sendBatch(this, batch);
         });
       }
       batch.jobs.push({ fn, resolve, reject, outcome: null });
@@ -349,6 +354,21 @@ export class Runtime {
     this.batches = new Map();
   }
 
+  /** Runs `batch` in `turn`, an event's turn still in progress (it commits with that event). */
+  runBatchIn(inst, batch, turn) {
+    batch.ran = true;
+    batch.hosted = true;
+    currentEvent.run({ token: turn.token, instance: inst, turn }, async () => {
+      for (const job of batch.jobs) {
+        try {
+          job.resolve(await job.fn());
+        } catch (e) {
+          job.reject(e);
+        }
+      }
+    });
+  }
+
   /** Asks for the turn of `batch`: an object call (with no token) to the batch's own object. */
   sendBatch(inst, batch) {
     this.batches.set(batch.id, batch);
@@ -359,6 +379,7 @@ export class Runtime {
     rawRequest("POST", path, { [DETACHED_HEADER]: batch.id, "content-length": "0" }, null).then(
       (res) => {
         this.batches.delete(batch.id);
+        if (batch.hosted) return; // an event's turn ran it (runBatchIn) and settles its jobs
         if (res.status >= 300 || !batch.ran) {
           let message = `the turn for work between events failed with status ${res.status}`;
           try {
@@ -379,7 +400,7 @@ export class Runtime {
       },
       (e) => {
         this.batches.delete(batch.id);
-        failAll(e);
+        if (!batch.hosted) failAll(e);
       },
     );
   }
@@ -540,10 +561,23 @@ export class Runtime {
           inst.socketsLoaded = false;
           inst.obj = new Cls(inst.ctx, this.env);
         }
-        while (inst.blockers.length) {
+        // A turn of work between events does not wait: a blockConcurrencyWhile() started between
+        // events may itself be waiting for it. An event that waits lends its turn to the
+        // blockers' storage calls meanwhile.
+        const detachedTurn = event === "request" && req.headers[DETACHED_HEADER] !== undefined;
+        while (inst.blockers.length && !detachedTurn) {
           const b = inst.blockers;
           inst.blockers = [];
-          await Promise.all(b);
+          inst.waitingTurn = turn;
+          // Batches already asked for would queue behind this event: run them here too.
+          for (const pending of this.batches.values()) {
+            if (pending.key === inst.key && !pending.ran) this.runBatchIn(inst, pending, turn);
+          }
+          try {
+            await Promise.all(b);
+          } finally {
+            if (inst.waitingTurn === turn) inst.waitingTurn = null;
+          }
         }
         res = await this.#dispatch(inst, req, event);
       } catch (e) {

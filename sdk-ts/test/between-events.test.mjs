@@ -42,6 +42,15 @@ export class Ticker extends DurableObject {
           }), 10);
         }
         return new Response("started");
+      case "/block-later":
+        // blockConcurrencyWhile between events: its storage calls need turns of their own, and
+        // the events that arrive meanwhile wait for it.
+        setTimeout(() => this.ctx.blockConcurrencyWhile(async () => {
+          await s.put("blocked", "begun");
+          await later(200);
+          await s.put("blocked", "done");
+        }), 10);
+        return new Response("started");
       case "/call-later":
         setTimeout(() => this.env.TICKER.getByName("callee").bump(url.searchParams.get("by")), 20);
         return new Response("started");
@@ -64,6 +73,7 @@ export class Ticker extends DurableObject {
           bumped: (await s.get("bumped")) ?? 0,
           sql: (await s.get("sql")) ?? null,
           t: (await s.get("t")) ?? 0,
+          blocked: (await s.get("blocked")) ?? null,
         });
       case "/ip":
       case "/forward-ip":
@@ -156,6 +166,14 @@ test("transaction() between events runs whole in one turn, so concurrent timers 
   await fetch(`${s.url}/objects/Ticker/name/x/txn-later`);
   const state = await until("x", (st) => st.t === 5);
   assert.equal(state.t, 5);
+});
+
+test("blockConcurrencyWhile between events holds later events until it is done, and its storage works", async () => {
+  await fetch(`${s.url}/objects/Ticker/name/b/block-later`);
+  await sleep(100);
+  // Arrives while the block runs: answered only after it, so it sees its last write.
+  const state = await (await fetch(`${s.url}/objects/Ticker/name/b/read`)).json();
+  assert.equal(state.blocked, "done");
 });
 
 test("a timer's call to another object runs in that object's own turn", async () => {
