@@ -35,6 +35,16 @@ pub const RING_STALE: &str = "stead-ring-stale";
 /// The objects busy in the call chain of a request: `class/id` entries, comma separated.
 pub const CHAIN: &str = "stead-chain";
 
+/// Request and `websocket-connect` events from clients: the IP address of the client's TCP
+/// connection to the ingress (kept across the peer hop between shards).
+pub const CLIENT_ADDR: &str = "stead-client-addr";
+/// A front-door event of a client's WebSocket handshake: `websocket` (the sidecar holds the
+/// handshake; `Upgrade` and `Connection` are not passed on).
+pub const UPGRADE: &str = "stead-upgrade";
+/// The front door's answer to a [`UPGRADE`] event: the object route (`/objects/{class}/…/{rest}`)
+/// to perform the handshake against, as if the client had asked it.
+pub const UPGRADE_TO: &str = "stead-upgrade-to";
+
 /// Alarm events: how many times this alarm has failed before (0 on the first attempt).
 pub const ALARM_RETRY: &str = "stead-alarm-retry";
 pub const WEBSOCKET_ID: &str = "stead-websocket-id";

@@ -4,6 +4,7 @@ import crypto from "node:crypto";
 import v8 from "node:v8";
 import { rawRequest } from "./api.mjs";
 import { currentEvent } from "./context.mjs";
+import { Response as SteadResponse } from "./globals.mjs";
 
 const HEX64 = /^[0-9a-f]{64}$/;
 const MAX_NAME_BYTES = 512;
@@ -97,28 +98,42 @@ function objectPath(className, id) {
     : `/v1/objects/${className}/id/${id.toString()}`;
 }
 
-function tokenOrThrow(what) {
+/**
+ * The token of the event the calling code runs for, while that event is in progress. Calls made
+ * after it answered (timers, promises not awaited, `waitUntil`) or outside any event carry none:
+ * the sidecar then treats them as calls from outside any turn, each with a call chain of its own.
+ */
+function liveToken() {
   const ev = currentEvent.getStore();
-  if (!ev) {
-    throw new Error(
-      `${what}: an object call needs an event in progress (Stead binds object calls to the turn that makes them)`,
-    );
-  }
-  return ev.token;
+  if (!ev) return null;
+  if (ev.instance) return ev.turn && !ev.turn.finished ? ev.token : null;
+  return ev.done ? null : ev.token;
+}
+
+/** Whether the calling code is the front door handling a client's WebSocket handshake. */
+function frontUpgrade(req) {
+  const ev = currentEvent.getStore();
+  return Boolean(ev && !ev.instance && ev.upgrade && !ev.done && req.headers.get("upgrade")?.toLowerCase() === "websocket");
 }
 
 /** Sends `request` to the object; resolves to its Response. */
 async function objectFetch(className, id, input, init) {
-  const token = tokenOrThrow("stub.fetch");
+  const token = liveToken();
   const req = input instanceof Request && init === undefined ? input : new Request(input, init);
   const url = new URL(req.url);
+  if (frontUpgrade(req)) {
+    // The sidecar holds the client's handshake: the front's answer names the object and the
+    // path, and the sidecar performs the handshake against it (docs/app-protocol.md).
+    const to = `${objectPath(className, id).slice("/v1".length)}${url.pathname}${url.search}`;
+    return new SteadResponse(null, { status: 101, headers: { "stead-upgrade-to": to } });
+  }
   const headers = [];
   for (const [k, v] of req.headers) {
     if (k.startsWith("stead-") || k === "host" || k === "content-length" || k === "transfer-encoding" || k === "connection") continue;
     headers.push(k, v);
   }
   if (url.host) headers.push("host", url.host);
-  headers.push("stead-turn", token);
+  if (token) headers.push("stead-turn", token);
   const body = req.method === "GET" || req.method === "HEAD" || req.body === null ? null : Buffer.from(await req.arrayBuffer());
   if (body) headers.push("content-length", String(body.length));
   const res = await rawRequest(req.method, `${objectPath(className, id)}${url.pathname}${url.search}`, headers, body);
@@ -149,7 +164,7 @@ function rebuildError(e) {
 }
 
 async function rpcCall(className, id, method, args) {
-  const token = tokenOrThrow(`stub.${method}()`);
+  const token = liveToken();
   let body;
   try {
     body = v8.serialize(args);
@@ -157,11 +172,11 @@ async function rpcCall(className, id, method, args) {
     throw new TypeError(`the arguments of ${method}() cannot be sent: ${e.message} (RPC arguments are structured-clone values)`);
   }
   const headers = {
-    "stead-turn": token,
     [RPC_HEADER]: method,
     "content-type": "application/x-stead-rpc",
     "content-length": body.length,
   };
+  if (token) headers["stead-turn"] = token;
   if (process.env.STEAD_RPC_SECRET) headers[RPC_SECRET_HEADER] = process.env.STEAD_RPC_SECRET;
   const res = await rawRequest("POST", `${objectPath(className, id)}/`, headers, body);
   const ct = headerOf(res.headers, "content-type");

@@ -2,8 +2,9 @@
 // Object classes and stateless front, and their results into answers (protocol 2: writes travel
 // with the answer, eager state fills a per-incarnation cache).
 
+import crypto from "node:crypto";
 import v8 from "node:v8";
-import { call } from "./api.mjs";
+import { call, rawRequest } from "./api.mjs";
 import { NodeResponse } from "./globals.mjs";
 import { currentEvent } from "./context.mjs";
 import { DurableObjectId, RPC_HEADER, RPC_SECRET_HEADER } from "./namespace.mjs";
@@ -12,6 +13,12 @@ import { callSync } from "./sync.mjs";
 import { WebSocket, attachmentToJson } from "./websocket.mjs";
 
 const HEX64 = /^[0-9a-f]{64}$/;
+/**
+ * Marks the object call an object makes to itself to run work that has no turn (a timer, a
+ * promise not awaited, after its event answered): the value names a batch of that work, known
+ * only to this process (random, 128 bits).
+ */
+export const DETACHED_HEADER = "x-stead-detached";
 /** Largest answer body that carries the writes in front of it; larger ones send them with calls. */
 const MAX_CARRYING_BODY = 16 << 20;
 
@@ -95,7 +102,7 @@ export class DurableObjectState {
   constructor(instance) {
     this.#instance = instance;
     this.id = instance.objectId;
-    this.storage = new DurableObjectStorage(() => instance.turn, instance);
+    this.storage = new DurableObjectStorage(() => instance.liveTurn(), instance);
     this.props = {};
   }
   waitUntil(promise) {
@@ -165,6 +172,44 @@ class Instance {
     this.socketsLoaded = false;
     this.autoResponse = null;
     this.chain = Promise.resolve();
+    /** work with no turn, gathered in this microtask, not yet sent (see detached()) */
+    this.pendingBatch = null;
+    /** the turn of an event waiting for blockConcurrencyWhile() promises, while it waits */
+    this.waitingTurn = null;
+  }
+
+  /**
+   * The turn the calling code runs in, when it is a turn of this object still in progress; null
+   * for code that runs after its event answered (timers, promises not awaited), or outside any.
+   */
+  liveTurn() {
+    const ev = currentEvent.getStore();
+    if (!ev || !ev.instance || ev.instance.key !== this.key) return null;
+    return ev.turn && !ev.turn.finished ? ev.turn : null;
+  }
+
+  /**
+   * Runs `fn` in a turn of its own: work the object does between events. Everything asked for in
+   * one microtask goes into one batch; the batch runs in one turn, in order with the object's
+   * other events (an object call to itself). Resolves with `fn`'s result once that turn has
+   * committed; rejects if it failed (nothing of the batch was written then).
+   */
+  detached(fn) {
+    return new Promise((resolve, reject) => {
+      let batch = this.pendingBatch;
+      if (!batch) {
+        batch = { id: crypto.randomBytes(16).toString("hex"), key: this.key, jobs: [], ran: false, rolledBack: false };
+        this.pendingBatch = batch;
+        queueMicrotask(() => {
+          if (this.pendingBatch === batch) this.pendingBatch = null;
+          // An event is in flight and waits for a blockConcurrencyWhile(): the batch cannot get
+          // a turn of its own before that event ends, so it runs in that event's turn.
+          if (this.waitingTurn) this.runtime.runBatchIn(this, batch, this.waitingTurn);
+          else this.runtime.sendBatch(this, batch);
+        });
+      }
+      batch.jobs.push({ fn, resolve, reject, outcome: null });
+    });
   }
 
   /**
@@ -173,11 +218,13 @@ class Instance {
    * become one broadcast call (per socket, the order is the same).
    */
   socketCall(name, payload, onAnswer) {
-    const t = this.turn;
-    if (!t || t.finished) {
-      throw new Error(
-        `${name.replace("websockets/", "WebSocket ")}: outside an event; Stead sends WebSocket messages from the turn of an event (fetch, alarm, webSocket* handlers)`,
+    const t = this.liveTurn();
+    if (!t) {
+      // Between events: in a turn of its own, like storage.
+      this.detached(() => this.socketCall(name, payload, onAnswer)).catch((e) =>
+        log(`${name.replace("websockets/", "WebSocket ")} between events failed: ${e.message}`),
       );
+      return;
     }
     if (name === "websockets/send") {
       t.sends.push({ payload, onAnswer });
@@ -225,7 +272,7 @@ class Instance {
   }
 
   bindSocket(ws, tags) {
-    const t = this.turn;
+    const t = this.liveTurn();
     if (!t || !t.connectId) throw new Error("a WebSocket can be accepted only while its upgrade request is handled");
     if (t.accepted && t.accepted !== ws) throw new Error("only one WebSocket can be accepted per upgrade request");
     ws._id = t.connectId;
@@ -253,8 +300,12 @@ class Instance {
 
   loadSockets() {
     if (this.socketsLoaded) return;
-    const t = this.turn;
-    if (!t || t.finished) throw new Error("getWebSockets(): outside an event");
+    const t = this.liveTurn();
+    if (!t) {
+      throw new Error(
+        "getWebSockets(): the object's sockets are read in the turn of an event (fetch, alarm, webSocket* handlers); call it there once and keep the list, or send from there",
+      );
+    }
     const ans = callSync(t.token, "websockets/list", {});
     for (const s of ans.sockets ?? []) {
       if (this.sockets.has(s.id)) continue;
@@ -299,6 +350,59 @@ export class Runtime {
     this.env = env;
     this.protocol = process.env.STEAD_APP_PROTOCOL === "1" ? 1 : protocol;
     this.instances = new Map();
+    /** batch id -> batch of work with no turn, until its turn has run */
+    this.batches = new Map();
+  }
+
+  /** Runs `batch` in `turn`, an event's turn still in progress (it commits with that event). */
+  runBatchIn(inst, batch, turn) {
+    batch.ran = true;
+    batch.hosted = true;
+    currentEvent.run({ token: turn.token, instance: inst, turn }, async () => {
+      for (const job of batch.jobs) {
+        try {
+          job.resolve(await job.fn());
+        } catch (e) {
+          job.reject(e);
+        }
+      }
+    });
+  }
+
+  /** Asks for the turn of `batch`: an object call (with no token) to the batch's own object. */
+  sendBatch(inst, batch) {
+    this.batches.set(batch.id, batch);
+    const path = `/v1/objects/${encodeURIComponent(inst.className)}/id/${inst.objectId.toString()}/`;
+    const failAll = (e) => {
+      for (const j of batch.jobs) j.reject(e);
+    };
+    rawRequest("POST", path, { [DETACHED_HEADER]: batch.id, "content-length": "0" }, null).then(
+      (res) => {
+        this.batches.delete(batch.id);
+        if (batch.hosted) return; // an event's turn ran it (runBatchIn) and settles its jobs
+        if (res.status >= 300 || !batch.ran) {
+          let message = `the turn for work between events failed with status ${res.status}`;
+          try {
+            const e = JSON.parse(res.body.toString("utf8")).error;
+            if (e) message = `${message}: ${e.message} (${e.code})`;
+          } catch {
+            // not JSON
+          }
+          const err = new Error(message);
+          err.status = res.status;
+          return failAll(err);
+        }
+        for (const j of batch.jobs) {
+          if ("error" in j.outcome) j.reject(j.outcome.error);
+          else if (batch.rolledBack) j.reject(new Error("rolled back: a transaction() in the same turn (work between events, batched in one microtask) threw"));
+          else j.resolve(j.outcome.value);
+        }
+      },
+      (e) => {
+        this.batches.delete(batch.id);
+        if (!batch.hosted) failAll(e);
+      },
+    );
   }
 
   dropInstance(inst) {
@@ -344,6 +448,14 @@ export class Runtime {
       if (k.startsWith("stead-") || k === "content-length" || k === "transfer-encoding" || k === "connection" || k === "keep-alive") continue;
       headers.append(k, req.rawHeaders[i + 1]);
     }
+    // Cloudflare sets CF-Connecting-IP; Stead's ingress tells the client's address.
+    const client = req.headers["stead-client-addr"];
+    if (client) headers.set("cf-connecting-ip", client);
+    if (req.headers["stead-upgrade"] === "websocket") {
+      // A handshake the sidecar holds: put back what Workers code checks.
+      headers.set("upgrade", "websocket");
+      headers.set("connection", "Upgrade");
+    }
     const host = req.headers.host || "localhost";
     const url = `http://${host}${path}`;
     const hasBody = req.method !== "GET" && req.method !== "HEAD";
@@ -358,7 +470,10 @@ export class Runtime {
     }
     const request = this.#request(req, req.url);
     const ctx = new ExecutionContext();
-    return currentEvent.run({ token, instance: null }, async () => {
+    const upgrade = req.headers["stead-upgrade"] === "websocket";
+    // `done`: the front has answered; object calls made after that carry no token.
+    const ev = { token, instance: null, upgrade, done: false };
+    return currentEvent.run(ev, async () => {
       try {
         let res;
         if (typeof front === "function") {
@@ -370,9 +485,19 @@ export class Runtime {
         } else {
           return jsonError(404, "not_found", "the default export has no fetch handler");
         }
-        return await fromResponse(res);
+        const a = await fromResponse(res);
+        if (a.status !== 101) return a;
+        // A 101 from the front is the answer of a stub's fetch of the handshake: the sidecar
+        // performs it against the object it names.
+        const to = a.headers.find(([k]) => k.toLowerCase() === "stead-upgrade-to");
+        if (!upgrade || !to) {
+          return jsonError(501, "websocket_in_front", "the Worker's fetch answered 101 itself; on Stead the stateless front cannot hold a WebSocket: pass the upgrade request to an object (return env.NS.get(id).fetch(request))");
+        }
+        return answer(200, [["stead-upgrade-to", to[1]]], null);
       } catch (e) {
         return errorAnswer(e, "the Worker's fetch");
+      } finally {
+        ev.done = true;
       }
     });
   }
@@ -427,7 +552,7 @@ export class Runtime {
     turn.accepted = null;
     inst.turn = turn;
     const head = req.method === "HEAD";
-    return currentEvent.run({ token, instance: inst }, async () => {
+    return currentEvent.run({ token, instance: inst, turn }, async () => {
       let res;
       try {
         if (!inst.obj) {
@@ -436,10 +561,23 @@ export class Runtime {
           inst.socketsLoaded = false;
           inst.obj = new Cls(inst.ctx, this.env);
         }
-        while (inst.blockers.length) {
+        // A turn of work between events does not wait: a blockConcurrencyWhile() started between
+        // events may itself be waiting for it. An event that waits lends its turn to the
+        // blockers' storage calls meanwhile.
+        const detachedTurn = event === "request" && req.headers[DETACHED_HEADER] !== undefined;
+        while (inst.blockers.length && !detachedTurn) {
           const b = inst.blockers;
           inst.blockers = [];
-          await Promise.all(b);
+          inst.waitingTurn = turn;
+          // Batches already asked for would queue behind this event: run them here too.
+          for (const pending of this.batches.values()) {
+            if (pending.key === inst.key && !pending.ran) this.runBatchIn(inst, pending, turn);
+          }
+          try {
+            await Promise.all(b);
+          } finally {
+            if (inst.waitingTurn === turn) inst.waitingTurn = null;
+          }
         }
         res = await this.#dispatch(inst, req, event);
       } catch (e) {
@@ -475,6 +613,7 @@ export class Runtime {
     const h = req.headers;
     switch (event) {
       case "request": {
+        if (h[DETACHED_HEADER] !== undefined) return this.#detachedTurn(inst, h[DETACHED_HEADER]);
         if (h[RPC_HEADER] !== undefined) return this.#rpc(inst, req);
         if (typeof obj.fetch !== "function") return jsonError(501, "no_fetch", `${inst.className} has no fetch() handler`);
         return fromResponse(await obj.fetch(this.#request(req, req.url)));
@@ -541,6 +680,25 @@ export class Runtime {
       default:
         throw new Reject(501, "unsupported_event", `this app does not handle ${JSON.stringify(event)} events`);
     }
+  }
+
+  /** The turn of a batch of work between events (see Instance.detached). */
+  async #detachedTurn(inst, id) {
+    const batch = this.batches.get(id);
+    if (!batch || batch.key !== inst.key || batch.ran) {
+      return jsonError(404, "not_found", "no such work between events in this process");
+    }
+    batch.ran = true;
+    for (const job of batch.jobs) {
+      try {
+        job.outcome = { value: await job.fn() };
+      } catch (e) {
+        job.outcome = { error: e };
+      }
+    }
+    // A transaction() that threw rolls the whole turn back: nothing of the batch was written.
+    batch.rolledBack = Boolean(currentEvent.getStore()?.turn?.mustRollBack);
+    return answer(200, [], null);
   }
 
   async #rpc(inst, req) {

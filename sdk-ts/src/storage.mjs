@@ -184,7 +184,7 @@ export class DurableObjectStorage {
     const t = this.#turnOf();
     if (!t) {
       throw new Error(
-        "storage is used outside an event: Stead binds storage to the turn of the event being handled (await storage calls inside fetch/alarm/webSocket* handlers)",
+        "sql.exec() and transactionSync() are synchronous and run only in the turn of an event (fetch, alarm, webSocket* handlers); between events (timers, promises not awaited) use the asynchronous ctx.storage calls, which run in a turn of their own",
       );
     }
     t.check();
@@ -192,6 +192,7 @@ export class DurableObjectStorage {
   }
 
   async get(keyOrKeys, _options) {
+    if (!this.#turnOf()) return this.#owner.detached(() => this.get(keyOrKeys, _options));
     const t = this.#turn();
     if (Array.isArray(keyOrKeys)) return this.#getMany(t, keyOrKeys.map(checkKey));
     const key = checkKey(keyOrKeys);
@@ -235,6 +236,7 @@ export class DurableObjectStorage {
   }
 
   async put(keyOrEntries, value, _options) {
+    if (!this.#turnOf()) return this.#owner.detached(() => this.put(keyOrEntries, value, _options));
     const t = this.#turn();
     let entries;
     if (typeof keyOrEntries === "object" && keyOrEntries !== null) {
@@ -258,6 +260,7 @@ export class DurableObjectStorage {
   }
 
   async delete(keyOrKeys, _options) {
+    if (!this.#turnOf()) return this.#owner.detached(() => this.delete(keyOrKeys, _options));
     const t = this.#turn();
     const many = Array.isArray(keyOrKeys);
     const keys = (many ? keyOrKeys : [keyOrKeys]).map(checkKey);
@@ -280,6 +283,7 @@ export class DurableObjectStorage {
   }
 
   async deleteAll(_options) {
+    if (!this.#turnOf()) return this.#owner.detached(() => this.deleteAll(_options));
     const t = this.#turn();
     if (!t.v2) {
       await call(t.token, "kv/delete-all", {});
@@ -293,6 +297,7 @@ export class DurableObjectStorage {
   }
 
   async list(options = {}) {
+    if (!this.#turnOf()) return this.#owner.detached(() => this.list(options));
     const t = this.#turn();
     let { start, startAfter, end, prefix, reverse, limit } = options;
     if (limit !== undefined && !(Number.isInteger(limit) && limit > 0)) throw new RangeError("list() limit must be a positive integer");
@@ -342,6 +347,7 @@ export class DurableObjectStorage {
   }
 
   async getAlarm(_options) {
+    if (!this.#turnOf()) return this.#owner.detached(() => this.getAlarm(_options));
     const t = this.#turn();
     if (t.v2) {
       if (t.alarmView !== undefined) return t.alarmView;
@@ -353,6 +359,7 @@ export class DurableObjectStorage {
   }
 
   async setAlarm(time, _options) {
+    if (!this.#turnOf()) return this.#owner.detached(() => this.setAlarm(time, _options));
     const t = this.#turn();
     const ms = toTime(time);
     if (!t.v2) {
@@ -364,6 +371,7 @@ export class DurableObjectStorage {
   }
 
   async deleteAlarm(_options) {
+    if (!this.#turnOf()) return this.#owner.detached(() => this.deleteAlarm(_options));
     const t = this.#turn();
     if (!t.v2) {
       await call(t.token, "alarm/delete", {});
@@ -389,6 +397,7 @@ export class DurableObjectStorage {
 
   /** Runs `fn` (async); if it throws, the whole turn rolls back (see transactionSync). */
   async transaction(fn) {
+    if (!this.#turnOf()) return this.#owner.detached(() => this.transaction(fn));
     const t = this.#turn();
     try {
       return await fn(this.#owner.txn ?? this);

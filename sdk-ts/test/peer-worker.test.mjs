@@ -48,9 +48,10 @@ test("the peer's counter reached by object route is the same object as through t
 });
 
 test("the peer's chat room broadcasts numbered messages with each sender's name and counts them", { skip: !peer && "workerd peer files not found" }, async () => {
-  const alice = openSocket(`${s.ws}/objects/Room/name/lobby/?name=alice`);
+  // Through the Worker's front door, as on workerd: GET /room/lobby with Upgrade: websocket.
+  const alice = openSocket(`${s.ws}/room/lobby?name=alice`);
   await alice.opened;
-  const bob = openSocket(`${s.ws}/objects/Room/name/lobby/?name=bob`);
+  const bob = openSocket(`${s.ws}/room/lobby?name=bob`);
   await bob.opened;
   alice.ws.send("hi");
   assert.deepEqual(await alice.take(1), ["1 alice: hi"]);
@@ -66,6 +67,20 @@ test("the peer's chat room broadcasts numbered messages with each sender's name 
   await bob.closed;
   const after = await (await fetch(`${s.url}/room/lobby`)).json();
   assert.deepEqual(after, { sockets: 0, msgs: 2 });
+});
+
+test("a WebSocket through the front door and one on the object route meet in the same room", { skip: !peer && "workerd peer files not found" }, async () => {
+  const front = openSocket(`${s.ws}/room/both?name=front`);
+  await front.opened;
+  const direct = openSocket(`${s.ws}/objects/Room/name/both/?name=direct`);
+  await direct.opened;
+  direct.ws.send("hi");
+  assert.deepEqual(await front.take(1), ["1 direct: hi"]);
+  assert.deepEqual(await direct.take(1), ["1 direct: hi"]);
+  for (const c of [front, direct]) {
+    c.ws.close(1000, "bye");
+    await c.closed;
+  }
 });
 
 test("the runner exits 0 on SIGTERM and the peer's counter keeps its count across its restart", { skip: !peer && "workerd peer files not found" }, async () => {

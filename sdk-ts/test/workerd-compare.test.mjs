@@ -83,7 +83,7 @@ async function chat(url, route) {
   }
   socks[2].ws.close(1000, "done");
   await socks[2].closed;
-  const room = new URL(route).pathname.includes("/objects/") ? `${url}/objects/Room/name/cmp/` : `${url}/room/cmp`;
+  const room = `${url}/room/cmp`;
   let state;
   for (let i = 0; i < 50; i++) {
     state = await (await fetch(room)).json();
@@ -98,9 +98,8 @@ async function chat(url, route) {
 }
 
 test("the same WebSocket chat gives the same messages on Stead and on workerd", { skip }, async () => {
-  // The sidecar accepts WebSockets on object routes only, so Stead's clients connect to
-  // /objects/Room/name/cmp/ where workerd's go through the Worker's /room/cmp.
-  const onStead = await chat(stead.url, `${stead.ws}/objects/Room/name/cmp/`);
+  // The same URL on both: the Worker's front door passes the upgrade to the Room object.
+  const onStead = await chat(stead.url, `${stead.ws}/room/cmp`);
   const onWorkerd = await chat(wurl, `${wurl.replace("http:", "ws:")}/room/cmp`);
   assert.deepEqual(onStead, onWorkerd);
   assert.deepEqual(onStead.got[0], ["1 ann: hello", "2 bob: hi ann", "3 cat: hey", "4 ann: bye"]);

@@ -173,6 +173,21 @@ pub trait RequestExt {
     /// assert!(Request::default().caller().is_none());
     /// ```
     fn caller(&self) -> Option<Caller>;
+
+    /// The IP address of the client whose request (or WebSocket handshake) this is, as the
+    /// ingress saw its connection (`stead-client-addr`, kept across shards); `None` for object
+    /// calls, alarms and other events that no client sent. Cloudflare's `CF-Connecting-IP`.
+    ///
+    /// ```
+    /// use stead_sdk::{Request, RequestExt};
+    /// let req: Request = stead_sdk::http::Request::builder()
+    ///     .header("stead-client-addr", "192.0.2.7")
+    ///     .body(Default::default())
+    ///     .unwrap();
+    /// assert_eq!(req.client_addr(), Some("192.0.2.7".parse().unwrap()));
+    /// assert!(Request::default().client_addr().is_none());
+    /// ```
+    fn client_addr(&self) -> Option<std::net::IpAddr>;
 }
 
 /// The object that made an object call: see [`RequestExt::caller`].
@@ -230,6 +245,15 @@ impl RequestExt for Request {
 
     fn json<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
         Ok(serde_json::from_slice(self.body())?)
+    }
+
+    fn client_addr(&self) -> Option<std::net::IpAddr> {
+        self.headers()
+            .get(stead_core::protocol::CLIENT_ADDR)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
     }
 
     fn caller(&self) -> Option<Caller> {

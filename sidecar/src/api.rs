@@ -316,9 +316,15 @@ async fn sql_exec(
 /// An object call: `{METHOD} /v1/objects/{class}/name|id/…`, routed like a client request, with
 /// the calling turn's chain so that a call back into a busy caller is refused (508).
 async fn object_call(State(s): State<Arc<ApiState>>, req: Request) -> Result<Response, ApiError> {
-    let (chain, caller) = match turn_of(req.headers(), &s.turns)? {
-        TurnKind::Object { chain, turn, .. } => (chain, Some(turn.id)),
-        TurnKind::Stateless => (CallChain::default(), None),
+    // Without a token the call comes from no turn (work of the app between events): like a
+    // client's request, it starts a chain of its own.
+    let (chain, caller) = if req.headers().contains_key(protocol::TURN) {
+        match turn_of(req.headers(), &s.turns)? {
+            TurnKind::Object { chain, turn, .. } => (chain, Some(turn.id)),
+            TurnKind::Stateless => (CallChain::default(), None),
+        }
+    } else {
+        (CallChain::default(), None)
     };
     let (mut parts, body) = req.into_parts();
     let path = parts

@@ -14,6 +14,7 @@ use stead_core::protocol;
 
 use crate::app::clean_headers;
 use crate::chain::CallChain;
+use crate::client::ClientAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -76,8 +77,14 @@ impl PeerClient {
             .map_err(|e| unreachable(e.to_string()))?;
         // Peers speak HTTP/1.1 whatever the client spoke.
         *req.version_mut() = http::Version::HTTP_11;
+        let client = req.extensions().get::<ClientAddr>().copied();
         let headers = req.headers_mut();
         clean_headers(headers, true);
+        if let Some(ClientAddr(ip)) = client
+            && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+        {
+            headers.insert(protocol::CLIENT_ADDR, v);
+        }
         if let Some(t) = &self.token {
             headers.insert(protocol::PEER_TOKEN, t.clone());
         }
@@ -131,6 +138,7 @@ impl PeerClient {
         if let Ok(host) = HeaderValue::from_str(addr) {
             out.headers_mut().insert(http::header::HOST, host);
         }
+        ClientAddr::set_header(out.headers_mut(), req.extensions());
         if let Some(t) = &self.token {
             out.headers_mut().insert(protocol::PEER_TOKEN, t.clone());
         }

@@ -15,6 +15,7 @@ pub mod api;
 pub mod app;
 pub mod body;
 pub mod chain;
+pub mod client;
 pub mod config;
 pub mod coordinator;
 pub mod dev;

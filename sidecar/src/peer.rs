@@ -10,6 +10,7 @@ use stead_core::protocol;
 
 use crate::app::strip_stead_headers;
 use crate::chain::CallChain;
+use crate::client::ClientAddr;
 use crate::error::ApiError;
 use crate::peer_admin::PeerAdmin;
 use crate::route::ObjectRouter;
@@ -62,6 +63,10 @@ pub async fn handle(State(peer): State<Arc<PeerServer>>, mut req: Request) -> Re
         return ApiError::bad_request("invalid_chain", "malformed stead-chain header")
             .into_response();
     };
+    // The forwarding shard's ingress saw the client; the owner tells the app that address.
+    if let Some(client) = ClientAddr::from_header(req.headers()) {
+        req.extensions_mut().insert(client);
+    }
     // Hop-by-hop headers stay: a tunnelled WebSocket handshake needs them.
     strip_stead_headers(req.headers_mut());
     let target = parse_route(

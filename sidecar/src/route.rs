@@ -13,6 +13,7 @@ use stead_core::protocol;
 use crate::app::clean_headers;
 use crate::body::{read_body, refuse_declared_length};
 use crate::chain::{CallChain, MAX_DEPTH};
+use crate::client::ClientAddr;
 use crate::error::ApiError;
 use crate::forward::PeerClient;
 use crate::host::Host;
@@ -214,6 +215,7 @@ impl ObjectRouter {
             }
         };
         clean_headers(&mut parts.headers, true);
+        ClientAddr::set_header(&mut parts.headers, &parts.extensions);
         let req = http::Request::from_parts(parts, body);
         self.host.deliver(object, req, chain).await.map(Body::from)
     }

@@ -163,11 +163,14 @@ struct ConnState {
     /// The task reading the connection, woken when its last request finishes so that it arms
     /// the keep-alive deadline.
     reader: Mutex<Option<Waker>>,
+    /// The address of the other end of the connection.
+    peer: std::net::SocketAddr,
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(peer: std::net::SocketAddr) -> Self {
         Self {
+            peer,
             active: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             upgraded: AtomicBool::new(false),
@@ -628,8 +631,8 @@ pub async fn serve(
             None => break,
             Some(a) => a,
         };
-        let stream = match accepted {
-            Ok((s, _)) => s,
+        let (stream, peer) = match accepted {
+            Ok((s, a)) => (s, a),
             Err(e) => {
                 // EMFILE and friends: pause instead of spinning; descriptors free up as
                 // connections close.
@@ -647,7 +650,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         open.inc();
-        let conn = Arc::new(ConnState::new());
+        let conn = Arc::new(ConnState::new(peer));
         let io = ConnIo {
             stream,
             conn: conn.clone(),
@@ -690,7 +693,10 @@ async fn serve_connection(
     stop: Option<watch::Receiver<bool>>,
     _drain: DrainToken,
 ) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        // Who is on the other end of the connection (the ingress tells the app).
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(conn.peer));
         let app = app.clone();
         let limits = limits.clone();
         let conn = conn.clone();

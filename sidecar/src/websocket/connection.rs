@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite;
 
 use crate::app::clean_headers;
 use crate::chain::CallChain;
+use crate::client::ClientAddr;
 use crate::error::ApiError;
 use crate::host::{Host, Work};
 use crate::object::ObjectRef;
@@ -79,6 +80,7 @@ pub async fn connect(
         armed: true,
     };
     clean_headers(&mut parts.headers, true);
+    ClientAddr::set_header(&mut parts.headers, &parts.extensions);
     for h in [
         "sec-websocket-key",
         "sec-websocket-version",

@@ -11,6 +11,9 @@
 //! - `websocket-message`: the room's message number (KV `seq`) is incremented and
 //!   `"{seq}:{text}"` broadcast to every socket; a message `rollback` is broadcast and then
 //!   answered 500, so the turn rolls back;
+//! - a front-door event of a WebSocket handshake (`stead-upgrade`) on `/room/{name}` hands it to
+//!   `/objects/Counter/name/{name}/chat` (`stead-upgrade-to`); on `/bad-upgrade` it names a path
+//!   that is no object route; elsewhere it answers 200 without handing over;
 //! - every event's `stead-*` headers are recorded in [`ProxyApp::events`].
 #![allow(dead_code)]
 
@@ -176,6 +179,18 @@ async fn handle(State(app): State<ProxyApp>, req: Request) -> Response {
         }
         Some("websocket-close" | "websocket-error" | "hibernate") => return answer(200, json!({})),
         _ => {}
+    }
+    if seen.contains_key("stead-upgrade") && !seen.contains_key("stead-class") {
+        let to = match path.strip_prefix("/room/") {
+            Some(room) => format!("/objects/Counter/name/{room}/chat"),
+            None if path == "/bad-upgrade" => "/elsewhere".to_owned(),
+            None => return answer(200, json!({"front": true})),
+        };
+        return Response::builder()
+            .status(200)
+            .header("stead-upgrade-to", to)
+            .body(Body::empty())
+            .unwrap();
     }
     match path.as_str() {
         "/call" => {
