@@ -8,7 +8,8 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use http::{StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
+use stead_core::exposition::Exposition;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -58,12 +59,15 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+/// OpenMetrics when the scraper's `Accept` asks for it, the classic text format 0.0.4 otherwise.
+async fn metrics(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Exposition::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
+        format.render(s.metrics.encode()),
     )
 }
