@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use http::{HeaderMap, StatusCode, header};
 use stead_core::exposition::Exposition;
+use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -17,6 +18,8 @@ use crate::metrics::Metrics;
 pub struct AdminState {
     pub metrics: Metrics,
     pub app_addr: String,
+    /// True once the sidecar got its stop signal (see `--shutdown-delay`).
+    pub draining: watch::Receiver<bool>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -41,8 +44,17 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Ready when the app accepts connections: before that, every event would fail.
+/// Ready when the app accepts connections: before that, every event would fail. Not ready
+/// once the shard is stopping, so that Kubernetes takes it out of the Services while it still
+/// serves.
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    if *s.draining.borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the shard is draining: it is stopping and serves only until its shutdown delay ends\n"
+                .to_owned(),
+        );
+    }
     let addr = s.app_addr.clone();
     let connect = async move {
         match addr.strip_prefix(crate::app::UNIX_PREFIX) {
