@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod error;
+pub mod exposition;
 pub mod id;
 pub mod protocol;
 pub mod ring;

@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
+use stead_core::exposition::Exposition;
 use stead_operator::config::{LeaseConfig, OperatorConfig};
 use stead_operator::lease::LeaderElector;
 use stead_operator::{Context, config::DEFAULT_SIDECAR_IMAGE};
@@ -221,13 +222,16 @@ async fn readyz(State(http): State<Http>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(http): State<Http>) -> impl IntoResponse {
+/// OpenMetrics when the scraper's `Accept` asks for it, the classic text format 0.0.4 otherwise.
+async fn metrics(State(http): State<Http>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Exposition::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        http.ctx.metrics.encode(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
+        format.render(http.ctx.metrics.encode()),
     )
 }
 

@@ -8,7 +8,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use http::{StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
+use stead_core::exposition::Exposition;
+use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -16,6 +18,8 @@ use crate::metrics::Metrics;
 pub struct AdminState {
     pub metrics: Metrics,
     pub app_addr: String,
+    /// True once the sidecar got its stop signal (see `--shutdown-delay`).
+    pub draining: watch::Receiver<bool>,
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -40,8 +44,17 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-/// Ready when the app accepts connections: before that, every event would fail.
+/// Ready when the app accepts connections: before that, every event would fail. Not ready
+/// once the shard is stopping, so that Kubernetes takes it out of the Services while it still
+/// serves.
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    if *s.draining.borrow() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the shard is draining: it is stopping and serves only until its shutdown delay ends\n"
+                .to_owned(),
+        );
+    }
     let addr = s.app_addr.clone();
     let connect = async move {
         match addr.strip_prefix(crate::app::UNIX_PREFIX) {
@@ -58,12 +71,15 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+/// OpenMetrics when the scraper's `Accept` asks for it, the classic text format 0.0.4 otherwise.
+async fn metrics(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Exposition::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
+        format.render(s.metrics.encode()),
     )
 }

@@ -121,6 +121,12 @@ pub struct SidecarConfig {
     pub limits: Limits,
     #[command(flatten)]
     pub connections: crate::serve::ConnectionLimits,
+    /// On SIGTERM or Ctrl-C, keep serving this long with /readyz answering 503, so that the
+    /// Services stop sending traffic here before the ports close; then WebSockets close (1012)
+    /// and in-flight requests drain. A second signal ends the wait. 0 (the default) stops at
+    /// once; the operator sets 5s on shard pods.
+    #[arg(long, env = "STEAD_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]
+    pub shutdown_delay: Duration,
     /// Log format: `text` or `json`.
     #[arg(long, env = "STEAD_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

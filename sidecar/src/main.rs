@@ -70,7 +70,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Sidecar(config) => {
             init_logs(config.log_format == "json");
             start_malloc_trim().context("starting the malloc trim thread")?;
-            sidecar::run(*config, sidecar::shutdown_signal())
+            let stop = sidecar::stop_signals().context("listening for stop signals")?;
+            sidecar::run(*config, stop)
                 .await
                 .context("sidecar failed")?;
         }

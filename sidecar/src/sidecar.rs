@@ -3,7 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderValue, StatusCode, Version, header};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};
 use crate::alarms::Alarms;
@@ -56,9 +62,12 @@ pub enum StartError {
     Serve(std::io::Error),
 }
 
+/// Runs the sidecar until it has stopped. `stop` yields once per stop signal (see
+/// [`stop_signals`]): the first one starts the drain (an ended stream counts as that one); a
+/// second one during `--shutdown-delay` ends the delay.
 pub async fn run(
     config: SidecarConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: impl Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), StartError> {
     let metrics = Metrics::new();
     let membership = membership(&config).await?;
@@ -208,9 +217,13 @@ pub async fn run(
         router,
         sockets: sockets.clone(),
     });
+    // True from the first stop signal on: /readyz answers 503 and the ingress asks HTTP/1
+    // clients to reconnect (elsewhere) while the ports keep serving for the drain delay.
+    let (draining_tx, draining) = watch::channel(false);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         app_addr: config.app.clone(),
+        draining: draining.clone(),
     });
     let nofile = serve::raise_nofile_limit();
     let bounds = serve::connection_bounds(
@@ -266,10 +279,31 @@ pub async fn run(
 
     let ingress_app = axum::Router::new()
         .fallback(ingress::handle)
-        .with_state(ingress_state);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        .with_state(ingress_state)
+        .layer(axum::middleware::from_fn_with_state(
+            draining,
+            close_while_draining,
+        ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let delay = config.shutdown_delay;
     tokio::spawn(async move {
-        shutdown.await;
+        let mut stop = stop;
+        let _ = stop.next().await;
+        // Kubernetes takes a terminating pod out of its Services asynchronously: until every
+        // node's proxy has heard, connections still arrive here, and a closed port refuses them.
+        let _ = draining_tx.send(true);
+        if !delay.is_zero() {
+            tracing::info!(
+                delay = ?delay,
+                "stop signal: /readyz answers 503 while the ports keep serving for the shutdown delay"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                Some(()) = stop.next() => {
+                    tracing::info!("second stop signal: ending the shutdown delay");
+                }
+            }
+        }
         // Sockets first: clients reconnect (1012) while in-flight requests drain.
         sockets.close_all();
         let _ = stop_tx.send(true);
@@ -338,6 +372,41 @@ async fn membership(config: &SidecarConfig) -> Result<Arc<dyn Membership>, Start
         config.peer_template.clone(),
         config.ring(),
     )?))
+}
+
+/// While the shard drains, HTTP/1 answers on the ingress close their connection: a client's
+/// next request opens a new one, which the Service sends to a shard that is not stopping.
+async fn close_while_draining(
+    State(draining): State<watch::Receiver<bool>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let http1 = req.version() < Version::HTTP_2;
+    let mut resp = next.run(req).await;
+    if http1 && *draining.borrow() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Every SIGTERM and Ctrl-C (SIGINT) as it arrives: what [`run`] stops on.
+pub fn stop_signals() -> std::io::Result<impl Stream<Item = ()> + Send + Unpin + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    Ok(Box::pin(futures_util::stream::unfold(
+        signals,
+        |(mut term, mut int)| async move {
+            tokio::select! {
+                r = term.recv() => r,
+                r = int.recv() => r,
+            }?;
+            Some(((), (term, int)))
+        },
+    )))
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the signal to drain and stop.

@@ -8,9 +8,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecurityContext, SleepAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,6 +27,27 @@ use crate::validate::ValidatedSpec;
 /// distroless images). The volume is group-owned by it so the sidecar can write.
 pub const RUN_AS: i64 = 65532;
 const TMP_VOLUME: &str = "tmp";
+
+/// How long a stopping shard keeps serving, with `/readyz` at 503, before its ports close
+/// (`STEAD_SHUTDOWN_DELAY`). A terminating pod leaves its Services asynchronously: the
+/// EndpointSlice controller updates the slice, then kube-proxy on every node rewrites its rules
+/// (batched, at most once a second by default); until then connections still arrive, and a
+/// closed port refuses them. That takes a second or two on a quiet cluster; 5 s, the usual
+/// value of a pre-stop pause, leaves room for a busy API server or node.
+pub const SHUTDOWN_DELAY_SECONDS: i64 = 5;
+/// Time the pod gets beyond the shutdown delay and the longest turn: commits, WebSocket
+/// closes and the app's own exit.
+const STOP_MARGIN_SECONDS: i64 = 10;
+
+/// The pod's `terminationGracePeriodSeconds`: the shutdown delay, then a turn that started just
+/// before it ended may still run for a whole turn timeout, then the margin. Kubernetes' default
+/// of 30 s would kill a shard in the middle of a long turn.
+pub fn termination_grace_seconds(spec: &ValidatedSpec) -> i64 {
+    let turn = i64::try_from(spec.turn_timeout.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
+    SHUTDOWN_DELAY_SECONDS
+        .saturating_add(turn)
+        .saturating_add(STOP_MARGIN_SECONDS)
+}
 
 /// Where a sidecar finds any shard: `{i}` is the ordinal, so shard `i` is
 /// `{name}-{i}.{name}-peers.{ns}.svc:7878`. A template, not a list, so that the pod template does
@@ -99,6 +121,7 @@ fn pod_spec(spec: &ValidatedSpec, sidecar_image: &str) -> PodSpec {
             ..PodSecurityContext::default()
         }),
         containers: vec![app_container(spec), sidecar_container(spec, sidecar_image)],
+        termination_grace_period_seconds: Some(termination_grace_seconds(spec)),
         volumes: Some(vec![Volume {
             // The root filesystems are read-only; both containers get a scratch /tmp.
             name: TMP_VOLUME.into(),
@@ -167,6 +190,18 @@ fn app_container(spec: &ValidatedSpec) -> Container {
         resources: spec.app.resources.clone(),
         security_context: Some(container_security_context()),
         volume_mounts: Some(vec![tmp_mount()]),
+        // Kubernetes signals both containers at once; the app must keep answering the events
+        // the sidecar still serves during its shutdown delay (a sleep needs no shell in the
+        // image).
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: SHUTDOWN_DELAY_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         ..Container::default()
     }
 }
@@ -230,6 +265,7 @@ fn sidecar_container(spec: &ValidatedSpec, image: &str) -> Container {
             ..EnvVar::default()
         },
         env("STEAD_LOG_FORMAT", "json"),
+        env("STEAD_SHUTDOWN_DELAY", format!("{SHUTDOWN_DELAY_SECONDS}s")),
     ];
     Container {
         name: SIDECAR_CONTAINER.into(),
@@ -527,6 +563,36 @@ mod tests {
             .expect("liveness");
         assert_eq!(live.path.as_deref(), Some("/healthz"));
         assert_eq!(live.port, IntOrString::String("admin".into()));
+    }
+
+    #[test]
+    fn a_stopping_shard_keeps_serving_for_the_shutdown_delay_and_the_pod_waits_for_its_drain() {
+        let sc = container("sidecar");
+        assert_eq!(
+            env_value(&sc, "STEAD_SHUTDOWN_DELAY").as_deref(),
+            Some("5s")
+        );
+        // The app gets its SIGTERM only when the sidecar's delay is over.
+        let sleep = container("app")
+            .lifecycle
+            .and_then(|l| l.pre_stop)
+            .and_then(|h| h.sleep)
+            .expect("app preStop sleep");
+        assert_eq!(sleep.seconds, 5);
+        assert!(sc.lifecycle.is_none(), "the sidecar turns not ready itself");
+        // chat_spec's turn timeout is 1500 ms: delay 5 + 2 (rounded up) + margin 10.
+        assert_eq!(pod().termination_grace_period_seconds, Some(17));
+        let mut spec = chat_spec();
+        spec.turn_timeout = std::time::Duration::from_secs(120);
+        let grace = statefulset(&spec, IMAGE, 3)
+            .spec
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.termination_grace_period_seconds);
+        assert_eq!(
+            grace,
+            Some(135),
+            "a long turn started just before the delay ended may still finish"
+        );
     }
 
     #[test]

@@ -192,6 +192,17 @@ impl Shard {
         }
     }
 
+    /// The sidecar's exit status if it has exited (then reaped), without waiting.
+    pub fn sidecar_exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self
+            .sidecar
+            .as_mut()?
+            .try_wait()
+            .expect("try_wait sidecar")?;
+        self.sidecar = None;
+        Some(status)
+    }
+
     /// Waits for the sidecar to exit on its own (e.g. a test hook aborted it).
     pub fn wait_sidecar_exit(&mut self) -> std::process::ExitStatus {
         let mut c = self.sidecar.take().expect("sidecar running");
