@@ -1,6 +1,7 @@
 //! `stead dev`: the local mode. Runs one or more shards on loopback, each a sidecar and an
-//! example app as child processes with its own data folder; restarts a process that exits, and
-//! stops everything cleanly on Ctrl-C or SIGTERM.
+//! app (a bundled example, or the user's [`Project`] in the current folder) as child processes
+//! with its own data folder; restarts a process that exits, reloads a project's shards when its
+//! source changes, and stops everything cleanly on Ctrl-C or SIGTERM.
 //!
 //! Ports of shard `i`, with `p` = `--port` (see `docs/local-cluster.md`):
 //!
@@ -26,6 +27,7 @@
 //! longer own slots. The resize is recorded before it begins, so a `stead dev` killed in the
 //! middle resumes it at its next start.
 
+use std::ffi::OsString;
 use std::io::IsTerminal as _;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
@@ -44,6 +46,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::ApiError;
+use crate::project::{Prepared, Project, ProjectError};
 use crate::scale::{
     CONTROL_FILE, CONTROL_TOKEN, ControlFile, RESIZE_PATH, ResizeProgress, ResizeState, json_call,
 };
@@ -62,6 +65,9 @@ const PEER_ENV: [&str; 7] = [
     "STEAD_RING_SHARDS",
     "STEAD_RING_EPOCH",
 ];
+
+/// `--data-dir` unless given; a project's is in its own folder.
+pub const DEFAULT_DATA_DIR: &str = ".stead/dev";
 
 /// A restarted process that lived shorter than this waits longer before its next restart.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -88,9 +94,17 @@ const SHARD0_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
-    /// Example app to run: `life` (multiplayer Game of Life), `chat` or `counter`.
-    #[arg(long, default_value = "life", value_parser = ["life", "chat", "counter"])]
-    pub example: String,
+    /// Example app to run: `life` (multiplayer Game of Life), `chat` or `counter`. Without it
+    /// (and without --app-bin), `stead dev` runs the project in --project (default: the current
+    /// folder) if there is one, else `life`.
+    #[arg(long, value_parser = ["life", "chat", "counter"])]
+    pub example: Option<String>,
+    /// The project to run: a folder with a wrangler config (wrangler.toml, wrangler.json or
+    /// wrangler.jsonc), or a Cargo project with a DurableNamespace manifest (stead.yaml, or
+    /// one in k8s/). Default: the current folder, when it holds one. Its source is watched, and
+    /// a change reloads the app.
+    #[arg(long, conflicts_with_all = ["example", "app_bin"])]
+    pub project: Option<PathBuf>,
     /// Port of shard 0's ingress on 127.0.0.1; shard i's ingress is port+i. Shard i's app API,
     /// admin, app and peer ports are port+1000+10*i, +1001, +1002 and +1003.
     #[arg(long, default_value_t = 8787)]
@@ -101,7 +115,7 @@ pub struct DevArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_SHARDS)))]
     pub shards: Option<u16>,
     /// Folder for the objects' data (shard i uses `{data-dir}/shard-{i}`).
-    #[arg(long, default_value = ".stead/dev")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// The app binary to run instead of the example's.
     #[arg(long)]
@@ -162,6 +176,12 @@ pub enum DevError {
     BadRecord { file: String, detail: String },
     #[error("resharding on shard 0 failed: {0}")]
     Reshard(String),
+    #[error(
+        "no project in {dir}: it holds no wrangler config (wrangler.toml, wrangler.json, wrangler.jsonc) and no Cargo.toml with a DurableNamespace manifest (stead.yaml, or one in k8s/); `stead init` makes one"
+    )]
+    NoProject { dir: String },
+    #[error(transparent)]
+    Project(#[from] ProjectError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -194,9 +214,19 @@ fn classes_of(example: &str) -> &'static str {
     }
 }
 
-/// What to try first with each example, given the ingress address.
-fn try_lines(example: &str, ingress: &str) -> String {
+/// What to try first, given the ingress address.
+fn try_lines(running: &Running, classes: &str, ingress: &str) -> String {
+    let example = match running {
+        Running::Example(example) => example.as_str(),
+        Running::Project(_) => "",
+    };
     match example {
+        "" => {
+            let class = classes.split(',').next().unwrap_or_default();
+            format!(
+                "  curl http://{ingress}/objects/{class}/name/demo/   (any of the classes {classes})\n  a change to the project's source reloads it"
+            )
+        }
         "life" => format!(
             "  open http://{ingress}/ in two browser windows, join the same room, click cells"
         ),
@@ -255,13 +285,64 @@ struct Topology {
     peers: Vec<String>,
 }
 
+/// What `stead dev` runs.
+#[derive(Debug, Clone)]
+enum Running {
+    Example(String),
+    Project(Project),
+}
+
+impl Running {
+    /// "the counter example", "the Cargo project in /home/me/hello".
+    fn title(&self) -> String {
+        match self {
+            Running::Example(example) => format!("the {example} example"),
+            Running::Project(p) => format!("the {} in {}", p.kind(), p.dir().display()),
+        }
+    }
+}
+
+/// The app program each shard runs, and the classes its sidecar serves. A project's changes
+/// with a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AppLaunch {
+    program: PathBuf,
+    args: Vec<OsString>,
+    /// The app's working folder (a project's); else `stead dev`'s.
+    dir: Option<PathBuf>,
+    /// `--classes` of every sidecar.
+    classes: String,
+}
+
+impl AppLaunch {
+    fn of_example(example: &str, program: PathBuf) -> Self {
+        Self {
+            program,
+            args: vec![],
+            dir: None,
+            classes: classes_of(example).to_owned(),
+        }
+    }
+
+    fn of_project(prepared: &Prepared) -> Self {
+        Self {
+            program: prepared.program.clone(),
+            args: prepared.args.clone(),
+            dir: Some(prepared.dir.clone()),
+            classes: prepared.classes.join(","),
+        }
+    }
+}
+
 /// What every shard is started with.
 #[derive(Debug)]
 struct Launch {
     exe: PathBuf,
-    app_bin: PathBuf,
+    app: Mutex<AppLaunch>,
     app_transport: AppTransport,
-    example: String,
+    running: Running,
+    /// Bumped by each reload: every shard supervisor restarts its sidecar and app.
+    reloads: watch::Sender<u64>,
     sidecar_args: Vec<String>,
     /// `--port`: shard 0's ingress.
     base_port: u16,
@@ -277,6 +358,14 @@ impl Launch {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn app(&self) -> AppLaunch {
+        self.app.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_app(&self, app: AppLaunch) {
+        *self.app.lock().unwrap_or_else(|p| p.into_inner()) = app;
     }
 
     fn update(&self, f: impl FnOnce(&mut Topology)) {
@@ -320,7 +409,12 @@ impl Launch {
     }
 
     fn app_command(&self, spec: &ShardSpec) -> Command {
-        let mut cmd = Command::new(&self.app_bin);
+        let app = self.app();
+        let mut cmd = Command::new(&app.program);
+        cmd.args(&app.args);
+        if let Some(dir) = &app.dir {
+            cmd.current_dir(dir);
+        }
         cmd.env(stead_core::protocol::ENV_APP_ADDR, self.app_addr(spec))
             .env(
                 stead_core::protocol::ENV_API_URL,
@@ -340,7 +434,7 @@ impl Launch {
             .args(["--peer-addr", &local(p.peer)])
             .arg("--data-dir")
             .arg(&spec.data_dir)
-            .args(["--classes", classes_of(&self.example)]);
+            .args(["--classes", &self.app().classes]);
         for var in PEER_ENV {
             cmd.env_remove(var);
         }
@@ -395,7 +489,7 @@ impl Proc {
             .map_err(|source| DevError::Spawn {
                 what: match role {
                     Role::Sidecar => "the sidecar".into(),
-                    Role::App => launch.app_bin.display().to_string(),
+                    Role::App => launch.app().program.display().to_string(),
                 },
                 source,
             })?;
@@ -615,6 +709,30 @@ impl Shard {
         Ok(Self { spec, sidecar, app })
     }
 
+    /// Stops the shard and starts it again with the launch's current app: the sidecar's
+    /// stop closes the shard's WebSockets with 1012, so clients reconnect to the new version.
+    /// When the new version does not start, the exited processes stay in place and the
+    /// supervisor restarts them as after any exit.
+    async fn reload(&mut self, launch: &Launch) {
+        self.stop(launch).await;
+        let what = if launch.several() {
+            format!("shard {}", self.spec.ordinal)
+        } else {
+            "the sidecar and the app".to_owned()
+        };
+        match Shard::start(launch, self.spec.clone()).await {
+            Ok(fresh) => {
+                *self = fresh;
+                println!(
+                    "stead dev: reloaded {what} (sidecar pid {}, app pid {})",
+                    self.sidecar.pid(),
+                    self.app.pid()
+                );
+            }
+            Err(e) => println!("stead dev: reloading {what} failed: {e}"),
+        }
+    }
+
     /// Stops the sidecar first (its in-flight turns still reach the app), then the app.
     async fn stop(&mut self, launch: &Launch) {
         stop(
@@ -646,14 +764,64 @@ fn shard_label(launch: &Launch, spec: &ShardSpec, role: Role) -> String {
     }
 }
 
+/// What to run: `--example` or `--app-bin` say an example; else the project in `--project`
+/// (default: the current folder, falling back to the `life` example when it holds none).
+fn choose(args: &DevArgs) -> Result<Running, DevError> {
+    if args.example.is_some() || args.app_bin.is_some() {
+        return Ok(Running::Example(
+            args.example.clone().unwrap_or_else(|| "life".into()),
+        ));
+    }
+    let dir = match &args.project {
+        Some(dir) => std::fs::canonicalize(dir).map_err(|_| DevError::NoProject {
+            dir: dir.display().to_string(),
+        })?,
+        None => std::env::current_dir()?,
+    };
+    match Project::find(&dir)? {
+        Some(project) => Ok(Running::Project(project)),
+        None if args.project.is_some() => Err(DevError::NoProject {
+            dir: dir.display().to_string(),
+        }),
+        None => {
+            println!(
+                "stead dev: no project in {} (no wrangler config, no Cargo.toml with a DurableNamespace manifest); running the life example",
+                dir.display()
+            );
+            Ok(Running::Example("life".into()))
+        }
+    }
+}
+
 pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let exe = std::env::current_exe()?;
-    let app_bin = match &args.app_bin {
-        Some(p) => p.clone(),
-        None => find_or_build_app(&exe, &args.example).await?,
+    let chosen = blocking({
+        let args = args.clone();
+        move || choose(&args)
+    })
+    .await?;
+    let (app, watch_paths) = match &chosen {
+        Running::Example(example) => {
+            let program = match &args.app_bin {
+                Some(p) => p.clone(),
+                None => find_or_build_app(&exe, example).await?,
+            };
+            (AppLaunch::of_example(example, program), None)
+        }
+        Running::Project(project) => {
+            let prepared = project.prepare().await?;
+            (AppLaunch::of_project(&prepared), Some(prepared.watch))
+        }
+    };
+    // A project keeps its data in its own folder unless told otherwise.
+    let data_dir = match &chosen {
+        Running::Project(p) if args.data_dir == Path::new(DEFAULT_DATA_DIR) => {
+            p.dir().join(DEFAULT_DATA_DIR)
+        }
+        _ => args.data_dir.clone(),
     };
     let data_dir = blocking({
-        let dir = args.data_dir.clone();
+        let dir = data_dir;
         move || {
             std::fs::create_dir_all(&dir)?;
             std::fs::canonicalize(&dir)
@@ -690,9 +858,10 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     });
     let launch = Arc::new(Launch {
         exe,
-        app_bin,
+        app: Mutex::new(app),
         app_transport,
-        example: args.example.clone(),
+        running: chosen.clone(),
+        reloads: watch::channel(0).0,
         sidecar_args: args.sidecar_args.clone(),
         base_port: args.port,
         data_dir: data_dir.clone(),
@@ -734,6 +903,15 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         cluster.supervise(shard).await;
     }
     let control = start_control(&cluster).await?;
+    let watcher = match (&chosen, watch_paths) {
+        (Running::Project(project), Some(paths)) => Some(tokio::spawn(watch_project(
+            launch.clone(),
+            project.clone(),
+            paths,
+            vec![data_dir.clone()],
+        ))),
+        _ => None,
+    };
     if let Some(to) = record.resizing_to {
         println!(
             "stead dev: resuming the resize from {} to {to} shards that a stopped `stead dev` began",
@@ -767,6 +945,9 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     println!("stead dev: stopping; shutting down");
     startup.abort();
     control.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     if let Err(e) = tokio::fs::remove_file(data_dir.join(CONTROL_FILE)).await {
         println!("stead dev: cannot remove the control file: {e}");
     }
@@ -921,21 +1102,21 @@ fn print_banner(launch: &Launch, shards: &[Shard], data_dir: &Path) {
 fn print_single_banner(launch: &Launch, shard: &Shard, _data_dir: &Path) {
     let p = shard.spec.ports;
     println!(
-        "stead dev: running the {example} example
+        "stead dev: running {title}
   sidecar  pid {sp}  ingress http://{ingress}  metrics http://{admin}/metrics  app API http://{api}
   app      pid {ap}  {bin} on {app}
   data     {data}
 try:
 {try_lines}
 `stead scale --shards N` resizes it; Ctrl-C stops both.",
-        example = launch.example,
-        try_lines = try_lines(&launch.example, &local(p.ingress)),
+        title = launch.running.title(),
+        try_lines = try_lines(&launch.running, &launch.app().classes, &local(p.ingress)),
         sp = shard.sidecar.pid(),
         ingress = local(p.ingress),
         admin = local(p.admin),
         api = local(p.api),
         ap = shard.app.pid(),
-        bin = launch.app_bin.display(),
+        bin = launch.app().program.display(),
         app = launch.app_addr(&shard.spec),
         data = shard.spec.data_dir.display(),
     );
@@ -943,8 +1124,8 @@ try:
 
 fn print_cluster_banner(launch: &Launch, shards: &[Shard], data_dir: &Path) {
     println!(
-        "stead dev: running the {} example on {} shards (ring epoch {}, a fresh peer token for this run)",
-        launch.example,
+        "stead dev: running {} on {} shards (ring epoch {}, a fresh peer token for this run)",
+        launch.running.title(),
         shards.len(),
         launch.topology().epoch
     );
@@ -977,7 +1158,7 @@ try (every shard's ingress reaches every object; others forward to the owner):
   curl http://{a}/objects/Counter/name/demo/whoami
   curl http://{b}/objects/Counter/name/demo/whoami
 `stead scale --shards N` resizes it; Ctrl-C stops every shard.",
-        bin = launch.app_bin.display(),
+        bin = launch.app().program.display(),
         data = data_dir.display(),
         a = local(first),
         b = local(last),
@@ -1483,15 +1664,26 @@ async fn post_resize(
     }
 }
 
-/// Restarts the shard's sidecar or app whenever it exits, until `stop` turns true; then stops
-/// the shard.
+/// Restarts the shard's sidecar or app whenever it exits, and both at each reload, until
+/// `stop` turns true; then stops the shard.
 async fn supervise(launch: Arc<Launch>, mut shard: Shard, mut stop: watch::Receiver<bool>) {
+    let mut reloads = launch.reloads.subscribe();
     loop {
-        let (role, status) = tokio::select! {
+        let exited = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break,
-            s = shard.sidecar.child.wait() => (Role::Sidecar, describe(s)),
-            s = shard.app.child.wait() => (Role::App, describe(s)),
+            changed = reloads.changed() => changed.is_ok().then_some(None),
+            s = shard.sidecar.child.wait() => Some(Some((Role::Sidecar, describe(s)))),
+            s = shard.app.child.wait() => Some(Some((Role::App, describe(s)))),
+        };
+        let (role, status) = match exited {
+            Some(Some(exit)) => exit,
+            Some(None) => {
+                shard.reload(&launch).await;
+                continue;
+            }
+            // The reload sender lives in `launch`, which this task holds: not reached.
+            None => continue,
         };
         let label = shard_label(&launch, &shard.spec, role);
         let wait = shard.proc_mut(role).next_backoff();
@@ -1517,6 +1709,66 @@ async fn supervise(launch: Arc<Launch>, mut shard: Shard, mut stop: watch::Recei
         }
     }
     shard.stop(&launch).await;
+}
+
+/// Watches a project's files; after a change, prepares the project again (describes or
+/// rebuilds it) and reloads every shard, or, when that fails, says why and keeps the running
+/// version until the next change.
+async fn watch_project(
+    launch: Arc<Launch>,
+    project: Project,
+    mut paths: Vec<PathBuf>,
+    skip: Vec<PathBuf>,
+) {
+    let snapshot = |paths: Vec<PathBuf>, skip: Vec<PathBuf>| async move {
+        tokio::task::spawn_blocking(move || crate::watch::Snapshot::take(&paths, &skip))
+            .await
+            .unwrap_or_default()
+    };
+    let mut base = snapshot(paths.clone(), skip.clone()).await;
+    if base.truncated {
+        println!(
+            "stead dev: the project has more than {} files to watch; only the first are watched",
+            crate::watch::MAX_FILES
+        );
+    }
+    loop {
+        let (now, changed) = crate::watch::next_change(&paths, &skip, &base).await;
+        base = now;
+        let names: Vec<String> = changed
+            .iter()
+            .take(3)
+            .map(|p| {
+                p.strip_prefix(project.dir())
+                    .unwrap_or(p)
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        let more = changed.len().saturating_sub(names.len());
+        println!(
+            "stead dev: {}{} changed; reloading",
+            names.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+        match project.prepare().await {
+            Ok(prepared) => {
+                if prepared.watch != paths {
+                    paths = prepared.watch.clone();
+                    base = snapshot(paths.clone(), skip.clone()).await;
+                }
+                launch.set_app(AppLaunch::of_project(&prepared));
+                launch.reloads.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                println!("stead dev: {e}; still running the previous version until the next change")
+            }
+        }
+    }
 }
 
 fn describe(s: std::io::Result<std::process::ExitStatus>) -> String {
@@ -1655,9 +1907,10 @@ mod tests {
         let port = taken.local_addr().unwrap().port();
         let launch = Launch {
             exe: PathBuf::new(),
-            app_bin: PathBuf::new(),
+            app: Mutex::new(AppLaunch::of_example("counter", PathBuf::new())),
             app_transport: AppTransport::Tcp,
-            example: "counter".into(),
+            running: Running::Example("counter".into()),
+            reloads: watch::channel(0).0,
             sidecar_args: vec![],
             base_port: 8787,
             data_dir: PathBuf::new(),
@@ -1816,9 +2069,10 @@ mod tests {
     fn every_sidecar_gets_the_ring_the_peers_and_its_ordinal() {
         let launch = Launch {
             exe: PathBuf::from("/bin/stead"),
-            app_bin: PathBuf::new(),
+            app: Mutex::new(AppLaunch::of_example("counter", PathBuf::new())),
             app_transport: AppTransport::Tcp,
-            example: "counter".into(),
+            running: Running::Example("counter".into()),
+            reloads: watch::channel(0).0,
             sidecar_args: vec![],
             base_port: 8787,
             data_dir: PathBuf::from("/data"),

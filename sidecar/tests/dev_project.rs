@@ -1,0 +1,374 @@
+//! `stead dev` for the user's own project, and `stead init`: a Cargo project with a
+//! `DurableNamespace` manifest is built, served, watched and reloaded (a WebSocket of a reloaded
+//! shard is closed with 1012); a failed build keeps the running version; `stead init --lang
+//! rust` scaffolds a project whose own test passes and which `stead dev` serves. Real processes:
+//! `stead dev`, cargo, the sidecar and the built app.
+//!
+//! The project builds share one target folder (`{CARGO_TARGET_TMPDIR}/dev-projects`) so that the
+//! SDK and its dependencies compile once for all tests (the first build of a fresh checkout
+//! takes a few minutes; later ones seconds), and run offline with the checkout's `Cargo.lock`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{free_port, raw_ws};
+
+/// One `stead dev` test at a time: their port blocks must not interleave, and their builds
+/// share a target folder.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long a project's build may take: the first one compiles the SDK's dependencies.
+const BUILD_PATIENCE: Duration = Duration::from_secs(600);
+
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The target folder every project of these tests builds into.
+fn shared_target() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("dev-projects")
+}
+
+/// A base port whose whole `stead dev` block (`p`, `p+1000` to `p+1003`) is free.
+fn dev_base_port() -> u16 {
+    loop {
+        let p = free_port();
+        if !p.is_multiple_of(10) {
+            continue;
+        }
+        let rest_free = (1000..=1003).all(|d| {
+            p.checked_add(d)
+                .is_some_and(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok())
+        });
+        if rest_free {
+            return p;
+        }
+    }
+}
+
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "stead-dev-project-{}-{what}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Builds of test projects: the shared target folder, offline.
+fn cargo_env(cmd: &mut Command) {
+    cmd.env("CARGO_TARGET_DIR", shared_target())
+        .env("CARGO_NET_OFFLINE", "true")
+        .env_remove("RUSTFLAGS");
+}
+
+/// A running `stead dev`, its output in `{dir}/dev.log`; dropping it is `kill -9` (its
+/// children die with it).
+struct Dev {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Dev {
+    fn start(project: &Path, port: u16, extra: &[&str]) -> Dev {
+        let log = project.with_extension("dev.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_stead"));
+        cmd.arg("dev")
+            .args(["--port", &port.to_string()])
+            .args(extra)
+            .current_dir(project)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        cargo_env(&mut cmd);
+        support::die_with_test(&mut cmd);
+        Dev {
+            child: cmd.spawn().expect("start stead dev"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `line` `count` times (or more); fails with the log after
+    /// `patience`.
+    async fn wait_log(&mut self, line: &str, count: usize, patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        while tokio::time::Instant::now() < deadline {
+            if self.log().matches(line).count() >= count {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("stead dev exited ({status}):\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "no {line:?} (x{count}) in the log of stead dev:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `method path` on the ingress; `(status, body)`, or `None` when nothing answers.
+async fn call(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .body(Full::default())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Waits until `method path` answers 200 with `want`.
+async fn until_answer(dev: &mut Dev, port: u16, method: &str, path: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(status) = dev.child.try_wait().unwrap() {
+            panic!("stead dev exited ({status}):\n{}", dev.log());
+        }
+        last = call(port, method, path).await;
+        if last.as_ref().is_some_and(|(s, b)| *s == 200 && b == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{method} {path} never answered 200 {want:?} (last: {last:?}); log:\n{}",
+        dev.log()
+    );
+}
+
+const GREETER_MAIN: &str = r#"use stead_sdk::http::{Method, StatusCode};
+use stead_sdk::{App, DurableObject, ObjectInfo, Request, Response, Result, Turn, WebSocketInfo, async_trait, response};
+
+const VERSION: &str = "v1";
+
+struct Greeter;
+
+#[async_trait]
+impl DurableObject for Greeter {
+    fn new(_object: &ObjectInfo) -> Self {
+        Greeter
+    }
+
+    async fn fetch(&mut self, turn: &Turn, req: Request) -> Result<Response> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/version") => Ok(response::text(VERSION)),
+            (&Method::POST, "/increment") => {
+                let n = turn.storage().get::<i64>("n").await?.unwrap_or(0) + 1;
+                turn.storage().put("n", &n).await?;
+                Ok(response::text(n.to_string()))
+            }
+            _ => Ok(response::error(StatusCode::NOT_FOUND, "not_found", "no such route")),
+        }
+    }
+
+    async fn websocket_connect(&mut self, _turn: &Turn, _req: Request, _ws: WebSocketInfo) -> Result<Response> {
+        Ok(response::accept_websocket())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    App::new().class::<Greeter>("Greeter").serve().await
+}
+"#;
+
+/// A Cargo project outside the workspace with one class, `Greeter`, in a `stead.yaml`.
+fn greeter_project(dir: &Path) {
+    let sdk = checkout().join("sdk");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"greeter\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n[dependencies]\nstead-sdk = {{ path = {sdk:?} }}\ntokio = {{ version = \"1\", features = [\"macros\", \"rt-multi-thread\"] }}\n\n[workspace]\n",
+            sdk = sdk.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::copy(checkout().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(dir.join("src/main.rs"), GREETER_MAIN).unwrap();
+    std::fs::write(
+        dir.join("stead.yaml"),
+        "apiVersion: stead.dev/v1alpha1\nkind: DurableNamespace\nmetadata:\n  name: greeter\nspec:\n  classes: [Greeter]\n  app:\n    image: greeter:dev\n",
+    )
+    .unwrap();
+}
+
+fn set_version(dir: &Path, from: &str, to: &str) {
+    let main = dir.join("src/main.rs");
+    let text = std::fs::read_to_string(&main).unwrap();
+    assert!(text.contains(from), "{from} is not in src/main.rs");
+    std::fs::write(&main, text.replace(from, to)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cargo_project_is_built_served_and_reloaded_on_change() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let root = temp_dir("cargo");
+    let project = root.join("greeter");
+    std::fs::create_dir_all(&project).unwrap();
+    greeter_project(&project);
+    let port = dev_base_port();
+    let mut dev = Dev::start(&project, port, &[]);
+    dev.wait_log("stead dev: running the Cargo project", 1, BUILD_PATIENCE)
+        .await;
+    // The classes come from the manifest; the data lives in the project's folder.
+    until_answer(
+        &mut dev,
+        port,
+        "GET",
+        "/objects/Greeter/name/a/version",
+        "v1",
+    )
+    .await;
+    until_answer(
+        &mut dev,
+        port,
+        "POST",
+        "/objects/Greeter/name/a/increment",
+        "1",
+    )
+    .await;
+    assert!(project.join(".stead/dev/shard-0/shard.sqlite").exists());
+
+    let mut ws = raw_ws::connect(port, "/objects/Greeter/name/a/ws", raw_ws::GOOD_KEY)
+        .await
+        .expect("the Greeter accepts a WebSocket");
+
+    // A change to the source: rebuilt, the shard restarted, the socket closed with 1012.
+    set_version(&project, "\"v1\"", "\"v2\"");
+    let (_, code) = tokio::time::timeout(BUILD_PATIENCE, ws.read_until_close())
+        .await
+        .expect("the socket is closed by the reload");
+    assert_eq!(code, Some(1012), "log:\n{}", dev.log());
+    until_answer(
+        &mut dev,
+        port,
+        "GET",
+        "/objects/Greeter/name/a/version",
+        "v2",
+    )
+    .await;
+    // The object's data outlives the reload.
+    until_answer(
+        &mut dev,
+        port,
+        "POST",
+        "/objects/Greeter/name/a/increment",
+        "2",
+    )
+    .await;
+    assert!(
+        dev.log().contains("src/main.rs changed; reloading"),
+        "{}",
+        dev.log()
+    );
+
+    // A change that does not build: the running version keeps serving.
+    set_version(&project, "\"v2\"", "\"v3\" +");
+    dev.wait_log("still running the previous version", 1, BUILD_PATIENCE)
+        .await;
+    until_answer(
+        &mut dev,
+        port,
+        "GET",
+        "/objects/Greeter/name/a/version",
+        "v2",
+    )
+    .await;
+    // Fixed: the next change reloads.
+    set_version(&project, "\"v3\" +", "\"v3\"");
+    until_answer(
+        &mut dev,
+        port,
+        "GET",
+        "/objects/Greeter/name/a/version",
+        "v3",
+    )
+    .await;
+    // Two reloads in all: the failed build restarted nothing.
+    dev.wait_log("stead dev: reloaded", 2, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        dev.log().matches("stead dev: reloaded").count(),
+        2,
+        "{}",
+        dev.log()
+    );
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stead_dev_in_a_folder_without_a_project_says_how_to_make_one() {
+    let root = temp_dir("empty");
+    let out = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args(["dev", "--project"])
+        .arg(&root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no project in"), "{stderr}");
+    assert!(stderr.contains("`stead init` makes one"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_project_with_an_sdk_not_installed_asks_for_npm_install() {
+    let root = temp_dir("npm");
+    let project = root.join("app");
+    let sdk = root.join("sdk");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    std::fs::create_dir_all(sdk.join("bin")).unwrap();
+    std::fs::write(sdk.join("bin/stead-workers.mjs"), "process.exit(3)").unwrap();
+    std::fs::write(project.join("wrangler.toml"), "main = \"src/index.js\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .arg("dev")
+        .current_dir(&project)
+        .env("STEAD_WORKERS_SDK", &sdk)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cd {} && npm install", sdk.display())),
+        "{stderr}"
+    );
+    // Nothing was installed on the user's behalf.
+    assert!(!sdk.join("node_modules").exists());
+    let _ = std::fs::remove_dir_all(&root);
+}
