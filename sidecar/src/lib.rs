@@ -26,6 +26,7 @@ pub mod gate;
 pub mod handoff;
 pub mod host;
 pub mod ingress;
+pub mod init;
 pub mod limits;
 pub mod mailbox;
 pub mod membership;

@@ -372,3 +372,95 @@ async fn a_workers_project_with_an_sdk_not_installed_asks_for_npm_install() {
     assert!(!sdk.join("node_modules").exists());
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// `stead init` with `args` in `dir`; its output.
+fn init(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .arg("init")
+        .args(args)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "stead init failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_project_from_stead_init_passes_its_test_and_runs_under_stead_dev() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let root = temp_dir("init-rust");
+    let project = root.join("My Counter");
+    let said = init(&project, &["--lang", "rust"]);
+    assert!(said.contains("created my-counter"), "{said}");
+    for file in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src/main.rs",
+        "Dockerfile",
+        "k8s/my-counter.yaml",
+    ] {
+        assert!(project.join(file).is_file(), "{file} is missing: {said}");
+    }
+    // Its own test, against the real sidecar.
+    let mut test = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    test.arg("test")
+        .current_dir(&project)
+        .env("STEAD_BIN", env!("CARGO_BIN_EXE_stead"))
+        .stdin(Stdio::null());
+    cargo_env(&mut test);
+    support::die_with_test(&mut test);
+    let out = tokio::task::spawn_blocking(move || test.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cargo test of the scaffold failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("a_counter_keeps_its_count ... ok"),
+        "{stdout}"
+    );
+
+    // And `stead dev` serves it, with the class of its manifest.
+    let port = dev_base_port();
+    let mut dev = Dev::start(&project, port, &[]);
+    dev.wait_log("stead dev: running the Cargo project", 1, BUILD_PATIENCE)
+        .await;
+    until_answer(
+        &mut dev,
+        port,
+        "POST",
+        "/objects/Counter/name/x/increment",
+        "1",
+    )
+    .await;
+    until_answer(&mut dev, port, "GET", "/objects/Counter/name/x/value", "1").await;
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stead_init_never_writes_into_a_folder_that_holds_files() {
+    let root = temp_dir("init-full");
+    std::fs::write(root.join("notes.txt"), "mine").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args(["init", "--lang", "ts"])
+        .arg(&root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already holds files"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
+    assert_eq!(left.len(), 1, "nothing was added");
+    let _ = std::fs::remove_dir_all(&root);
+}
