@@ -245,6 +245,8 @@ pub struct ShardPorts {
     pub admin: u16,
     pub app: u16,
     pub peer: u16,
+    /// The app's port after an odd number of reloads of a project (TCP transport only).
+    pub app_alt: u16,
 }
 
 impl ShardPorts {
@@ -259,6 +261,7 @@ impl ShardPorts {
             admin: block.checked_add(1)?,
             app: block.checked_add(2)?,
             peer: block.checked_add(3)?,
+            app_alt: block.checked_add(4)?,
         })
     }
 }
@@ -273,6 +276,9 @@ struct ShardSpec {
     ordinal: u16,
     ports: ShardPorts,
     data_dir: PathBuf,
+    /// The app listens on its second address (`app-2.sock`, or the port `app_alt`): each
+    /// reload starts the new app on the address the running one does not use.
+    alt_app: bool,
 }
 
 /// The ring and peers a sidecar is (re)started with; changes with each resize.
@@ -385,6 +391,7 @@ impl Launch {
             ordinal,
             ports,
             data_dir: shard_dir(&self.data_dir, ordinal),
+            alt_app: false,
         })
     }
 
@@ -399,13 +406,29 @@ impl Launch {
     /// Where shard `spec`'s app listens: `unix:{shard folder}/app.sock`, or its loopback port
     /// (also when the socket's path would be too long for the kernel).
     fn app_addr(&self, spec: &ShardSpec) -> String {
-        let sock = spec.data_dir.join("app.sock");
+        let (sock, port) = if spec.alt_app {
+            ("app-2.sock", spec.ports.app_alt)
+        } else {
+            ("app.sock", spec.ports.app)
+        };
+        let sock = spec.data_dir.join(sock);
         match self.app_transport {
             AppTransport::Unix if sock.as_os_str().len() <= MAX_SOCKET_PATH => {
                 format!("{}{}", crate::app::UNIX_PREFIX, sock.display())
             }
-            _ => local(spec.ports.app),
+            _ => local(port),
         }
+    }
+
+    /// The second app port a reload of a project may use (with the TCP transport).
+    fn alt_app_port(&self, spec: &ShardSpec) -> Option<u16> {
+        let alt = ShardSpec {
+            alt_app: true,
+            ..spec.clone()
+        };
+        (matches!(self.running, Running::Project(_))
+            && !self.app_addr(&alt).starts_with(crate::app::UNIX_PREFIX))
+        .then_some(spec.ports.app_alt)
     }
 
     fn app_command(&self, spec: &ShardSpec) -> Command {
@@ -640,7 +663,10 @@ fn check_ports_free(launch: &Launch, specs: &[ShardSpec]) -> Result<(), DevError
             (p.admin, "admin"),
             (p.app, "app"),
             (p.peer, "peer"),
-        ] {
+        ]
+        .into_iter()
+        .chain(launch.alt_app_port(spec).map(|port| (port, "second app")))
+        {
             if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
                 if e.kind() != std::io::ErrorKind::AddrInUse {
                     return Err(DevError::Io(e));
@@ -679,7 +705,14 @@ impl Shard {
     /// Starts the app and the sidecar and waits until both listen.
     async fn start(launch: &Launch, spec: ShardSpec) -> Result<Self, DevError> {
         std::fs::create_dir_all(&spec.data_dir)?;
-        let app_addr = launch.app_addr(&spec);
+        let app = Self::start_app(launch, &spec).await?;
+        let sidecar = Self::start_sidecar(launch, &spec).await?;
+        Ok(Self { spec, sidecar, app })
+    }
+
+    /// Starts the app on the address of `spec` and waits until it listens.
+    async fn start_app(launch: &Launch, spec: &ShardSpec) -> Result<Proc, DevError> {
+        let app_addr = launch.app_addr(spec);
         if let Some(sock) = app_addr.strip_prefix(crate::app::UNIX_PREFIX) {
             // A socket file left by an app that was killed: the new app binds it afresh.
             match std::fs::remove_file(sock) {
@@ -687,50 +720,68 @@ impl Shard {
                 _ => {}
             }
         }
-        let mut app = Proc::spawn(launch, &spec, Role::App).await?;
-        let mut sidecar = Proc::spawn(launch, &spec, Role::Sidecar).await?;
-        let what = |role: Role| shard_label(launch, &spec, role);
-        wait_listening(&mut app.child, &what(Role::App), &app_addr).await?;
-        // The admin port, not the ingress: something else may already hold the ingress port,
-        // and then the sidecar exits instead of listening.
-        wait_listening(
-            &mut sidecar.child,
-            &what(Role::Sidecar),
-            &local(spec.ports.admin),
-        )
-        .await?;
-        // The peer port too: a reshard reaches every shard there.
-        wait_listening(
-            &mut sidecar.child,
-            &what(Role::Sidecar),
-            &local(spec.ports.peer),
-        )
-        .await?;
-        Ok(Self { spec, sidecar, app })
+        let mut app = Proc::spawn(launch, spec, Role::App).await?;
+        let what = shard_label(launch, spec, Role::App);
+        wait_listening(&mut app.child, &what, &app_addr).await?;
+        Ok(app)
     }
 
-    /// Stops the shard and starts it again with the launch's current app: the sidecar's
-    /// stop closes the shard's WebSockets with 1012, so clients reconnect to the new version.
-    /// When the new version does not start, the exited processes stay in place and the
-    /// supervisor restarts them as after any exit.
+    /// Starts the sidecar and waits until it listens.
+    async fn start_sidecar(launch: &Launch, spec: &ShardSpec) -> Result<Proc, DevError> {
+        let mut sidecar = Proc::spawn(launch, spec, Role::Sidecar).await?;
+        let what = shard_label(launch, spec, Role::Sidecar);
+        // The admin port, not the ingress: something else may already hold the ingress port,
+        // and then the sidecar exits instead of listening.
+        wait_listening(&mut sidecar.child, &what, &local(spec.ports.admin)).await?;
+        // The peer port too: a reshard reaches every shard there.
+        wait_listening(&mut sidecar.child, &what, &local(spec.ports.peer)).await?;
+        Ok(sidecar)
+    }
+
+    /// Moves the shard to the launch's current app: starts the new app beside the running one
+    /// (on the other address), and only once it listens replaces the sidecar (whose stop
+    /// closes the shard's WebSockets with 1012, so clients reconnect to the new version) and
+    /// stops the old app. A new app that does not start changes nothing.
     async fn reload(&mut self, launch: &Launch) {
-        self.stop(launch).await;
         let what = if launch.several() {
             format!("shard {}", self.spec.ordinal)
         } else {
             "the sidecar and the app".to_owned()
         };
-        match Shard::start(launch, self.spec.clone()).await {
-            Ok(fresh) => {
-                *self = fresh;
+        let next = ShardSpec {
+            alt_app: !self.spec.alt_app,
+            ..self.spec.clone()
+        };
+        let app = match Self::start_app(launch, &next).await {
+            Ok(app) => app,
+            Err(e) => {
+                println!(
+                    "stead dev: the new version did not start ({e}); still running the previous version until the next change"
+                );
+                return;
+            }
+        };
+        stop(
+            &mut self.sidecar.child,
+            &shard_label(launch, &self.spec, Role::Sidecar),
+        )
+        .await;
+        let mut old_app = std::mem::replace(&mut self.app, app);
+        let old_label = shard_label(launch, &self.spec, Role::App);
+        self.spec = next;
+        match Self::start_sidecar(launch, &self.spec).await {
+            Ok(sidecar) => {
+                self.sidecar = sidecar;
                 println!(
                     "stead dev: reloaded {what} (sidecar pid {}, app pid {})",
                     self.sidecar.pid(),
                     self.app.pid()
                 );
             }
-            Err(e) => println!("stead dev: reloading {what} failed: {e}"),
+            // The stopped sidecar stays in place: the supervisor restarts it as after any exit.
+            Err(e) => println!("stead dev: reloading {what}: {e}"),
         }
+        stop(&mut old_app.child, &old_label).await;
     }
 
     /// Stops the sidecar first (its in-flight turns still reach the app), then the app.
@@ -1882,7 +1933,7 @@ mod tests {
         let mut all = std::collections::HashSet::new();
         for i in 0..MAX_SHARDS {
             let p = ShardPorts::of(8787, i).expect("in range");
-            for port in [p.ingress, p.api, p.admin, p.app, p.peer] {
+            for port in [p.ingress, p.api, p.admin, p.app, p.peer, p.app_alt] {
                 assert!(all.insert(port), "port {port} used twice");
             }
         }
@@ -1930,8 +1981,10 @@ mod tests {
                 admin: 0,
                 app: port,
                 peer: 0,
+                app_alt: 0,
             },
             data_dir: PathBuf::new(),
+            alt_app: false,
         };
         let err = check_ports_free(&launch, std::slice::from_ref(&spec)).unwrap_err();
         assert!(
