@@ -225,11 +225,11 @@ fn greeter_project(dir: &Path) {
     .unwrap();
 }
 
-fn set_version(dir: &Path, from: &str, to: &str) {
-    let main = dir.join("src/main.rs");
-    let text = std::fs::read_to_string(&main).unwrap();
-    assert!(text.contains(from), "{from} is not in src/main.rs");
-    std::fs::write(&main, text.replace(from, to)).unwrap();
+/// Replaces `from` with `to` in `file`.
+fn edit(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{from} is not in {}", file.display());
+    std::fs::write(file, text.replace(from, to)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,6 +239,7 @@ async fn a_cargo_project_is_built_served_and_reloaded_on_change() {
     let project = root.join("greeter");
     std::fs::create_dir_all(&project).unwrap();
     greeter_project(&project);
+    let main = project.join("src/main.rs");
     let port = dev_base_port();
     let mut dev = Dev::start(&project, port, &[]);
     dev.wait_log("stead dev: running the Cargo project", 1, BUILD_PATIENCE)
@@ -267,7 +268,7 @@ async fn a_cargo_project_is_built_served_and_reloaded_on_change() {
         .expect("the Greeter accepts a WebSocket");
 
     // A change to the source: rebuilt, the shard restarted, the socket closed with 1012.
-    set_version(&project, "\"v1\"", "\"v2\"");
+    edit(&main, "\"v1\"", "\"v2\"");
     let (_, code) = tokio::time::timeout(BUILD_PATIENCE, ws.read_until_close())
         .await
         .expect("the socket is closed by the reload");
@@ -296,7 +297,7 @@ async fn a_cargo_project_is_built_served_and_reloaded_on_change() {
     );
 
     // A change that does not build: the running version keeps serving.
-    set_version(&project, "\"v2\"", "\"v3\" +");
+    edit(&main, "\"v2\"", "\"v3\" +");
     dev.wait_log("still running the previous version", 1, BUILD_PATIENCE)
         .await;
     until_answer(
@@ -308,7 +309,7 @@ async fn a_cargo_project_is_built_served_and_reloaded_on_change() {
     )
     .await;
     // Fixed: the next change reloads.
-    set_version(&project, "\"v3\" +", "\"v3\"");
+    edit(&main, "\"v3\" +", "\"v3\"");
     until_answer(
         &mut dev,
         port,
@@ -462,5 +463,149 @@ async fn stead_init_never_writes_into_a_folder_that_holds_files() {
     assert!(stderr.contains("already holds files"), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
     assert_eq!(left.len(), 1, "nothing was added");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+const WORKERS_ENTRY: &str = r#"import { DurableObject } from "cloudflare:workers";
+
+const VERSION: string = "v1";
+
+export class Greeter extends DurableObject {
+  async fetch(request: Request): Promise<Response> {
+    if (request.headers.get("Upgrade") === "websocket") {
+      const pair = new WebSocketPair();
+      this.ctx.acceptWebSocket(pair[1]);
+      return new Response(null, { status: 101, webSocket: pair[0] });
+    }
+    const { pathname } = new URL(request.url);
+    if (pathname === "/version") {
+      return new Response(`${(this.env as any).GREETING} ${VERSION}`);
+    }
+    if (pathname === "/increment") {
+      const n = ((await this.ctx.storage.get<number>("n")) ?? 0) + 1;
+      await this.ctx.storage.put("n", n);
+      return new Response(String(n));
+    }
+    return new Response("no such route", { status: 404 });
+  }
+}
+
+export default {
+  async fetch(request: Request, env: any): Promise<Response> {
+    const n = await env.GREETER.getByName("front").fetch("http://do/increment");
+    return new Response(`front ${await n.text()}`);
+  },
+};
+"#;
+
+/// A Workers project: a wrangler.toml with a var and one Durable Object binding, and a
+/// TypeScript entry (bundled by the runner with esbuild).
+fn workers_project(dir: &Path) {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("wrangler.toml"),
+        "name = \"greeter\"\nmain = \"src/index.ts\"\n\n[vars]\nGREETING = \"hello\"\n\n[[durable_objects.bindings]]\nname = \"GREETER\"\nclass_name = \"Greeter\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/index.ts"), WORKERS_ENTRY).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs sdk-ts (part A)"]
+async fn a_workers_project_is_served_and_reloaded_on_change() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let sdk = checkout().join("sdk-ts");
+    if std::env::var_os("STEAD_WORKERS_SDK").is_none() {
+        assert!(
+            sdk.join("node_modules").is_dir(),
+            "run `npm ci` in {} first",
+            sdk.display()
+        );
+    }
+    let root = temp_dir("workers");
+    let project = root.join("greeter");
+    workers_project(&project);
+    let main = project.join("src/index.ts");
+    let port = dev_base_port();
+    let mut dev = Dev::start(&project, port, &[]);
+    dev.wait_log(
+        "stead dev: running the Workers project",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    // The class and the var come from wrangler.toml.
+    until_answer(
+        &mut dev,
+        port,
+        "GET",
+        "/objects/Greeter/name/a/version",
+        "hello v1",
+    )
+    .await;
+    until_answer(
+        &mut dev,
+        port,
+        "POST",
+        "/objects/Greeter/name/a/increment",
+        "1",
+    )
+    .await;
+    // The Worker in front calls the object through its binding.
+    until_answer(&mut dev, port, "GET", "/", "front 1").await;
+
+    let mut ws = raw_ws::connect(port, "/objects/Greeter/name/a/ws", raw_ws::GOOD_KEY)
+        .await
+        .expect("the Greeter accepts a WebSocket");
+    edit(&main, "\"v1\"", "\"v2\"");
+    let (_, code) = tokio::time::timeout(Duration::from_secs(60), ws.read_until_close())
+        .await
+        .expect("the socket is closed by the reload");
+    assert_eq!(code, Some(1012), "log:\n{}", dev.log());
+    until_answer(
+        &mut dev,
+        port,
+        "GET",
+        "/objects/Greeter/name/a/version",
+        "hello v2",
+    )
+    .await;
+    until_answer(
+        &mut dev,
+        port,
+        "POST",
+        "/objects/Greeter/name/a/increment",
+        "2",
+    )
+    .await;
+
+    // A bundling error: the running version keeps serving.
+    edit(&main, "\"v2\"", "\"v3\" +");
+    dev.wait_log(
+        "still running the previous version",
+        1,
+        Duration::from_secs(60),
+    )
+    .await;
+    until_answer(
+        &mut dev,
+        port,
+        "GET",
+        "/objects/Greeter/name/a/version",
+        "hello v2",
+    )
+    .await;
+    // A change to the config reloads too.
+    edit(&main, "\"v3\" +", "\"v3\"");
+    edit(&project.join("wrangler.toml"), "\"hello\"", "\"hi\"");
+    until_answer(
+        &mut dev,
+        port,
+        "GET",
+        "/objects/Greeter/name/a/version",
+        "hi v3",
+    )
+    .await;
+    drop(dev);
     let _ = std::fs::remove_dir_all(&root);
 }
