@@ -609,3 +609,66 @@ async fn a_workers_project_is_served_and_reloaded_on_change() {
     drop(dev);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs sdk-ts (part A)"]
+async fn a_typescript_project_from_stead_init_passes_its_test() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let root = temp_dir("init-ts");
+    let project = root.join("hello");
+    let said = init(&project, &["--lang", "ts"]);
+    assert!(said.contains("created hello"), "{said}");
+    for file in [
+        "package.json",
+        "wrangler.toml",
+        "src/index.ts",
+        "test/counter.test.mjs",
+    ] {
+        assert!(project.join(file).is_file(), "{file} is missing: {said}");
+    }
+    // From a checkout, the package depends on its sdk-ts/ (or on the SDK the test is told of).
+    let package = project.join("package.json");
+    let checkout_sdk = format!("file:{}", checkout().join("sdk-ts").display());
+    if let Some(sdk) = std::env::var_os("STEAD_WORKERS_SDK") {
+        let sdk = format!("file:{}", PathBuf::from(sdk).display());
+        edit(&package, &checkout_sdk, &sdk);
+    } else {
+        assert!(
+            std::fs::read_to_string(&package)
+                .unwrap()
+                .contains(&checkout_sdk)
+        );
+    }
+    let npm = |args: &[&str]| {
+        let mut cmd = Command::new("npm");
+        cmd.args(args)
+            .current_dir(&project)
+            .env("STEAD_BIN", env!("CARGO_BIN_EXE_stead"))
+            .env_remove("STEAD_WORKERS_SDK")
+            .stdin(Stdio::null());
+        support::die_with_test(&mut cmd);
+        cmd
+    };
+    // A `file:` dependency: nothing comes from the registry.
+    let mut install = npm(&["install", "--offline", "--no-audit", "--no-fund"]);
+    let out = tokio::task::spawn_blocking(move || install.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "npm install: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut test = npm(&["test"]);
+    let out = tokio::task::spawn_blocking(move || test.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "npm test of the scaffold failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("# pass 1"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&root);
+}
