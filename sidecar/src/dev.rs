@@ -1777,6 +1777,22 @@ async fn watch_project(
             .unwrap_or_default()
     };
     let mut base = snapshot(paths.clone(), skip.clone()).await;
+    let shown: Vec<String> = paths
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| {
+            p.strip_prefix(project.dir())
+                .unwrap_or(p)
+                .display()
+                .to_string()
+        })
+        .collect();
+    println!(
+        "stead dev: watching {} ({} files, read every {} ms); a change reloads the app",
+        shown.join(", "),
+        base.len(),
+        crate::watch::POLL_EVERY.as_millis()
+    );
     if base.truncated {
         println!(
             "stead dev: the project has more than {} files to watch; only the first are watched",
