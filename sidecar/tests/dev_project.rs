@@ -273,6 +273,16 @@ async fn a_cargo_project_is_built_served_and_reloaded_on_change() {
         .await
         .expect("the socket is closed by the reload");
     assert_eq!(code, Some(1012), "log:\n{}", dev.log());
+    // Answered, as a browser does: the old sidecar need not wait for it.
+    let _ = ws
+        .send(&raw_ws::frame(
+            true,
+            0,
+            raw_ws::OP_CLOSE,
+            &1012u16.to_be_bytes(),
+            true,
+        ))
+        .await;
     until_answer(
         &mut dev,
         port,
@@ -562,6 +572,16 @@ async fn a_workers_project_is_served_and_reloaded_on_change() {
         .await
         .expect("the socket is closed by the reload");
     assert_eq!(code, Some(1012), "log:\n{}", dev.log());
+    // Answered, as a browser does: the old sidecar need not wait for it.
+    let _ = ws
+        .send(&raw_ws::frame(
+            true,
+            0,
+            raw_ws::OP_CLOSE,
+            &1012u16.to_be_bytes(),
+            true,
+        ))
+        .await;
     until_answer(
         &mut dev,
         port,
