@@ -40,9 +40,9 @@ pub enum ProjectError {
     )]
     BadSdkSetting { dir: String },
     #[error(
-        "cannot find the TypeScript SDK (@stead/workers): not in {project}/{SDK_IN_PROJECT}, and this `stead` is not run from a source checkout; run `npm install @stead/workers` in the project, or set {ENV_WORKERS_SDK} to the folder of the package"
+        "cannot find the TypeScript SDK (@stead/workers): looked in {searched}; run `npm install @stead/workers` in the project, or set {ENV_WORKERS_SDK} to the folder of the package"
     )]
-    NoSdk { project: String },
+    NoSdk { searched: String },
     #[error(
         "the TypeScript SDK in {dir} has no node_modules yet; run `npm install` there first (cd {dir} && npm install)"
     )]
@@ -210,17 +210,23 @@ pub fn find_workers_sdk(
             dir: dir.display().to_string(),
         });
     }
-    let candidates = [
+    let candidates: Vec<PathBuf> = [
         Some(project.join(SDK_IN_PROJECT)),
         checkout.map(|c| c.join("sdk-ts")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|dir| dir.join(RUNNER).is_file())
-        .ok_or_else(|| ProjectError::NoSdk {
-            project: project.display().to_string(),
-        })
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if let Some(found) = candidates.iter().find(|dir| dir.join(RUNNER).is_file()) {
+        return Ok(found.clone());
+    }
+    Err(ProjectError::NoSdk {
+        searched: candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and "),
+    })
 }
 
 /// The SDK's own dependencies (esbuild, a TOML parser) must be installed: in its own
@@ -545,10 +551,16 @@ mod tests {
         // Nowhere: the message says how to install it.
         let bare = root.join("bare");
         std::fs::create_dir_all(&bare).unwrap();
-        let err = find_workers_sdk(None, &bare, None).unwrap_err();
+        let err = find_workers_sdk(None, &bare, Some(&root.join("gone"))).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("npm install @stead/workers"), "{message}");
         assert!(
-            err.to_string().contains("npm install @stead/workers"),
-            "{err}"
+            message.contains(&format!(
+                "looked in {}/{SDK_IN_PROJECT} and {}/gone/sdk-ts",
+                bare.display(),
+                root.display()
+            )),
+            "{message}"
         );
         std::fs::remove_dir_all(&root).unwrap();
     }
