@@ -1,9 +1,13 @@
 //! `stead init`: scaffolds a runnable project in a new folder: a counter object, its config,
 //! a `DurableNamespace` manifest, a Dockerfile and one test, in TypeScript (a Workers project
-//! on `@stead/workers`) or Rust (a Cargo project on `stead-sdk`). The files are templates under
-//! `sidecar/templates/`, compiled into the binary.
+//! on `@stead/workers`) or Rust (a Cargo project on `stead-sdk`). In the folder of an existing
+//! Workers project it adds only what Kubernetes needs: the Dockerfile and the manifest, with
+//! the classes of its wrangler config. The files are templates under `sidecar/templates/`,
+//! compiled into the binary.
 
 use std::path::{Path, PathBuf};
+
+use crate::project::Project;
 
 /// Longest name: a Kubernetes object name that is also a DNS label.
 const MAX_NAME: usize = 63;
@@ -18,7 +22,8 @@ pub enum Lang {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct InitArgs {
-    /// The folder to create (it may exist if it is empty).
+    /// The folder to create (it may exist if it is empty); or the folder of an existing Workers
+    /// project, to which it adds a Dockerfile and a DurableNamespace manifest.
     pub dir: PathBuf,
     /// The project's language.
     #[arg(long, value_enum, default_value = "ts")]
@@ -31,8 +36,12 @@ pub struct InitArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("{dir} already holds files; pick a new folder (stead init never overwrites)")]
+    #[error(
+        "{dir} already holds files; pick a new folder (stead init never overwrites), or the folder of a Workers project (a wrangler config) to add a Dockerfile and a DurableNamespace to it"
+    )]
     NotEmpty { dir: String },
+    #[error(transparent)]
+    Project(#[from] crate::project::ProjectError),
     #[error(
         "{name:?} cannot name an app: use 1 to {MAX_NAME} lowercase letters, digits and `-`, starting with a letter (--name)"
     )]
@@ -68,6 +77,9 @@ const RUST: [TemplateFile; 5] = [
         include_str!("../templates/rust/gitignore.tmpl"),
     ),
 ];
+
+/// What a Workers project needs for Kubernetes (a subset of [`TS`]).
+const TS_KUBERNETES: [&str; 2] = ["Dockerfile", ".dockerignore"];
 
 const TS: [TemplateFile; 8] = [
     (
@@ -109,6 +121,10 @@ pub struct Values {
     pub stead_sdk: String,
     /// The version (or `file:` path) of `@stead/workers` in a TypeScript project.
     pub workers_dependency: String,
+    /// The classes of the `DurableNamespace`.
+    pub classes: Vec<String>,
+    /// A Workers project's config file, relative to the project.
+    pub config: String,
 }
 
 impl Values {
@@ -130,6 +146,8 @@ impl Values {
             name,
             stead_sdk,
             workers_dependency,
+            classes: vec!["Counter".to_owned()],
+            config: "wrangler.toml".to_owned(),
         }
     }
 
@@ -139,6 +157,15 @@ impl Values {
             .replace("{{image}}", &format!("{}:0.1.0", self.name))
             .replace("{{stead_sdk}}", &self.stead_sdk)
             .replace("{{workers_dependency}}", &self.workers_dependency)
+            .replace("{{classes}}", &self.classes.join(", "))
+            .replace("{{config}}", &self.config)
+    }
+
+    fn manifest(&self) -> (PathBuf, String) {
+        (
+            PathBuf::from(format!("k8s/{}.yaml", self.name)),
+            self.fill(MANIFEST),
+        )
     }
 }
 
@@ -179,12 +206,42 @@ pub fn files(lang: Lang, values: &Values) -> Vec<(PathBuf, String)> {
         Lang::Rust => &RUST,
         Lang::Ts => &TS,
     };
-    let manifest = (format!("k8s/{}.yaml", values.name), values.fill(MANIFEST));
     template
         .iter()
         .map(|(path, text)| (PathBuf::from(path), values.fill(text)))
-        .chain(std::iter::once((PathBuf::from(manifest.0), manifest.1)))
+        .chain(std::iter::once(values.manifest()))
         .collect()
+}
+
+/// What an existing Workers project gets for Kubernetes: the image and the manifest.
+pub fn kubernetes_files(values: &Values) -> Vec<(PathBuf, String)> {
+    TS.iter()
+        .filter(|(path, _)| TS_KUBERNETES.contains(path))
+        .map(|(path, text)| (PathBuf::from(path), values.fill(text)))
+        .chain(std::iter::once(values.manifest()))
+        .collect()
+}
+
+/// Writes `files` into `dir`, leaving any that already exists as it is; returns
+/// `(written, kept)`.
+fn write_missing(
+    dir: &Path,
+    files: Vec<(PathBuf, String)>,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), InitError> {
+    let (mut written, mut kept) = (vec![], vec![]);
+    for (path, text) in files {
+        let target = dir.join(&path);
+        if target.exists() {
+            kept.push(path);
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&target, text)?;
+        written.push(path);
+    }
+    Ok((written, kept))
 }
 
 /// Writes the project into `dir` (created if missing, refused unless empty); returns the
@@ -221,7 +278,69 @@ pub fn scaffold(
     Ok(written)
 }
 
-pub fn run(args: InitArgs) -> Result<(), InitError> {
+/// The Workers project in `dir`, if `dir` holds a wrangler config.
+async fn existing_workers_project(dir: &Path) -> Result<Option<Project>, InitError> {
+    let dir = dir.to_path_buf();
+    let found = blocking(move || match std::fs::canonicalize(&dir) {
+        Ok(dir) => Ok(Project::find(&dir)?),
+        Err(_) => Ok(None),
+    })
+    .await?;
+    Ok(found.filter(|p| matches!(p, Project::Workers { .. })))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, InitError> + Send + 'static,
+) -> Result<T, InitError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| InitError::Io(std::io::Error::other(e)))?
+}
+
+/// Adds a Dockerfile and a `DurableNamespace` to an existing Workers project, with the classes
+/// the runner reads from its config.
+async fn add_kubernetes(dir: &Path, config: &Path, mut values: Values) -> Result<(), InitError> {
+    let project = Project::Workers {
+        dir: dir.to_path_buf(),
+        config: config.to_path_buf(),
+    };
+    values.classes = project.prepare().await?.classes;
+    values.config = config
+        .strip_prefix(dir)
+        .unwrap_or(config)
+        .display()
+        .to_string();
+    let (written, kept, package) = {
+        let dir = dir.to_path_buf();
+        let files = kubernetes_files(&values);
+        blocking(move || {
+            let (written, kept) = write_missing(&dir, files)?;
+            let package = std::fs::read_to_string(dir.join("package.json")).unwrap_or_default();
+            Ok((written, kept, package))
+        })
+        .await?
+    };
+    println!(
+        "stead init: the Workers project in {} (classes {}) gets:",
+        dir.display(),
+        values.classes.join(", ")
+    );
+    for path in &written {
+        println!("  {}", path.display());
+    }
+    for path in &kept {
+        println!("  {} (already there: left as it is)", path.display());
+    }
+    if !package.contains("\"@stead/workers\"") {
+        println!(
+            "note: the image runs @stead/workers from node_modules: add it with `npm install @stead/workers`"
+        );
+    }
+    println!("then docs/getting-started.md, section 4: build the image, kubectl apply");
+    Ok(())
+}
+
+pub async fn run(args: InitArgs) -> Result<(), InitError> {
     let name = match &args.name {
         Some(raw) => app_name(raw).ok_or_else(|| InitError::BadName { name: raw.clone() })?,
         None => {
@@ -236,7 +355,18 @@ pub fn run(args: InitArgs) -> Result<(), InitError> {
     };
     let checkout = crate::project::source_checkout();
     let values = Values::new(name.clone(), checkout.as_deref());
-    let written = scaffold(&args.dir, args.lang, &values, checkout.as_deref())?;
+    if let Some(Project::Workers { dir, config }) = existing_workers_project(&args.dir).await? {
+        return add_kubernetes(&dir, &config, values).await;
+    }
+    let written = {
+        let (dir, lang, values, checkout) = (
+            args.dir.clone(),
+            args.lang,
+            values.clone(),
+            checkout.clone(),
+        );
+        blocking(move || scaffold(&dir, lang, &values, checkout.as_deref())).await?
+    };
     let dir = args.dir.display();
     println!("stead init: created {name} in {dir}:");
     for path in &written {
@@ -321,6 +451,49 @@ mod tests {
         let package: serde_json::Value = serde_json::from_str(package).unwrap();
         assert_eq!(package["dependencies"]["@stead/workers"], "^0.1.0");
         assert_eq!(package["name"], "hello");
+    }
+
+    #[test]
+    fn a_workers_project_gets_a_manifest_with_its_classes_and_an_image_of_its_config() {
+        let mut values = Values::new("chat".into(), None);
+        values.classes = vec!["ChatRoom".into(), "Lobby".into()];
+        values.config = "wrangler.jsonc".into();
+        let files = kubernetes_files(&values);
+        let paths: Vec<&Path> = files.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                Path::new("Dockerfile"),
+                Path::new(".dockerignore"),
+                Path::new("k8s/chat.yaml")
+            ]
+        );
+        assert_eq!(
+            crate::project::manifest_classes(&files[2].1).unwrap(),
+            Some(vec!["ChatRoom".to_owned(), "Lobby".to_owned()])
+        );
+        assert!(
+            files[0]
+                .1
+                .contains(r#""serve", "--config", "wrangler.jsonc"]"#),
+            "{}",
+            files[0].1
+        );
+
+        // What is there already stays as it is.
+        let dir = std::env::temp_dir().join(format!("stead-init-k8s-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("Dockerfile"), "FROM mine").unwrap();
+        let (written, kept) = write_missing(&dir, files).unwrap();
+        assert_eq!(kept, vec![PathBuf::from("Dockerfile")]);
+        assert_eq!(written.len(), 2);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("Dockerfile")).unwrap(),
+            "FROM mine"
+        );
+        assert!(dir.join("k8s/chat.yaml").is_file());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

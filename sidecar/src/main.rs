@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
             dev::run(args).await.context("stead dev failed")?;
         }
         Command::Init(args) => {
-            init::run(args).context("stead init failed")?;
+            init::run(args).await.context("stead init failed")?;
         }
         Command::Scale(args) => {
             init_logs(false);

@@ -692,3 +692,36 @@ async fn a_typescript_project_from_stead_init_passes_its_test() {
     assert!(stdout.contains("# pass 1"), "{stdout}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs sdk-ts (part A)"]
+async fn stead_init_in_a_workers_project_adds_an_image_and_a_manifest_of_its_classes() {
+    let root = temp_dir("init-workers");
+    let project = root.join("greeter");
+    workers_project(&project);
+    std::fs::write(project.join(".dockerignore"), "mine\n").unwrap();
+    let said = init(&project, &[]);
+    assert!(said.contains("(classes Greeter)"), "{said}");
+    assert!(said.contains(".dockerignore (already there"), "{said}");
+    assert!(said.contains("npm install @stead/workers"), "{said}");
+    let manifest = std::fs::read_to_string(project.join("k8s/greeter.yaml")).unwrap();
+    assert_eq!(
+        stead_sidecar::project::manifest_classes(&manifest).unwrap(),
+        Some(vec!["Greeter".to_owned()])
+    );
+    let dockerfile = std::fs::read_to_string(project.join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("\"--config\", \"wrangler.toml\""),
+        "{dockerfile}"
+    );
+    // Nothing of the project was changed.
+    assert_eq!(
+        std::fs::read_to_string(project.join(".dockerignore")).unwrap(),
+        "mine\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.join("src/index.ts")).unwrap(),
+        WORKERS_ENTRY
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
