@@ -12,9 +12,14 @@
 //! | admin | `p + 1001 + 10·i` | 9788 |
 //! | app | `p + 1002 + 10·i` | 9789 |
 //! | peer | `p + 1003 + 10·i` | 9790 |
+//! | second app (a project's reload, TCP only) | `p + 1004 + 10·i` | 9791 |
 //!
 //! Ingress ports stay below `p + 1000` because `--shards` is at most [`MAX_SHARDS`], and each
 //! shard's other ports sit in their own block of ten, so no two ports of a cluster collide.
+//!
+//! A project ([`crate::project`]) is watched ([`crate::watch`]); after a change it is prepared
+//! again (described, or rebuilt) and every shard is reloaded: the new app starts beside the
+//! old one, on the other of two addresses, and replaces it once it listens.
 //!
 //! The children die with `stead dev`, even with `kill -9` (a parent-death signal), and a second
 //! `stead dev` refuses to start on a data folder that one already uses (a lock file) or on a port
@@ -2009,6 +2014,48 @@ mod tests {
         );
         drop(taken);
         check_ports_free(&launch, &[spec]).unwrap();
+    }
+
+    #[test]
+    fn a_reload_starts_the_new_app_on_the_address_the_running_one_does_not_use() {
+        let launch = |running: Running, transport| Launch {
+            exe: PathBuf::new(),
+            app: Mutex::new(AppLaunch::of_example("counter", PathBuf::new())),
+            app_transport: transport,
+            running,
+            reloads: watch::channel(0).0,
+            sidecar_args: vec![],
+            base_port: 8787,
+            data_dir: PathBuf::from("/d"),
+            topology: Mutex::new(Topology {
+                ring_shards: 1,
+                epoch: 1,
+                peers: vec![],
+            }),
+            peer_token: String::new(),
+        };
+        let project = Running::Project(Project::Cargo {
+            dir: PathBuf::from("/p"),
+            manifest: PathBuf::from("/p/stead.yaml"),
+        });
+        let unix = launch(project.clone(), AppTransport::Unix);
+        let first = unix.spec(1).unwrap();
+        let next = ShardSpec {
+            alt_app: !first.alt_app,
+            ..first.clone()
+        };
+        assert_eq!(unix.app_addr(&first), "unix:/d/shard-1/app.sock");
+        assert_eq!(unix.app_addr(&next), "unix:/d/shard-1/app-2.sock");
+        // On sockets, no second port is needed.
+        assert_eq!(unix.alt_app_port(&first), None);
+
+        let tcp = launch(project, AppTransport::Tcp);
+        assert_eq!(tcp.app_addr(&first), "127.0.0.1:9799");
+        assert_eq!(tcp.app_addr(&next), "127.0.0.1:9801");
+        assert_eq!(tcp.alt_app_port(&first), Some(9801));
+        // An example never reloads: its cluster does not claim the port.
+        let example = launch(Running::Example("counter".into()), AppTransport::Tcp);
+        assert_eq!(example.alt_app_port(&first), None);
     }
 
     #[test]
