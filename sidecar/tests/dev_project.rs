@@ -37,12 +37,19 @@ fn shared_target() -> PathBuf {
 
 /// A base port whose whole `stead dev` block (`p`, `p+1000` to `p+1003`) is free.
 fn dev_base_port() -> u16 {
+    dev_base_port_for(1)
+}
+
+/// A base port whose blocks for `shards` shards (`p+i`, `p+1000+10i` to `p+1003+10i`) are free.
+fn dev_base_port_for(shards: u16) -> u16 {
     loop {
         let p = free_port();
         if !p.is_multiple_of(10) {
             continue;
         }
-        let rest_free = (1000..=1003).all(|d| {
+        let ports = (0..shards)
+            .flat_map(|i| std::iter::once(i).chain((1000..=1003).map(move |d| d + 10 * i)));
+        let rest_free = ports.skip(1).all(|d| {
             p.checked_add(d)
                 .is_some_and(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok())
         });
@@ -339,6 +346,92 @@ async fn a_cargo_project_is_built_served_and_reloaded_on_change() {
     );
     drop(dev);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_several_shards_closes_the_sockets_of_every_shard_with_1012() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let root = temp_dir("cargo-shards");
+    let project = root.join("greeter");
+    std::fs::create_dir_all(&project).unwrap();
+    greeter_project(&project);
+    let main = project.join("src/main.rs");
+    let port = dev_base_port_for(2);
+    let mut dev = Dev::start(&project, port, &["--shards", "2"]);
+    dev.wait_log("on 2 shards", 1, BUILD_PATIENCE).await;
+    // Eight objects: with two shards, both own some of them (each shard's database files show
+    // which).
+    let names: Vec<String> = (0..8).map(|i| format!("o{i}")).collect();
+    for name in &names {
+        let path = format!("/objects/Greeter/name/{name}/increment");
+        until_answer(&mut dev, port, "POST", &path, "1").await;
+    }
+    let owners: Vec<usize> = (0..2)
+        .map(|i| {
+            let slots = project.join(format!(".stead/dev/shard-{i}/slots"));
+            walk_count(&slots, "sqlite")
+        })
+        .collect();
+    assert!(
+        owners.iter().all(|&n| n > 0),
+        "objects per shard: {owners:?}"
+    );
+    let mut sockets = vec![];
+    for name in &names {
+        let path = format!("/objects/Greeter/name/{name}/ws");
+        sockets.push(
+            raw_ws::connect(port + 1, &path, raw_ws::GOOD_KEY)
+                .await
+                .expect("the Greeter accepts a WebSocket"),
+        );
+    }
+
+    edit(&main, "\"v1\"", "\"v2\"");
+    for ws in &mut sockets {
+        let (_, code) = tokio::time::timeout(BUILD_PATIENCE, ws.read_until_close())
+            .await
+            .expect("the socket is closed by the reload");
+        assert_eq!(code, Some(1012), "log:\n{}", dev.log());
+        let _ = ws
+            .send(&raw_ws::frame(
+                true,
+                0,
+                raw_ws::OP_CLOSE,
+                &1012u16.to_be_bytes(),
+                true,
+            ))
+            .await;
+    }
+    dev.wait_log("stead dev: reloaded shard", 2, Duration::from_secs(60))
+        .await;
+    for name in &names {
+        for ingress in [port, port + 1] {
+            let path = format!("/objects/Greeter/name/{name}/version");
+            until_answer(&mut dev, ingress, "GET", &path, "v2").await;
+        }
+        let path = format!("/objects/Greeter/name/{name}/increment");
+        until_answer(&mut dev, port, "POST", &path, "2").await;
+    }
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Files ending in `.{ext}` under `dir`, at any depth.
+fn walk_count(dir: &Path, ext: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                walk_count(&path, ext)
+            } else {
+                usize::from(path.extension().is_some_and(|x| x == ext))
+            }
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
