@@ -2059,6 +2059,77 @@ mod tests {
     }
 
     #[test]
+    fn a_described_workers_project_becomes_the_sidecar_classes_and_the_app_command() {
+        let line = r#"{"config":"/p/wrangler.toml","main":"/p/src/index.ts","classes":["Counter","Room"],"bindings":{"COUNTER":"Counter","ROOM":"Room"},"vars":{},"watch":["/p/src","/p/wrangler.toml"]}"#;
+        let prepared = crate::project::workers_app(
+            PathBuf::from("node"),
+            Path::new("/sdk"),
+            Path::new("/p"),
+            crate::project::Description::parse(line).unwrap(),
+        )
+        .unwrap();
+        let launch = Launch {
+            exe: PathBuf::from("/bin/stead"),
+            app: Mutex::new(AppLaunch::of_project(&prepared)),
+            app_transport: AppTransport::Unix,
+            running: Running::Project(Project::Workers {
+                dir: PathBuf::from("/p"),
+                config: PathBuf::from("/p/wrangler.toml"),
+            }),
+            reloads: watch::channel(0).0,
+            sidecar_args: vec![],
+            base_port: 8787,
+            data_dir: PathBuf::from("/p/.stead/dev"),
+            topology: Mutex::new(Topology {
+                ring_shards: 1,
+                epoch: 1,
+                peers: vec![local(9790)],
+            }),
+            peer_token: String::new(),
+        };
+        let spec = launch.spec(0).unwrap();
+        let words = |cmd: &Command| {
+            cmd.as_std()
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let sidecar = launch.sidecar_command(&spec);
+        assert!(
+            words(&sidecar).contains("--classes Counter,Room"),
+            "{}",
+            words(&sidecar)
+        );
+        assert!(
+            words(&sidecar).contains("--app unix:/p/.stead/dev/shard-0/app.sock"),
+            "{}",
+            words(&sidecar)
+        );
+        let app = launch.app_command(&spec);
+        let std = app.as_std();
+        assert_eq!(std.get_program(), "node");
+        assert_eq!(
+            words(&app),
+            "/sdk/bin/stead-workers.mjs serve --config /p/wrangler.toml"
+        );
+        assert_eq!(std.get_current_dir(), Some(Path::new("/p")));
+        let env = |name: &str| {
+            std.get_envs()
+                .find(|(k, _)| *k == name)
+                .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        };
+        assert_eq!(
+            env("STEAD_APP_ADDR").as_deref(),
+            Some("unix:/p/.stead/dev/shard-0/app.sock")
+        );
+        assert_eq!(
+            env("STEAD_API_URL").as_deref(),
+            Some("http://127.0.0.1:9787")
+        );
+    }
+
+    #[test]
     fn ports_past_65535_are_refused() {
         assert_eq!(ShardPorts::of(65_000, 0), None);
         assert!(ShardPorts::of(60_000, 2).is_some());
