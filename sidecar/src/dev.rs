@@ -1,6 +1,7 @@
 //! `stead dev`: the local mode. Runs one or more shards on loopback, each a sidecar and an
-//! example app as child processes with its own data folder; restarts a process that exits, and
-//! stops everything cleanly on Ctrl-C or SIGTERM.
+//! app (a bundled example, or the user's [`Project`] in the current folder) as child processes
+//! with its own data folder; restarts a process that exits, reloads a project's shards when its
+//! source changes, and stops everything cleanly on Ctrl-C or SIGTERM.
 //!
 //! Ports of shard `i`, with `p` = `--port` (see `docs/local-cluster.md`):
 //!
@@ -11,9 +12,14 @@
 //! | admin | `p + 1001 + 10·i` | 9788 |
 //! | app | `p + 1002 + 10·i` | 9789 |
 //! | peer | `p + 1003 + 10·i` | 9790 |
+//! | second app (a project's reload, TCP only) | `p + 1004 + 10·i` | 9791 |
 //!
 //! Ingress ports stay below `p + 1000` because `--shards` is at most [`MAX_SHARDS`], and each
 //! shard's other ports sit in their own block of ten, so no two ports of a cluster collide.
+//!
+//! A project ([`crate::project`]) is watched ([`crate::watch`]); after a change it is prepared
+//! again (described, or rebuilt) and every shard is reloaded: the new app starts beside the
+//! old one, on the other of two addresses, and replaces it once it listens.
 //!
 //! The children die with `stead dev`, even with `kill -9` (a parent-death signal), and a second
 //! `stead dev` refuses to start on a data folder that one already uses (a lock file) or on a port
@@ -26,6 +32,7 @@
 //! longer own slots. The resize is recorded before it begins, so a `stead dev` killed in the
 //! middle resumes it at its next start.
 
+use std::ffi::OsString;
 use std::io::IsTerminal as _;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
@@ -44,6 +51,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::ApiError;
+use crate::project::{Prepared, Project, ProjectError};
 use crate::scale::{
     CONTROL_FILE, CONTROL_TOKEN, ControlFile, RESIZE_PATH, ResizeProgress, ResizeState, json_call,
 };
@@ -62,6 +70,9 @@ const PEER_ENV: [&str; 7] = [
     "STEAD_RING_SHARDS",
     "STEAD_RING_EPOCH",
 ];
+
+/// `--data-dir` unless given; a project's is in its own folder.
+pub const DEFAULT_DATA_DIR: &str = ".stead/dev";
 
 /// A restarted process that lived shorter than this waits longer before its next restart.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -88,9 +99,17 @@ const SHARD0_PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
-    /// Example app to run: `life` (multiplayer Game of Life), `chat` or `counter`.
-    #[arg(long, default_value = "life", value_parser = ["life", "chat", "counter"])]
-    pub example: String,
+    /// Example app to run: `life` (multiplayer Game of Life), `chat` or `counter`. Without it
+    /// (and without --app-bin), `stead dev` runs the project in --project (default: the current
+    /// folder) if there is one, else `life`.
+    #[arg(long, value_parser = ["life", "chat", "counter"])]
+    pub example: Option<String>,
+    /// The project to run: a folder with a wrangler config (wrangler.toml, wrangler.json or
+    /// wrangler.jsonc), or a Cargo project with a DurableNamespace manifest (stead.yaml, or
+    /// one in k8s/). Default: the current folder, when it holds one. Its source is watched, and
+    /// a change reloads the app.
+    #[arg(long, conflicts_with_all = ["example", "app_bin"])]
+    pub project: Option<PathBuf>,
     /// Port of shard 0's ingress on 127.0.0.1; shard i's ingress is port+i. Shard i's app API,
     /// admin, app and peer ports are port+1000+10*i, +1001, +1002 and +1003.
     #[arg(long, default_value_t = 8787)]
@@ -101,7 +120,7 @@ pub struct DevArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_SHARDS)))]
     pub shards: Option<u16>,
     /// Folder for the objects' data (shard i uses `{data-dir}/shard-{i}`).
-    #[arg(long, default_value = ".stead/dev")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// The app binary to run instead of the example's.
     #[arg(long)]
@@ -162,6 +181,12 @@ pub enum DevError {
     BadRecord { file: String, detail: String },
     #[error("resharding on shard 0 failed: {0}")]
     Reshard(String),
+    #[error(
+        "no project in {dir}: it holds no wrangler config (wrangler.toml, wrangler.json, wrangler.jsonc) and no Cargo.toml with a DurableNamespace manifest (stead.yaml, or one in k8s/); `stead init` makes one"
+    )]
+    NoProject { dir: String },
+    #[error(transparent)]
+    Project(#[from] ProjectError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -194,9 +219,19 @@ fn classes_of(example: &str) -> &'static str {
     }
 }
 
-/// What to try first with each example, given the ingress address.
-fn try_lines(example: &str, ingress: &str) -> String {
+/// What to try first, given the ingress address.
+fn try_lines(running: &Running, classes: &str, ingress: &str) -> String {
+    let example = match running {
+        Running::Example(example) => example.as_str(),
+        Running::Project(_) => "",
+    };
     match example {
+        "" => {
+            let class = classes.split(',').next().unwrap_or_default();
+            format!(
+                "  curl http://{ingress}/objects/{class}/name/demo/   (any of the classes {classes})\n  a change to the project's source reloads it"
+            )
+        }
         "life" => format!(
             "  open http://{ingress}/ in two browser windows, join the same room, click cells"
         ),
@@ -215,6 +250,8 @@ pub struct ShardPorts {
     pub admin: u16,
     pub app: u16,
     pub peer: u16,
+    /// The app's port after an odd number of reloads of a project (TCP transport only).
+    pub app_alt: u16,
 }
 
 impl ShardPorts {
@@ -229,6 +266,7 @@ impl ShardPorts {
             admin: block.checked_add(1)?,
             app: block.checked_add(2)?,
             peer: block.checked_add(3)?,
+            app_alt: block.checked_add(4)?,
         })
     }
 }
@@ -243,6 +281,9 @@ struct ShardSpec {
     ordinal: u16,
     ports: ShardPorts,
     data_dir: PathBuf,
+    /// The app listens on its second address (`app-2.sock`, or the port `app_alt`): each
+    /// reload starts the new app on the address the running one does not use.
+    alt_app: bool,
 }
 
 /// The ring and peers a sidecar is (re)started with; changes with each resize.
@@ -255,13 +296,64 @@ struct Topology {
     peers: Vec<String>,
 }
 
+/// What `stead dev` runs.
+#[derive(Debug, Clone)]
+enum Running {
+    Example(String),
+    Project(Project),
+}
+
+impl Running {
+    /// "the counter example", "the Cargo project in /home/me/hello".
+    fn title(&self) -> String {
+        match self {
+            Running::Example(example) => format!("the {example} example"),
+            Running::Project(p) => format!("the {} in {}", p.kind(), p.dir().display()),
+        }
+    }
+}
+
+/// The app program each shard runs, and the classes its sidecar serves. A project's changes
+/// with a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AppLaunch {
+    program: PathBuf,
+    args: Vec<OsString>,
+    /// The app's working folder (a project's); else `stead dev`'s.
+    dir: Option<PathBuf>,
+    /// `--classes` of every sidecar.
+    classes: String,
+}
+
+impl AppLaunch {
+    fn of_example(example: &str, program: PathBuf) -> Self {
+        Self {
+            program,
+            args: vec![],
+            dir: None,
+            classes: classes_of(example).to_owned(),
+        }
+    }
+
+    fn of_project(prepared: &Prepared) -> Self {
+        Self {
+            program: prepared.program.clone(),
+            args: prepared.args.clone(),
+            dir: Some(prepared.dir.clone()),
+            classes: prepared.classes.join(","),
+        }
+    }
+}
+
 /// What every shard is started with.
 #[derive(Debug)]
 struct Launch {
     exe: PathBuf,
-    app_bin: PathBuf,
+    app: Mutex<AppLaunch>,
     app_transport: AppTransport,
-    example: String,
+    running: Running,
+    /// Bumped by each reload: every shard supervisor restarts its sidecar and app.
+    reloads: watch::Sender<u64>,
     sidecar_args: Vec<String>,
     /// `--port`: shard 0's ingress.
     base_port: u16,
@@ -277,6 +369,14 @@ impl Launch {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn app(&self) -> AppLaunch {
+        self.app.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_app(&self, app: AppLaunch) {
+        *self.app.lock().unwrap_or_else(|p| p.into_inner()) = app;
     }
 
     fn update(&self, f: impl FnOnce(&mut Topology)) {
@@ -296,6 +396,7 @@ impl Launch {
             ordinal,
             ports,
             data_dir: shard_dir(&self.data_dir, ordinal),
+            alt_app: false,
         })
     }
 
@@ -310,17 +411,38 @@ impl Launch {
     /// Where shard `spec`'s app listens: `unix:{shard folder}/app.sock`, or its loopback port
     /// (also when the socket's path would be too long for the kernel).
     fn app_addr(&self, spec: &ShardSpec) -> String {
-        let sock = spec.data_dir.join("app.sock");
+        let (sock, port) = if spec.alt_app {
+            ("app-2.sock", spec.ports.app_alt)
+        } else {
+            ("app.sock", spec.ports.app)
+        };
+        let sock = spec.data_dir.join(sock);
         match self.app_transport {
             AppTransport::Unix if sock.as_os_str().len() <= MAX_SOCKET_PATH => {
                 format!("{}{}", crate::app::UNIX_PREFIX, sock.display())
             }
-            _ => local(spec.ports.app),
+            _ => local(port),
         }
     }
 
+    /// The second app port a reload of a project may use (with the TCP transport).
+    fn alt_app_port(&self, spec: &ShardSpec) -> Option<u16> {
+        let alt = ShardSpec {
+            alt_app: true,
+            ..spec.clone()
+        };
+        (matches!(self.running, Running::Project(_))
+            && !self.app_addr(&alt).starts_with(crate::app::UNIX_PREFIX))
+        .then_some(spec.ports.app_alt)
+    }
+
     fn app_command(&self, spec: &ShardSpec) -> Command {
-        let mut cmd = Command::new(&self.app_bin);
+        let app = self.app();
+        let mut cmd = Command::new(&app.program);
+        cmd.args(&app.args);
+        if let Some(dir) = &app.dir {
+            cmd.current_dir(dir);
+        }
         cmd.env(stead_core::protocol::ENV_APP_ADDR, self.app_addr(spec))
             .env(
                 stead_core::protocol::ENV_API_URL,
@@ -340,7 +462,7 @@ impl Launch {
             .args(["--peer-addr", &local(p.peer)])
             .arg("--data-dir")
             .arg(&spec.data_dir)
-            .args(["--classes", classes_of(&self.example)]);
+            .args(["--classes", &self.app().classes]);
         for var in PEER_ENV {
             cmd.env_remove(var);
         }
@@ -395,7 +517,7 @@ impl Proc {
             .map_err(|source| DevError::Spawn {
                 what: match role {
                     Role::Sidecar => "the sidecar".into(),
-                    Role::App => launch.app_bin.display().to_string(),
+                    Role::App => launch.app().program.display().to_string(),
                 },
                 source,
             })?;
@@ -546,7 +668,10 @@ fn check_ports_free(launch: &Launch, specs: &[ShardSpec]) -> Result<(), DevError
             (p.admin, "admin"),
             (p.app, "app"),
             (p.peer, "peer"),
-        ] {
+        ]
+        .into_iter()
+        .chain(launch.alt_app_port(spec).map(|port| (port, "second app")))
+        {
             if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
                 if e.kind() != std::io::ErrorKind::AddrInUse {
                     return Err(DevError::Io(e));
@@ -585,7 +710,14 @@ impl Shard {
     /// Starts the app and the sidecar and waits until both listen.
     async fn start(launch: &Launch, spec: ShardSpec) -> Result<Self, DevError> {
         std::fs::create_dir_all(&spec.data_dir)?;
-        let app_addr = launch.app_addr(&spec);
+        let app = Self::start_app(launch, &spec).await?;
+        let sidecar = Self::start_sidecar(launch, &spec).await?;
+        Ok(Self { spec, sidecar, app })
+    }
+
+    /// Starts the app on the address of `spec` and waits until it listens.
+    async fn start_app(launch: &Launch, spec: &ShardSpec) -> Result<Proc, DevError> {
+        let app_addr = launch.app_addr(spec);
         if let Some(sock) = app_addr.strip_prefix(crate::app::UNIX_PREFIX) {
             // A socket file left by an app that was killed: the new app binds it afresh.
             match std::fs::remove_file(sock) {
@@ -593,26 +725,68 @@ impl Shard {
                 _ => {}
             }
         }
-        let mut app = Proc::spawn(launch, &spec, Role::App).await?;
-        let mut sidecar = Proc::spawn(launch, &spec, Role::Sidecar).await?;
-        let what = |role: Role| shard_label(launch, &spec, role);
-        wait_listening(&mut app.child, &what(Role::App), &app_addr).await?;
+        let mut app = Proc::spawn(launch, spec, Role::App).await?;
+        let what = shard_label(launch, spec, Role::App);
+        wait_listening(&mut app.child, &what, &app_addr).await?;
+        Ok(app)
+    }
+
+    /// Starts the sidecar and waits until it listens.
+    async fn start_sidecar(launch: &Launch, spec: &ShardSpec) -> Result<Proc, DevError> {
+        let mut sidecar = Proc::spawn(launch, spec, Role::Sidecar).await?;
+        let what = shard_label(launch, spec, Role::Sidecar);
         // The admin port, not the ingress: something else may already hold the ingress port,
         // and then the sidecar exits instead of listening.
-        wait_listening(
-            &mut sidecar.child,
-            &what(Role::Sidecar),
-            &local(spec.ports.admin),
-        )
-        .await?;
+        wait_listening(&mut sidecar.child, &what, &local(spec.ports.admin)).await?;
         // The peer port too: a reshard reaches every shard there.
-        wait_listening(
-            &mut sidecar.child,
-            &what(Role::Sidecar),
-            &local(spec.ports.peer),
+        wait_listening(&mut sidecar.child, &what, &local(spec.ports.peer)).await?;
+        Ok(sidecar)
+    }
+
+    /// Moves the shard to the launch's current app: starts the new app beside the running one
+    /// (on the other address), and only once it listens replaces the sidecar (whose stop
+    /// closes the shard's WebSockets with 1012, so clients reconnect to the new version) and
+    /// stops the old app. A new app that does not start changes nothing.
+    async fn reload(&mut self, launch: &Launch) {
+        let what = if launch.several() {
+            format!("shard {}", self.spec.ordinal)
+        } else {
+            "the sidecar and the app".to_owned()
+        };
+        let next = ShardSpec {
+            alt_app: !self.spec.alt_app,
+            ..self.spec.clone()
+        };
+        let app = match Self::start_app(launch, &next).await {
+            Ok(app) => app,
+            Err(e) => {
+                println!(
+                    "stead dev: the new version did not start ({e}); still running the previous version until the next change"
+                );
+                return;
+            }
+        };
+        stop(
+            &mut self.sidecar.child,
+            &shard_label(launch, &self.spec, Role::Sidecar),
         )
-        .await?;
-        Ok(Self { spec, sidecar, app })
+        .await;
+        let mut old_app = std::mem::replace(&mut self.app, app);
+        let old_label = shard_label(launch, &self.spec, Role::App);
+        self.spec = next;
+        match Self::start_sidecar(launch, &self.spec).await {
+            Ok(sidecar) => {
+                self.sidecar = sidecar;
+                println!(
+                    "stead dev: reloaded {what} (sidecar pid {}, app pid {})",
+                    self.sidecar.pid(),
+                    self.app.pid()
+                );
+            }
+            // The stopped sidecar stays in place: the supervisor restarts it as after any exit.
+            Err(e) => println!("stead dev: reloading {what}: {e}"),
+        }
+        stop(&mut old_app.child, &old_label).await;
     }
 
     /// Stops the sidecar first (its in-flight turns still reach the app), then the app.
@@ -646,14 +820,64 @@ fn shard_label(launch: &Launch, spec: &ShardSpec, role: Role) -> String {
     }
 }
 
+/// What to run: `--example` or `--app-bin` say an example; else the project in `--project`
+/// (default: the current folder, falling back to the `life` example when it holds none).
+fn choose(args: &DevArgs) -> Result<Running, DevError> {
+    if args.example.is_some() || args.app_bin.is_some() {
+        return Ok(Running::Example(
+            args.example.clone().unwrap_or_else(|| "life".into()),
+        ));
+    }
+    let dir = match &args.project {
+        Some(dir) => std::fs::canonicalize(dir).map_err(|_| DevError::NoProject {
+            dir: dir.display().to_string(),
+        })?,
+        None => std::env::current_dir()?,
+    };
+    match Project::find(&dir)? {
+        Some(project) => Ok(Running::Project(project)),
+        None if args.project.is_some() => Err(DevError::NoProject {
+            dir: dir.display().to_string(),
+        }),
+        None => {
+            println!(
+                "stead dev: no project in {} (no wrangler config, no Cargo.toml with a DurableNamespace manifest); running the life example",
+                dir.display()
+            );
+            Ok(Running::Example("life".into()))
+        }
+    }
+}
+
 pub async fn run(args: DevArgs) -> Result<(), DevError> {
     let exe = std::env::current_exe()?;
-    let app_bin = match &args.app_bin {
-        Some(p) => p.clone(),
-        None => find_or_build_app(&exe, &args.example).await?,
+    let chosen = blocking({
+        let args = args.clone();
+        move || choose(&args)
+    })
+    .await?;
+    let (app, watch_paths) = match &chosen {
+        Running::Example(example) => {
+            let program = match &args.app_bin {
+                Some(p) => p.clone(),
+                None => find_or_build_app(&exe, example).await?,
+            };
+            (AppLaunch::of_example(example, program), None)
+        }
+        Running::Project(project) => {
+            let prepared = project.prepare().await?;
+            (AppLaunch::of_project(&prepared), Some(prepared.watch))
+        }
+    };
+    // A project keeps its data in its own folder unless told otherwise.
+    let data_dir = match &chosen {
+        Running::Project(p) if args.data_dir == Path::new(DEFAULT_DATA_DIR) => {
+            p.dir().join(DEFAULT_DATA_DIR)
+        }
+        _ => args.data_dir.clone(),
     };
     let data_dir = blocking({
-        let dir = args.data_dir.clone();
+        let dir = data_dir;
         move || {
             std::fs::create_dir_all(&dir)?;
             std::fs::canonicalize(&dir)
@@ -690,9 +914,10 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     });
     let launch = Arc::new(Launch {
         exe,
-        app_bin,
+        app: Mutex::new(app),
         app_transport,
-        example: args.example.clone(),
+        running: chosen.clone(),
+        reloads: watch::channel(0).0,
         sidecar_args: args.sidecar_args.clone(),
         base_port: args.port,
         data_dir: data_dir.clone(),
@@ -734,6 +959,15 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         cluster.supervise(shard).await;
     }
     let control = start_control(&cluster).await?;
+    let watcher = match (&chosen, watch_paths) {
+        (Running::Project(project), Some(paths)) => Some(tokio::spawn(watch_project(
+            launch.clone(),
+            project.clone(),
+            paths,
+            vec![data_dir.clone()],
+        ))),
+        _ => None,
+    };
     if let Some(to) = record.resizing_to {
         println!(
             "stead dev: resuming the resize from {} to {to} shards that a stopped `stead dev` began",
@@ -767,6 +1001,9 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     println!("stead dev: stopping; shutting down");
     startup.abort();
     control.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     if let Err(e) = tokio::fs::remove_file(data_dir.join(CONTROL_FILE)).await {
         println!("stead dev: cannot remove the control file: {e}");
     }
@@ -921,21 +1158,21 @@ fn print_banner(launch: &Launch, shards: &[Shard], data_dir: &Path) {
 fn print_single_banner(launch: &Launch, shard: &Shard, _data_dir: &Path) {
     let p = shard.spec.ports;
     println!(
-        "stead dev: running the {example} example
+        "stead dev: running {title}
   sidecar  pid {sp}  ingress http://{ingress}  metrics http://{admin}/metrics  app API http://{api}
   app      pid {ap}  {bin} on {app}
   data     {data}
 try:
 {try_lines}
 `stead scale --shards N` resizes it; Ctrl-C stops both.",
-        example = launch.example,
-        try_lines = try_lines(&launch.example, &local(p.ingress)),
+        title = launch.running.title(),
+        try_lines = try_lines(&launch.running, &launch.app().classes, &local(p.ingress)),
         sp = shard.sidecar.pid(),
         ingress = local(p.ingress),
         admin = local(p.admin),
         api = local(p.api),
         ap = shard.app.pid(),
-        bin = launch.app_bin.display(),
+        bin = launch.app().program.display(),
         app = launch.app_addr(&shard.spec),
         data = shard.spec.data_dir.display(),
     );
@@ -943,8 +1180,8 @@ try:
 
 fn print_cluster_banner(launch: &Launch, shards: &[Shard], data_dir: &Path) {
     println!(
-        "stead dev: running the {} example on {} shards (ring epoch {}, a fresh peer token for this run)",
-        launch.example,
+        "stead dev: running {} on {} shards (ring epoch {}, a fresh peer token for this run)",
+        launch.running.title(),
         shards.len(),
         launch.topology().epoch
     );
@@ -977,7 +1214,7 @@ try (every shard's ingress reaches every object; others forward to the owner):
   curl http://{a}/objects/Counter/name/demo/whoami
   curl http://{b}/objects/Counter/name/demo/whoami
 `stead scale --shards N` resizes it; Ctrl-C stops every shard.",
-        bin = launch.app_bin.display(),
+        bin = launch.app().program.display(),
         data = data_dir.display(),
         a = local(first),
         b = local(last),
@@ -1483,15 +1720,26 @@ async fn post_resize(
     }
 }
 
-/// Restarts the shard's sidecar or app whenever it exits, until `stop` turns true; then stops
-/// the shard.
+/// Restarts the shard's sidecar or app whenever it exits, and both at each reload, until
+/// `stop` turns true; then stops the shard.
 async fn supervise(launch: Arc<Launch>, mut shard: Shard, mut stop: watch::Receiver<bool>) {
+    let mut reloads = launch.reloads.subscribe();
     loop {
-        let (role, status) = tokio::select! {
+        let exited = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break,
-            s = shard.sidecar.child.wait() => (Role::Sidecar, describe(s)),
-            s = shard.app.child.wait() => (Role::App, describe(s)),
+            changed = reloads.changed() => changed.is_ok().then_some(None),
+            s = shard.sidecar.child.wait() => Some(Some((Role::Sidecar, describe(s)))),
+            s = shard.app.child.wait() => Some(Some((Role::App, describe(s)))),
+        };
+        let (role, status) = match exited {
+            Some(Some(exit)) => exit,
+            Some(None) => {
+                shard.reload(&launch).await;
+                continue;
+            }
+            // The reload sender lives in `launch`, which this task holds: not reached.
+            None => continue,
         };
         let label = shard_label(&launch, &shard.spec, role);
         let wait = shard.proc_mut(role).next_backoff();
@@ -1517,6 +1765,82 @@ async fn supervise(launch: Arc<Launch>, mut shard: Shard, mut stop: watch::Recei
         }
     }
     shard.stop(&launch).await;
+}
+
+/// Watches a project's files; after a change, prepares the project again (describes or
+/// rebuilds it) and reloads every shard, or, when that fails, says why and keeps the running
+/// version until the next change.
+async fn watch_project(
+    launch: Arc<Launch>,
+    project: Project,
+    mut paths: Vec<PathBuf>,
+    skip: Vec<PathBuf>,
+) {
+    let snapshot = |paths: Vec<PathBuf>, skip: Vec<PathBuf>| async move {
+        tokio::task::spawn_blocking(move || crate::watch::Snapshot::take(&paths, &skip))
+            .await
+            .unwrap_or_default()
+    };
+    let mut base = snapshot(paths.clone(), skip.clone()).await;
+    let shown: Vec<String> = paths
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| {
+            p.strip_prefix(project.dir())
+                .unwrap_or(p)
+                .display()
+                .to_string()
+        })
+        .collect();
+    println!(
+        "stead dev: watching {} ({} files, read every {} ms); a change reloads the app",
+        shown.join(", "),
+        base.len(),
+        crate::watch::POLL_EVERY.as_millis()
+    );
+    if base.truncated {
+        println!(
+            "stead dev: the project has more than {} files to watch; only the first are watched",
+            crate::watch::MAX_FILES
+        );
+    }
+    loop {
+        let (now, changed) = crate::watch::next_change(&paths, &skip, &base).await;
+        base = now;
+        let names: Vec<String> = changed
+            .iter()
+            .take(3)
+            .map(|p| {
+                p.strip_prefix(project.dir())
+                    .unwrap_or(p)
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        let more = changed.len().saturating_sub(names.len());
+        println!(
+            "stead dev: {}{} changed; reloading",
+            names.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
+        match project.prepare().await {
+            Ok(prepared) => {
+                if prepared.watch != paths {
+                    paths = prepared.watch.clone();
+                    base = snapshot(paths.clone(), skip.clone()).await;
+                }
+                launch.set_app(AppLaunch::of_project(&prepared));
+                launch.reloads.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                println!("stead dev: {e}; still running the previous version until the next change")
+            }
+        }
+    }
 }
 
 fn describe(s: std::io::Result<std::process::ExitStatus>) -> String {
@@ -1630,7 +1954,7 @@ mod tests {
         let mut all = std::collections::HashSet::new();
         for i in 0..MAX_SHARDS {
             let p = ShardPorts::of(8787, i).expect("in range");
-            for port in [p.ingress, p.api, p.admin, p.app, p.peer] {
+            for port in [p.ingress, p.api, p.admin, p.app, p.peer, p.app_alt] {
                 assert!(all.insert(port), "port {port} used twice");
             }
         }
@@ -1655,9 +1979,10 @@ mod tests {
         let port = taken.local_addr().unwrap().port();
         let launch = Launch {
             exe: PathBuf::new(),
-            app_bin: PathBuf::new(),
+            app: Mutex::new(AppLaunch::of_example("counter", PathBuf::new())),
             app_transport: AppTransport::Tcp,
-            example: "counter".into(),
+            running: Running::Example("counter".into()),
+            reloads: watch::channel(0).0,
             sidecar_args: vec![],
             base_port: 8787,
             data_dir: PathBuf::new(),
@@ -1677,8 +2002,10 @@ mod tests {
                 admin: 0,
                 app: port,
                 peer: 0,
+                app_alt: 0,
             },
             data_dir: PathBuf::new(),
+            alt_app: false,
         };
         let err = check_ports_free(&launch, std::slice::from_ref(&spec)).unwrap_err();
         assert!(
@@ -1687,6 +2014,119 @@ mod tests {
         );
         drop(taken);
         check_ports_free(&launch, &[spec]).unwrap();
+    }
+
+    #[test]
+    fn a_reload_starts_the_new_app_on_the_address_the_running_one_does_not_use() {
+        let launch = |running: Running, transport| Launch {
+            exe: PathBuf::new(),
+            app: Mutex::new(AppLaunch::of_example("counter", PathBuf::new())),
+            app_transport: transport,
+            running,
+            reloads: watch::channel(0).0,
+            sidecar_args: vec![],
+            base_port: 8787,
+            data_dir: PathBuf::from("/d"),
+            topology: Mutex::new(Topology {
+                ring_shards: 1,
+                epoch: 1,
+                peers: vec![],
+            }),
+            peer_token: String::new(),
+        };
+        let project = Running::Project(Project::Cargo {
+            dir: PathBuf::from("/p"),
+            manifest: PathBuf::from("/p/stead.yaml"),
+        });
+        let unix = launch(project.clone(), AppTransport::Unix);
+        let first = unix.spec(1).unwrap();
+        let next = ShardSpec {
+            alt_app: !first.alt_app,
+            ..first.clone()
+        };
+        assert_eq!(unix.app_addr(&first), "unix:/d/shard-1/app.sock");
+        assert_eq!(unix.app_addr(&next), "unix:/d/shard-1/app-2.sock");
+        // On sockets, no second port is needed.
+        assert_eq!(unix.alt_app_port(&first), None);
+
+        let tcp = launch(project, AppTransport::Tcp);
+        assert_eq!(tcp.app_addr(&first), "127.0.0.1:9799");
+        assert_eq!(tcp.app_addr(&next), "127.0.0.1:9801");
+        assert_eq!(tcp.alt_app_port(&first), Some(9801));
+        // An example never reloads: its cluster does not claim the port.
+        let example = launch(Running::Example("counter".into()), AppTransport::Tcp);
+        assert_eq!(example.alt_app_port(&first), None);
+    }
+
+    #[test]
+    fn a_described_workers_project_becomes_the_sidecar_classes_and_the_app_command() {
+        let line = r#"{"config":"/p/wrangler.toml","main":"/p/src/index.ts","classes":["Counter","Room"],"bindings":{"COUNTER":"Counter","ROOM":"Room"},"vars":{},"watch":["/p/src","/p/wrangler.toml"]}"#;
+        let prepared = crate::project::workers_app(
+            PathBuf::from("node"),
+            Path::new("/sdk"),
+            Path::new("/p"),
+            crate::project::Description::parse(line).unwrap(),
+        )
+        .unwrap();
+        let launch = Launch {
+            exe: PathBuf::from("/bin/stead"),
+            app: Mutex::new(AppLaunch::of_project(&prepared)),
+            app_transport: AppTransport::Unix,
+            running: Running::Project(Project::Workers {
+                dir: PathBuf::from("/p"),
+                config: PathBuf::from("/p/wrangler.toml"),
+            }),
+            reloads: watch::channel(0).0,
+            sidecar_args: vec![],
+            base_port: 8787,
+            data_dir: PathBuf::from("/p/.stead/dev"),
+            topology: Mutex::new(Topology {
+                ring_shards: 1,
+                epoch: 1,
+                peers: vec![local(9790)],
+            }),
+            peer_token: String::new(),
+        };
+        let spec = launch.spec(0).unwrap();
+        let words = |cmd: &Command| {
+            cmd.as_std()
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let sidecar = launch.sidecar_command(&spec);
+        assert!(
+            words(&sidecar).contains("--classes Counter,Room"),
+            "{}",
+            words(&sidecar)
+        );
+        assert!(
+            words(&sidecar).contains("--app unix:/p/.stead/dev/shard-0/app.sock"),
+            "{}",
+            words(&sidecar)
+        );
+        let app = launch.app_command(&spec);
+        let std = app.as_std();
+        assert_eq!(std.get_program(), "node");
+        assert_eq!(
+            words(&app),
+            "/sdk/bin/stead-workers.mjs serve --config /p/wrangler.toml"
+        );
+        assert_eq!(std.get_current_dir(), Some(Path::new("/p")));
+        let env = |name: &str| {
+            std.get_envs()
+                .find(|(k, _)| *k == name)
+                .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()))
+        };
+        assert_eq!(
+            env("STEAD_APP_ADDR").as_deref(),
+            Some("unix:/p/.stead/dev/shard-0/app.sock")
+        );
+        assert_eq!(
+            env("STEAD_API_URL").as_deref(),
+            Some("http://127.0.0.1:9787")
+        );
     }
 
     #[test]
@@ -1816,9 +2256,10 @@ mod tests {
     fn every_sidecar_gets_the_ring_the_peers_and_its_ordinal() {
         let launch = Launch {
             exe: PathBuf::from("/bin/stead"),
-            app_bin: PathBuf::new(),
+            app: Mutex::new(AppLaunch::of_example("counter", PathBuf::new())),
             app_transport: AppTransport::Tcp,
-            example: "counter".into(),
+            running: Running::Example("counter".into()),
+            reloads: watch::channel(0).0,
             sidecar_args: vec![],
             base_port: 8787,
             data_dir: PathBuf::from("/data"),

@@ -1,6 +1,6 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use stead_sidecar::{config::SidecarConfig, dev, scale, sidecar};
+use stead_sidecar::{config::SidecarConfig, dev, init, scale, sidecar};
 
 /// Stead: durable objects on your own machines.
 #[derive(Parser)]
@@ -14,8 +14,10 @@ struct Cli {
 enum Command {
     /// Run the sidecar of one shard (what runs in each pod).
     Sidecar(Box<SidecarConfig>),
-    /// Run a sidecar and an example app locally, without Kubernetes.
+    /// Run your project (or an example app) locally with its sidecar, without Kubernetes.
     Dev(dev::DevArgs),
+    /// Create a new project: a counter object, its config, a DurableNamespace, a Dockerfile, a test.
+    Init(init::InitArgs),
     /// Resize the local cluster that a running `stead dev` serves (moves slots and objects).
     Scale(scale::ScaleArgs),
 }
@@ -78,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => {
             init_logs(false);
             dev::run(args).await.context("stead dev failed")?;
+        }
+        Command::Init(args) => {
+            init::run(args).await.context("stead init failed")?;
         }
         Command::Scale(args) => {
             init_logs(false);

@@ -28,6 +28,10 @@ use crate::peer::{self, PeerServer};
 use crate::peer_admin::PeerAdmin;
 use crate::route::ObjectRouter;
 use crate::serve::{self, Port};
+
+/// How long a stopping sidecar waits for its WebSockets to end after closing them with 1012:
+/// the Close frames are written by each socket's own task, which ends with the process.
+const SOCKETS_CLOSE_GRACE: Duration = Duration::from_secs(5);
 use crate::storage::{DbOptions, Storage, StorageConfig};
 use crate::turn::Turns;
 use crate::websocket::registry::Sockets;
@@ -340,6 +344,7 @@ pub async fn run(
         metrics.clone(),
         None,
     ));
+    let open_sockets = metrics.websockets_open.clone();
     serve::serve(
         ingress_l,
         ingress_app,
@@ -348,6 +353,13 @@ pub async fn run(
         Some(stop_rx),
     )
     .await;
+    // Upgraded connections are not part of the ingress drain: without this wait the process
+    // may end before a socket's Close (1012) is written, and its client sees a dropped
+    // connection instead of a restart.
+    let deadline = tokio::time::Instant::now() + SOCKETS_CLOSE_GRACE;
+    while open_sockets.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tracing::info!("sidecar stopped");
     Ok(())
 }
