@@ -14,9 +14,11 @@ scripts/workflow-check.sh
 # The operator's envtest tier (operator/tests/envtest.rs) needs kube-apiserver and etcd: built
 # from Go modules once and cached; a failed build stops here, loudly.
 scripts/envtest.sh >/dev/null
+# The TypeScript SDK's dependencies (esbuild): `stead dev`'s Workers-project tests run its runner.
+(cd sdk-ts && npm ci --no-audit --no-fund --loglevel=error)
 cargo test --workspace
 # The TypeScript SDK (sdk-ts/): Node's test runner against real sidecars (the binaries above).
-(cd sdk-ts && npm ci --no-audit --no-fund --loglevel=error && npm test)
+(cd sdk-ts && npm test)
 # The Helm chart and the example manifests: helm lint, helm template | kubeconform -strict.
 scripts/helm-check.sh
 # The one-node cluster tier (scripts/node-e2e.sh): a real kubelet, containerd and kube-proxy on

@@ -60,8 +60,9 @@ use crate::scale::{
 /// checks it too, so it lives with the control protocol.
 pub use crate::scale::MAX_SHARDS;
 
-/// Sidecar environment variables that `stead dev` sets itself, so none leaks in from the shell.
-const PEER_ENV: [&str; 7] = [
+/// Sidecar environment variables that `stead dev` sets itself, or that only Kubernetes uses (a
+/// shutdown delay exported in the shell would slow every local stop), so none leaks in.
+const PEER_ENV: [&str; 8] = [
     "STEAD_SHARD_ORDINAL",
     "STEAD_PEERS",
     "STEAD_PEER_ADDR",
@@ -69,6 +70,7 @@ const PEER_ENV: [&str; 7] = [
     "STEAD_PEER_TEMPLATE",
     "STEAD_RING_SHARDS",
     "STEAD_RING_EPOCH",
+    "STEAD_SHUTDOWN_DELAY",
 ];
 
 /// `--data-dir` unless given; a project's is in its own folder.

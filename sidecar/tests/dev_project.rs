@@ -614,7 +614,6 @@ fn workers_project(dir: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs sdk-ts (part A)"]
 async fn a_workers_project_is_served_and_reloaded_on_change() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let sdk = checkout().join("sdk-ts");
@@ -724,7 +723,6 @@ async fn a_workers_project_is_served_and_reloaded_on_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs sdk-ts (part A)"]
 async fn a_typescript_project_from_stead_init_passes_its_test() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let root = temp_dir("init-ts");
@@ -787,7 +785,6 @@ async fn a_typescript_project_from_stead_init_passes_its_test() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs sdk-ts (part A)"]
 async fn stead_init_in_a_workers_project_adds_an_image_and_a_manifest_of_its_classes() {
     let root = temp_dir("init-workers");
     let project = root.join("greeter");
