@@ -10,7 +10,7 @@
 #        - DurableNamespace against a JSON schema converted from crds/*.yaml;
 #        - ServiceMonitor (prometheus-operator's CRD, not shipped here) is the only kind whose
 #          schema is missing; it is skipped by name, and only when the monitoring values are on;
-#   4. examples/*/k8s/*.yaml against the same schemas.
+#   4. examples/*/k8s/*.yaml, and the manifests `stead init` writes, against the same schemas.
 # The `helm test` hook (templates/tests/) is rendered and checked with the rest.
 # kubeconform's default schema location is on GitHub, which this machine cannot reach; nothing
 # here downloads anything but Go modules. What JSON schema cannot check (CEL rules such as slots
@@ -152,6 +152,23 @@ if sed -e 's/^  shards: .*/  shards: 0/' -e 's/^spec:/spec:\n  shardz: 1/' examp
   conform - >/dev/null 2>&1; then
   fail "kubeconform accepted a DurableNamespace with shards 0 and an unknown field: the CRD schema is not applied"
 fi
+
+# The DurableNamespace `stead init` writes: for a new TypeScript and a new Rust project, and for
+# an existing Workers project (a copy of examples/chat-ts), from its wrangler config.
+STEAD_BIN="${CARGO_TARGET_DIR:-target}/debug/stead"
+[[ -x "$STEAD_BIN" ]] || fail "no $STEAD_BIN (cargo build -p stead-sidecar builds it)"
+scaffolds="$(mktemp -d)"
+"$STEAD_BIN" init --lang ts "$scaffolds/new-ts" >/dev/null
+"$STEAD_BIN" init --lang rust "$scaffolds/new-rust" >/dev/null
+cp -r examples/chat-ts "$scaffolds/chat-ts"
+rm -rf "$scaffolds/chat-ts/node_modules" "$scaffolds/chat-ts/.stead"
+"$STEAD_BIN" init "$scaffolds/chat-ts" >/dev/null 2>&1
+scaffolded=("$scaffolds"/*/k8s/*.yaml)
+((${#scaffolded[@]} == 3)) || fail "stead init wrote ${#scaffolded[@]} manifests, not 3: ${scaffolded[*]}"
+conform "${scaffolded[@]}" || fail "the DurableNamespace stead init writes, against the CRD schema"
+grep -q 'classes: \[ChatRoom\]' "$scaffolds/chat-ts/k8s/chat-ts.yaml" ||
+  fail "stead init did not take the classes of examples/chat-ts from its wrangler config"
+rm -rf "$scaffolds"
 
 # The manifest docs/kubernetes.md pastes inline (the released-images install path).
 python3 -c '

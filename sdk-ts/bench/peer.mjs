@@ -50,7 +50,7 @@ try {
     run(`W1 stead+node direct r${round}`, ["http", "--method", "GET", "--url", `${s.url}/objects/Counter/name/{object}/`]);
     run(`W1 workerd r${round}`, ["http", "--method", "GET", "--url", `${w}/counter/{object}`]);
     for (const inflight of ["1", "16"]) {
-      run(`W4 stead+node in-flight ${inflight} r${round}`, ["ws-fanout", "--url", `${s.ws}/objects/Room/name/{room}/?name=u{i}`, "--in-flight", inflight]);
+      run(`W4 stead+node in-flight ${inflight} r${round}`, ["ws-fanout", "--url", `${s.ws}/room/{room}?name=u{i}`, "--in-flight", inflight]);
       run(`W4 workerd in-flight ${inflight} r${round}`, ["ws-fanout", "--url", `${w.replace("http:", "ws:")}/room/{room}?name=u{i}`, "--in-flight", inflight]);
     }
   }
