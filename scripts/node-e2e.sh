@@ -27,6 +27,16 @@ fail() {
 }
 [[ "$(id -u)" == 0 ]] || fail "needs root (it runs a kubelet and containerd)"
 
+# The cluster is global to this machine: one run at a time. The lock (fd 9) is held until this
+# script ends, teardown included; scripts/node-cluster.sh, run from here, does not take it again.
+LOCK=/run/lock/stead-node.lock
+exec 9>>"$LOCK"
+if ! flock -n 9; then
+  step "waiting for another run of the one-node cluster to finish (it holds $LOCK)"
+  flock 9
+fi
+export STEAD_NODE_LOCKED=$$
+
 started=$SECONDS
 TOOLS_BIN="$(scripts/node-tools.sh)"
 scripts/helm-check.sh >/dev/null 2>&1 || true
