@@ -119,9 +119,13 @@ down() {
     kill -KILL $left 2>/dev/null || true
     sleep 1
   fi
-  # Container processes whose shim is gone: anything still in the pods' cgroups.
+  # Container processes whose shim is gone: anything still in the pods' cgroups. A container
+  # runc was creating or killing when its shim died may be left frozen (freezer.state FROZEN on
+  # cgroup v1, cgroup.freeze 1 on v2), where SIGKILL waits until it is thawed: thaw first.
   local cg
   for cg in $(find /sys/fs/cgroup -depth -type d \( -name 'kubepods*' -o -path '*/kubepods*' \) 2>/dev/null); do
+    [[ -f "$cg/freezer.state" ]] && echo THAWED >"$cg/freezer.state" 2>/dev/null || true
+    [[ -f "$cg/cgroup.freeze" ]] && echo 0 >"$cg/cgroup.freeze" 2>/dev/null || true
     [[ -f "$cg/cgroup.procs" ]] && xargs -r kill -KILL <"$cg/cgroup.procs" 2>/dev/null || true
   done
   sleep 0.5
