@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The kind e2e tier: a throwaway kind cluster, the images built and loaded, the chart installed,
-# the counter and chat examples applied, the Kubernetes scenarios run against it (e2e/src/kube.rs,
+# the counter and chat examples applied (the TypeScript chat's image built with `docker build`
+# from the Dockerfile `stead init` writes), the Kubernetes scenarios run against it (e2e/src/kube.rs,
 # module `tier`: the same ones the one-node tier, scripts/node-e2e.sh, runs), then the cluster
 # deleted.
 #
@@ -47,6 +48,7 @@ cleanup() {
   else
     kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
     rm -f "$KUBECONFIG"
+    [[ -z "${WORKERS_DIR:-}" ]] || rm -rf "$WORKERS_DIR"
   fi
   exit "$status"
 }
@@ -68,11 +70,17 @@ docker build -f docker/stead.Dockerfile --target stead -t stead:dev .
 docker build -f docker/stead.Dockerfile --target counter -t "$COUNTER_IMAGE" .
 docker build -f docker/stead.Dockerfile --target chat -t "$CHAT_IMAGE" .
 docker build -f docker/operator.Dockerfile -t stead-operator:dev .
+# The TypeScript chat as a user builds a Workers project: the Dockerfile and manifest `stead
+# init` writes, the SDK as an `npm pack` tarball (scripts/workers-project.sh), on node:20.
+cargo build -p stead-sidecar --bin stead
+WORKERS_DIR="$(mktemp -d)"
+WORKERS_IMAGE="$(scripts/workers-project.sh examples/chat-ts "$WORKERS_DIR/chat-ts" "${CARGO_TARGET_DIR:-target}/debug/stead")"
+docker build -t "$WORKERS_IMAGE" "$WORKERS_DIR/chat-ts"
 
 step "creating kind cluster $CLUSTER"
 kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true
 kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG" --wait 120s
-for image in stead:dev "$COUNTER_IMAGE" "$CHAT_IMAGE" stead-operator:dev; do
+for image in stead:dev "$COUNTER_IMAGE" "$CHAT_IMAGE" "$WORKERS_IMAGE" stead-operator:dev; do
   kind load docker-image --name "$CLUSTER" "$image"
 done
 
@@ -83,17 +91,19 @@ helm install stead charts/stead --namespace "$NS_OPERATOR" --create-namespace --
   --set operator.logLevel=debug
 kubectl wait --for=condition=Established crd/durablenamespaces.stead.dev --timeout=60s
 
-step "applying the counter and chat examples"
+step "applying the counter and chat examples, and the TypeScript chat's manifest as stead init wrote it"
 kubectl create namespace "$NS_APPS"
-kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml -f examples/chat/k8s/chat.yaml
-kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter durablenamespace/chat --timeout=5m
+kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml -f examples/chat/k8s/chat.yaml \
+  -f "$WORKERS_DIR/chat-ts/k8s/chat-ts.yaml"
+kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter durablenamespace/chat \
+  durablenamespace/chat-ts --timeout=5m
 kubectl -n "$NS_APPS" get durablenamespaces
 
 step "helm test: the chart's test pod calls the counter through its client Service"
 helm test stead --namespace "$NS_OPERATOR" --logs --timeout 3m
 
 step "running the scenarios (the same as the one-node tier's, scripts/node-e2e.sh)"
-export STEAD_KUBE_NAMESPACE="$NS_APPS" STEAD_KUBE_NAME=counter STEAD_KUBE_CHAT=chat
+export STEAD_KUBE_NAMESPACE="$NS_APPS" STEAD_KUBE_NAME=counter STEAD_KUBE_CHAT=chat STEAD_KUBE_WORKERS_CHAT=chat-ts
 export STEAD_KUBE_OPERATOR_NAMESPACE="$NS_OPERATOR"
 export STEAD_KUBE_HELM_UPGRADE="helm upgrade stead $PWD/charts/stead --namespace $NS_OPERATOR --reuse-values --set operator.logLevel=info --wait --timeout 5m"
 cargo test -p stead-e2e --lib kube::tier -- --ignored --test-threads=1

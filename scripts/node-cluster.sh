@@ -17,6 +17,10 @@
 #
 # State: $STEAD_NODE_DIR (default /var/lib/stead-node) and /run/stead-node; logs in
 # $STEAD_NODE_DIR/logs. The kubeconfig: $STEAD_NODE_DIR/admin.kubeconfig.
+#
+# The cluster is global to the machine (fixed paths, bridge and ports): `up` and `down` take the
+# lock /run/lock/stead-node.lock (flock), waiting for a run that holds it, so that two never
+# overlap. scripts/node-e2e.sh holds it for its whole run and sets STEAD_NODE_LOCKED for this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +53,17 @@ fail() {
 }
 
 kubectl() { "$TOOLS_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+
+# One run at a time on this machine: waits for the lock (fd 9), unless the caller holds it.
+LOCK=/run/lock/stead-node.lock
+lock() {
+  [[ -z "${STEAD_NODE_LOCKED:-}" ]] || return 0
+  exec 9>>"$LOCK"
+  if ! flock -n 9; then
+    say "waiting for another run of the one-node cluster to finish (it holds $LOCK)"
+    flock 9
+  fi
+}
 
 # ---------------------------------------------------------------------------------------------
 # down
@@ -104,9 +119,13 @@ down() {
     kill -KILL $left 2>/dev/null || true
     sleep 1
   fi
-  # Container processes whose shim is gone: anything still in the pods' cgroups.
+  # Container processes whose shim is gone: anything still in the pods' cgroups. A container
+  # runc was creating or killing when its shim died may be left frozen (freezer.state FROZEN on
+  # cgroup v1, cgroup.freeze 1 on v2), where SIGKILL waits until it is thawed: thaw first.
   local cg
   for cg in $(find /sys/fs/cgroup -depth -type d \( -name 'kubepods*' -o -path '*/kubepods*' \) 2>/dev/null); do
+    [[ -f "$cg/freezer.state" ]] && echo THAWED >"$cg/freezer.state" 2>/dev/null || true
+    [[ -f "$cg/cgroup.freeze" ]] && echo 0 >"$cg/cgroup.freeze" 2>/dev/null || true
     [[ -f "$cg/cgroup.procs" ]] && xargs -r kill -KILL <"$cg/cgroup.procs" 2>/dev/null || true
   done
   sleep 0.5
@@ -239,7 +258,8 @@ EOF
 start() {
   local name=$1
   shift
-  "$@" >"$STATE/logs/$name.log" 2>&1 &
+  # 9>&-: the daemons must not hold the lock after this script ends.
+  "$@" >"$STATE/logs/$name.log" 2>&1 9>&- &
   echo $! >"$RUN/$name.pid"
 }
 
@@ -499,8 +519,14 @@ EOF
 }
 
 case "${1:-}" in
-up) up "${2:-}" ;;
-down) down ;;
+up)
+  lock
+  up "${2:-}"
+  ;;
+down)
+  lock
+  down
+  ;;
 status)
   kubectl get --raw /readyz >/dev/null 2>&1 || fail "not up"
   echo "KUBECONFIG=$KUBECONFIG_FILE"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-node cluster tier: a real Kubernetes node on this machine (scripts/node-cluster.sh),
 # the images built from docker/*.Dockerfile with buildah (scripts/node-images.sh), the chart
-# installed with helm, examples/counter/k8s/ and examples/chat/k8s/ applied, the scenarios run
+# installed with helm, examples/counter/k8s/ and examples/chat/k8s/ applied, and the TypeScript
+# chat (examples/chat-ts) with the Dockerfile and manifest `stead init` writes, the scenarios run
 # through the same KubeCluster the kind tier uses (e2e/src/kube.rs), then everything torn down,
 # also when a step fails or the run is interrupted.
 #
@@ -26,6 +27,16 @@ fail() {
   exit 1
 }
 [[ "$(id -u)" == 0 ]] || fail "needs root (it runs a kubelet and containerd)"
+
+# The cluster is global to this machine: one run at a time. The lock (fd 9) is held until this
+# script ends, teardown included; scripts/node-cluster.sh, run from here, does not take it again.
+LOCK=/run/lock/stead-node.lock
+exec 9>>"$LOCK"
+if ! flock -n 9; then
+  step "waiting for another run of the one-node cluster to finish (it holds $LOCK)"
+  flock 9
+fi
+export STEAD_NODE_LOCKED=$$
 
 started=$SECONDS
 TOOLS_BIN="$(scripts/node-tools.sh)"
@@ -76,17 +87,22 @@ helm_install() {
 helm_install install --create-namespace --set operator.logLevel=debug
 kubectl wait --for=condition=Established crd/durablenamespaces.stead.dev --timeout=60s
 
-step "applying the counter and chat examples"
+step "applying the counter and chat examples, and the TypeScript chat's manifest as stead init wrote it"
+# scripts/node-images.sh built the TypeScript chat's image (chat-ts:0.1.0, a tag that is not
+# `latest`, so nothing pulls it) from the Dockerfile stead init wrote, in this project.
+WORKERS_MANIFEST="$IMAGES/projects/chat-ts/k8s/chat-ts.yaml"
+[[ -f "$WORKERS_MANIFEST" ]] || fail "no $WORKERS_MANIFEST (scripts/node-images.sh writes it)"
 kubectl create namespace "$NS_APPS"
-kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml -f examples/chat/k8s/chat.yaml
-kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter durablenamespace/chat --timeout=5m
+kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml -f examples/chat/k8s/chat.yaml -f "$WORKERS_MANIFEST"
+kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter durablenamespace/chat \
+  durablenamespace/chat-ts --timeout=5m
 kubectl -n "$NS_APPS" get durablenamespaces,pods,pvc -o wide
 
 step "helm test: the chart's test pod calls the counter through its client Service"
 "$HELM" test stead --namespace "$NS_OPERATOR" --logs --timeout 3m
 
 step "the scenarios"
-export STEAD_KUBE_NAMESPACE="$NS_APPS" STEAD_KUBE_NAME=counter STEAD_KUBE_CHAT=chat
+export STEAD_KUBE_NAMESPACE="$NS_APPS" STEAD_KUBE_NAME=counter STEAD_KUBE_CHAT=chat STEAD_KUBE_WORKERS_CHAT=chat-ts
 export STEAD_KUBE_OPERATOR_NAMESPACE="$NS_OPERATOR" STEAD_KUBE_HELM_RELEASE=stead
 # `helm upgrade` during load: the same values again, the operator's pod replaced.
 export STEAD_KUBE_HELM_UPGRADE="$HELM upgrade stead $PWD/charts/stead --namespace $NS_OPERATOR --reuse-values --set operator.logLevel=info --wait --timeout 5m"

@@ -12,9 +12,16 @@
 # cc-debian12:nonroot holds) as localhost/stead-runtime:cc-debian12, and the pause image and the
 # helpers (CoreDNS, busybox for `helm test`) are single-binary images made with buildah.
 #
+# The TypeScript chat (examples/chat-ts) is built as a user builds a Workers project: `stead
+# init` adds its Dockerfile and manifest, the SDK goes in as an `npm pack` tarball, and
+# `buildah bud` builds it on a Node base assembled from this host's node and npm
+# (localhost/stead-node:20-bookworm-slim, passed as --build-arg NODE_IMAGE). That project,
+# with the manifest scripts/node-e2e.sh applies (k8s/chat-ts.yaml), is left in
+# OUT/projects/chat-ts.
+#
 # Image names (what scripts/node-e2e.sh installs): stead:dev, stead-operator:dev, the counter
-# and chat images their manifests in examples/*/k8s/ name, registry.k8s.io/pause:3.10,
-# localhost/stead-coredns:dev, localhost/stead-busybox:dev.
+# and chat images their manifests in examples/*/k8s/ name, chat-ts:0.1.0 (the image stead init
+# names), registry.k8s.io/pause:3.10, localhost/stead-coredns:dev, localhost/stead-busybox:dev.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +29,7 @@ BIN_DIR="${1:?usage: scripts/node-images.sh BIN_DIR [OUT]}"
 OUT="${2:-${STEAD_NODE_DIR:-/var/lib/stead-node}/images}"
 TOOLS_BIN="${STEAD_NODE_TOOLS:-$HOME/.cache/stead-node}/bin"
 RUNTIME=localhost/stead-runtime:cc-debian12
+NODE_BASE=localhost/stead-node:20-bookworm-slim
 mkdir -p "$OUT"
 
 say() { echo "node-images: $*" >&2; }
@@ -80,6 +88,58 @@ GROUP
   rm -rf "$root"
 }
 
+# The Node base of a Workers project's image (the Dockerfile `stead init` writes takes it as
+# --build-arg NODE_IMAGE): what node:20-bookworm-slim holds that the image needs, from this
+# host: node, npm (and npx), /bin/sh (dash) and /usr/bin/env for npm's scripts, their libraries,
+# this host's CA certificates (which node trusts besides its own, as node on this host does:
+# NODE_EXTRA_CA_CERTS), and the user node (uid 1000) with /home/node.
+build_node_base() {
+  local root node npm_dir
+  node="$(command -v node)" || fail "node is not installed (the Node base is assembled from it)"
+  node="$(readlink -f "$node")"
+  npm_dir="$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")"
+  [[ -f "$npm_dir/package.json" ]] || fail "npm is not installed where node's is ($npm_dir)"
+  [[ "$("$node" --version)" == v20.* ]] || say "note: this host's node is $("$node" --version), not 20"
+  root="$(mktemp -d)"
+  mkdir -p "$root/etc/ssl/certs" "$root/tmp" "$root/root" "$root/home/node" "$root/usr/bin" \
+    "$root/usr/local/bin" "$root/usr/local/lib/node_modules" "$root/bin"
+  chmod 1777 "$root/tmp"
+  cat >"$root/etc/passwd" <<'PASSWD'
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+node:x:1000:1000::/home/node:/bin/sh
+PASSWD
+  cat >"$root/etc/group" <<'GROUP'
+root:x:0:
+nogroup:x:65534:
+node:x:1000:
+GROUP
+  chown 1000:1000 "$root/home/node"
+  [[ -f /etc/ssl/certs/ca-certificates.crt ]] && cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+  # Where the official image has them.
+  cp "$node" "$root/usr/local/bin/node"
+  cp -a "$npm_dir" "$root/usr/local/lib/node_modules/npm"
+  ln -s ../lib/node_modules/npm/bin/npm-cli.js "$root/usr/local/bin/npm"
+  ln -s ../lib/node_modules/npm/bin/npx-cli.js "$root/usr/local/bin/npx"
+  cp "$(readlink -f /bin/sh)" "$root/bin/sh"
+  cp "$(readlink -f /usr/bin/env)" "$root/usr/bin/env"
+  local lib
+  for lib in $(ldd "$root/usr/local/bin/node" "$root/bin/sh" "$root/usr/bin/env" 2>/dev/null |
+    awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// && $2 ~ /^\(/ {print $1}' | sort -u); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+  local c
+  c="$(buildah from scratch)"
+  buildah copy --quiet "$c" "$root" / >/dev/null
+  buildah config --env PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --env NODE_VERSION="$("$node" --version | tr -d v)" \
+    --env NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt \
+    --cmd '["node"]' "$c"
+  buildah commit --quiet --rm "$c" "$NODE_BASE" >/dev/null
+  rm -rf "$root"
+}
+
 # One binary as an image: single NAME BINARY ENTRYPOINT-JSON [USER]
 single() {
   local name=$1 binary=$2 entry=$3 user=${4:-65532:65532} c
@@ -126,6 +186,21 @@ check "$counter_image" '[/usr/local/bin/counter]'
 check "$chat_image" '[/usr/local/bin/chat]'
 check stead-operator:dev '[/usr/local/bin/stead-operator]'
 
+# The TypeScript chat as a user builds a Workers project's image: the Dockerfile `stead init`
+# writes, on the Node base assembled here, with the SDK as a tarball from `npm pack sdk-ts`
+# (scripts/workers-project.sh); `npm ci` in the build fetches the SDK's dependencies from npm.
+say "assembling $NODE_BASE from this host's node and npm"
+build_node_base
+say "the Workers project examples/chat-ts as stead init makes it, in $OUT/projects/chat-ts"
+workers_image="$(scripts/workers-project.sh examples/chat-ts "$OUT/projects/chat-ts" "$BIN_DIR/stead")" ||
+  fail "scripts/workers-project.sh examples/chat-ts"
+say "buildah bud $OUT/projects/chat-ts -t $workers_image"
+buildah bud --quiet --layers --build-arg "NODE_IMAGE=$NODE_BASE" -t "$workers_image" "$OUT/projects/chat-ts" >/dev/null ||
+  fail "buildah bud of the Workers chat (its Dockerfile is stead init's; see above)"
+got="$(buildah inspect --format '{{.OCIv1.Config.User}} {{.OCIv1.Config.Cmd}}' "$workers_image")"
+[[ "$got" == "node [node node_modules/@stead/workers/bin/stead-workers.mjs serve --config wrangler.toml]" ]] ||
+  fail "$workers_image: user and command are '$got'"
+
 say "assembling the pause, CoreDNS and busybox images"
 single registry.k8s.io/pause:3.10 "$TOOLS_BIN/pause" '["/pause"]' 65535:65535
 single localhost/stead-coredns:dev "$TOOLS_BIN/coredns" '["/coredns"]'
@@ -145,7 +220,7 @@ buildah config --cmd '["/bin/sh"]' --env PATH=/bin:/usr/bin "$c"
 buildah commit --quiet --rm "$c" localhost/stead-busybox:dev >/dev/null
 rm -rf "$bb"
 
-for image in stead:dev "$counter_image" "$chat_image" stead-operator:dev registry.k8s.io/pause:3.10 \
+for image in stead:dev "$counter_image" "$chat_image" "$workers_image" stead-operator:dev registry.k8s.io/pause:3.10 \
   localhost/stead-coredns:dev localhost/stead-busybox:dev; do
   archive "$image"
 done

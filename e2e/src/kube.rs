@@ -381,9 +381,10 @@ pub async fn objects_survive_a_pod_restart(c: &KubeCluster, victim: usize) {
 }
 
 /// The Kubernetes tiers: run by `scripts/node-e2e.sh` (a real one-node cluster on this machine)
-/// and `scripts/kind-e2e.sh` (kind, where Docker exists), once the counter and chat examples are
-/// applied. Environment: `STEAD_KUBE_NAMESPACE` (default `apps`), `STEAD_KUBE_NAME` (`counter`),
-/// `STEAD_KUBE_CHAT` (`chat`), `STEAD_KUBE_OPERATOR_NAMESPACE` (`stead-system`),
+/// and `scripts/kind-e2e.sh` (kind, where Docker exists), once the counter and chat examples (the
+/// Rust chat and its TypeScript twin) are applied. Environment: `STEAD_KUBE_NAMESPACE` (default `apps`), `STEAD_KUBE_NAME` (`counter`),
+/// `STEAD_KUBE_CHAT` (`chat`), `STEAD_KUBE_WORKERS_CHAT` (`chat-ts`: the TypeScript chat, built
+/// from the Dockerfile `stead init` writes), `STEAD_KUBE_OPERATOR_NAMESPACE` (`stead-system`),
 /// `STEAD_KUBE_HELM_UPGRADE` (the `helm upgrade` command line to run under load),
 /// `STEAD_PROMLINT` (Prometheus's metrics linter; `scripts/node-tools.sh` builds it).
 #[cfg(test)]
@@ -495,6 +496,20 @@ mod tier {
         k::chat_websockets_through_the_service(&svc).await;
     }
 
+    /// The TypeScript chat (examples/chat-ts), its image built from the Dockerfile `stead init`
+    /// wrote for it and applied with the manifest `stead init` wrote: its Worker serves the
+    /// page, and its Durable Object the same WebSocket protocol as the Rust chat.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_a_workers_chat_works_through_its_service() {
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let name = var("STEAD_KUBE_WORKERS_CHAT", "chat-ts");
+        let chat = connect(&name).await;
+        let svc = service(&chat, &name).await;
+        k::chat_page_through_the_service(&svc).await;
+        k::chat_websockets_through_the_service(&svc).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
     async fn kube_every_pods_metrics_pass_prometheus_lint() {
@@ -503,6 +518,7 @@ mod tier {
         for name in [
             var("STEAD_KUBE_NAME", "counter"),
             var("STEAD_KUBE_CHAT", "chat"),
+            var("STEAD_KUBE_WORKERS_CHAT", "chat-ts"),
         ] {
             let c = connect(&name).await;
             for shard in 0..c.shard_count() {

@@ -268,6 +268,27 @@ pub async fn chat_websockets_through_the_service(service: &ServiceEntry) {
     }
 }
 
+/// The chat page through the Service, outside `/objects/`: the app's stateless front door (a
+/// Workers app's `export default { fetch }`) answers it. Retried for a while: a pod that just
+/// became Ready may still be starting its app.
+pub async fn chat_page_through_the_service(service: &ServiceEntry) {
+    let client = Client::new();
+    let url = format!("{}/", service.url);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reply = loop {
+        match client.get(&url).await {
+            Ok(r) if r.status == 200 => break r,
+            other if Instant::now() > deadline => panic!("GET {url}: {other:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    assert!(
+        reply.body.contains("<title>Stead chat</title>"),
+        "GET {url}: not the chat page: {}",
+        reply.body.chars().take(300).collect::<String>()
+    );
+}
+
 /// Runs Prometheus's linter (`promtool check metrics`'s code: `STEAD_PROMLINT`) over a scrape.
 pub async fn lint_metrics(promlint: &str, what: &str, text: &str) {
     assert!(

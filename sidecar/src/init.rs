@@ -299,7 +299,12 @@ async fn blocking<T: Send + 'static>(
 
 /// Adds a Dockerfile and a `DurableNamespace` to an existing Workers project, with the classes
 /// the runner reads from its config.
-async fn add_kubernetes(dir: &Path, config: &Path, mut values: Values) -> Result<(), InitError> {
+async fn add_kubernetes(
+    dir: &Path,
+    config: &Path,
+    mut values: Values,
+    checkout: Option<&Path>,
+) -> Result<(), InitError> {
     let project = Project::Workers {
         dir: dir.to_path_buf(),
         config: config.to_path_buf(),
@@ -332,8 +337,12 @@ async fn add_kubernetes(dir: &Path, config: &Path, mut values: Values) -> Result
         println!("  {} (already there: left as it is)", path.display());
     }
     if !package.contains("\"@stead/workers\"") {
+        let checkout = checkout.map_or_else(
+            || "<stead checkout>".to_owned(),
+            |root| root.display().to_string(),
+        );
         println!(
-            "note: the image runs @stead/workers from node_modules: add it with `npm install @stead/workers`"
+            "note: the image runs @stead/workers from node_modules: add it with `npm install @stead/workers`, or while it is not published from a tarball in the project: `npm pack {checkout}/sdk-ts && npm install ./stead-workers-*.tgz`"
         );
     }
     println!("then docs/getting-started.md, section 4: build the image, kubectl apply");
@@ -356,7 +365,7 @@ pub async fn run(args: InitArgs) -> Result<(), InitError> {
     let checkout = crate::project::source_checkout();
     let values = Values::new(name.clone(), checkout.as_deref());
     if let Some(Project::Workers { dir, config }) = existing_workers_project(&args.dir).await? {
-        return add_kubernetes(&dir, &config, values).await;
+        return add_kubernetes(&dir, &config, values, checkout.as_deref()).await;
     }
     let written = {
         let (dir, lang, values, checkout) = (
