@@ -156,6 +156,15 @@ archive() {
   buildah push --quiet "$image" "docker-archive:$file:$image" >/dev/null || fail "writing $image to $file"
 }
 
+# buildah 1.28 leaves a working container behind for each `COPY --from` of a stage: whatever
+# containers this run adds are removed at its end.
+containers_before="$(buildah containers -q 2>/dev/null | sort)"
+remove_new_containers() {
+  comm -13 <(echo "$containers_before") <(buildah containers -q 2>/dev/null | sort) |
+    xargs -r buildah rm >/dev/null 2>&1 || true
+}
+trap remove_new_containers EXIT
+
 say "assembling $RUNTIME from this host's libraries"
 build_runtime
 
