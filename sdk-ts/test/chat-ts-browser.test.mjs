@@ -80,7 +80,9 @@ before(async () => {
 
 after(async () => {
   await Promise.all([s?.stop(), stop(browser)]);
-  if (profile) fs.rmSync(profile, { recursive: true, force: true });
+  // Chromium's helper processes outlive its main one by a moment and may still write into the
+  // profile's cache while it is removed (ENOTEMPTY): retry the removal as they end.
+  if (profile) fs.rmSync(profile, { recursive: true, force: true, maxRetries: 20, retryDelay: 100 });
 });
 
 test("two browser pages chat in one room of the TypeScript chat", { skip }, async () => {
