@@ -1769,6 +1769,11 @@ async fn supervise(launch: Arc<Launch>, mut shard: Shard, mut stop: watch::Recei
     shard.stop(&launch).await;
 }
 
+/// A watched path as the messages show it: relative to the project's folder.
+fn shown_in(dir: &Path, path: &Path) -> String {
+    path.strip_prefix(dir).unwrap_or(path).display().to_string()
+}
+
 /// Watches a project's files; after a change, prepares the project again (describes or
 /// rebuilds it) and reloads every shard, or, when that fails, says why and keeps the running
 /// version until the next change.
@@ -1787,12 +1792,7 @@ async fn watch_project(
     let shown: Vec<String> = paths
         .iter()
         .filter(|p| p.exists())
-        .map(|p| {
-            p.strip_prefix(project.dir())
-                .unwrap_or(p)
-                .display()
-                .to_string()
-        })
+        .map(|p| shown_in(project.dir(), p))
         .collect();
     println!(
         "stead dev: watching {} ({} files, read every {} ms); a change reloads the app",
@@ -1812,12 +1812,7 @@ async fn watch_project(
         let names: Vec<String> = changed
             .iter()
             .take(3)
-            .map(|p| {
-                p.strip_prefix(project.dir())
-                    .unwrap_or(p)
-                    .display()
-                    .to_string()
-            })
+            .map(|p| shown_in(project.dir(), p))
             .collect();
         let more = changed.len().saturating_sub(names.len());
         println!(

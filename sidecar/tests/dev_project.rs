@@ -239,6 +239,24 @@ fn edit(file: &Path, from: &str, to: &str) {
     std::fs::write(file, text.replace(from, to)).unwrap();
 }
 
+/// Waits (at most `patience`) until the reload closes `ws`, checks that it closed with 1012, and
+/// answers the Close as a browser does, so the old sidecar need not wait for it.
+async fn closed_by_the_reload(ws: &mut raw_ws::RawWs, dev: &Dev, patience: Duration) {
+    let (_, code) = tokio::time::timeout(patience, ws.read_until_close())
+        .await
+        .expect("the socket is closed by the reload");
+    assert_eq!(code, Some(1012), "log:\n{}", dev.log());
+    let _ = ws
+        .send(&raw_ws::frame(
+            true,
+            0,
+            raw_ws::OP_CLOSE,
+            &1012u16.to_be_bytes(),
+            true,
+        ))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cargo_project_is_built_served_and_reloaded_on_change() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -276,20 +294,7 @@ async fn a_cargo_project_is_built_served_and_reloaded_on_change() {
 
     // A change to the source: rebuilt, the shard restarted, the socket closed with 1012.
     edit(&main, "\"v1\"", "\"v2\"");
-    let (_, code) = tokio::time::timeout(BUILD_PATIENCE, ws.read_until_close())
-        .await
-        .expect("the socket is closed by the reload");
-    assert_eq!(code, Some(1012), "log:\n{}", dev.log());
-    // Answered, as a browser does: the old sidecar need not wait for it.
-    let _ = ws
-        .send(&raw_ws::frame(
-            true,
-            0,
-            raw_ws::OP_CLOSE,
-            &1012u16.to_be_bytes(),
-            true,
-        ))
-        .await;
+    closed_by_the_reload(&mut ws, &dev, BUILD_PATIENCE).await;
     until_answer(
         &mut dev,
         port,
@@ -388,19 +393,7 @@ async fn a_reload_of_several_shards_closes_the_sockets_of_every_shard_with_1012(
 
     edit(&main, "\"v1\"", "\"v2\"");
     for ws in &mut sockets {
-        let (_, code) = tokio::time::timeout(BUILD_PATIENCE, ws.read_until_close())
-            .await
-            .expect("the socket is closed by the reload");
-        assert_eq!(code, Some(1012), "log:\n{}", dev.log());
-        let _ = ws
-            .send(&raw_ws::frame(
-                true,
-                0,
-                raw_ws::OP_CLOSE,
-                &1012u16.to_be_bytes(),
-                true,
-            ))
-            .await;
+        closed_by_the_reload(ws, &dev, BUILD_PATIENCE).await;
     }
     dev.wait_log("stead dev: reloaded shard", 2, Duration::from_secs(60))
         .await;
@@ -660,20 +653,7 @@ async fn a_workers_project_is_served_and_reloaded_on_change() {
         .await
         .expect("the Greeter accepts a WebSocket");
     edit(&main, "\"v1\"", "\"v2\"");
-    let (_, code) = tokio::time::timeout(Duration::from_secs(60), ws.read_until_close())
-        .await
-        .expect("the socket is closed by the reload");
-    assert_eq!(code, Some(1012), "log:\n{}", dev.log());
-    // Answered, as a browser does: the old sidecar need not wait for it.
-    let _ = ws
-        .send(&raw_ws::frame(
-            true,
-            0,
-            raw_ws::OP_CLOSE,
-            &1012u16.to_be_bytes(),
-            true,
-        ))
-        .await;
+    closed_by_the_reload(&mut ws, &dev, Duration::from_secs(60)).await;
     until_answer(
         &mut dev,
         port,
