@@ -300,7 +300,30 @@ stead_turn_duration_seconds_bucket{le=\"+Inf\"} 3
 # TYPE stead_build_info gauge
 stead_build_info{version=\"0.1.0\"} 1
 ";
-        assert_eq!(classic, expected, "from:\n{open}");
+        // `prometheus-client` keeps a family's label sets in a hash map: their order varies.
+        assert_eq!(
+            samples_sorted_within_families(&classic),
+            samples_sorted_within_families(expected),
+            "from:\n{open}"
+        );
+    }
+
+    /// `text` with each run of consecutive sample lines sorted, metadata lines kept in place.
+    fn samples_sorted_within_families(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut run: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                run.sort_unstable();
+                out.extend(run.drain(..).map(str::to_owned));
+                out.push(line.to_owned());
+            } else {
+                run.push(line);
+            }
+        }
+        run.sort_unstable();
+        out.extend(run.into_iter().map(str::to_owned));
+        out
     }
 
     #[test]
