@@ -25,6 +25,14 @@ pub const PROTOCOL_VERSION: &str = "2";
 pub const WRITES: &str = "stead-writes";
 /// On an event: the first N bytes of the body are the object's state (JSON).
 pub const STATE: &str = "stead-state";
+/// On an event: what else `stead-writes` may carry, comma-separated tokens (`sql`,
+/// `websockets`). An app carries a field only if the event named its token.
+pub const CARRY: &str = "stead-carry";
+/// What this sidecar accepts in `stead-writes` besides key-value and alarm writes.
+pub const CARRY_VALUE: &str = "sql, websockets";
+/// The [`CARRY`] tokens.
+pub const CARRY_SQL: &str = "sql";
+pub const CARRY_WEBSOCKETS: &str = "websockets";
 
 /// Peer port: the namespace's shared secret; without it (or with a wrong one) the answer is 401.
 pub const PEER_TOKEN: &str = "stead-peer-token";
