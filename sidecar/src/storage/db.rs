@@ -925,7 +925,7 @@ fn new_database_image(dir: &Path) -> Result<&'static [u8], StorageError> {
 }
 
 /// Writes a new object database at `path` from [`new_database_image`], durably in strict mode
-/// (the file and its directory entry), without ever replacing a file: returns false when `path`
+/// (the file here; its directory entry with the first commit), without ever replacing a file: returns false when `path`
 /// exists already (SQLite then opens what is there, as before). Leftover companions (a WAL or
 /// journal of a database deleted before) are removed first, so that nothing of an earlier
 /// object is replayed into the new one.
@@ -953,9 +953,11 @@ fn write_new_database(path: &Path, dir: &Path, opts: &DbOptions) -> Result<bool,
     file.write_all(image)?;
     if opts.durability == Durability::Strict {
         // The header (WAL mode) must be on disk before the first commit's WAL is: SQLite
-        // deletes the WAL of an empty database file when it opens it.
+        // deletes the WAL of an empty database file when it opens it. The directory entry is
+        // made durable by SQLite itself: the first sync of a WAL it created also syncs its
+        // directory (`UNIXFILE_DIRSYNC`), before the first commit is durable; this file's
+        // entry is in the same directory. A creation that never commits is removed either way.
         file.sync_all()?;
-        fs::File::open(dir)?.sync_all()?;
     }
     Ok(true)
 }
