@@ -337,14 +337,51 @@ fn refusal(status: StatusCode, code: &str, message: String) -> Error {
     })
 }
 
-/// The carried operations (`op`) and the calls that do the same.
-const OPS: [(&str, &str); 5] = [
-    ("send", "websockets/send"),
-    ("broadcast", "websockets/broadcast"),
-    ("close", "websockets/close"),
-    ("attachment", "websockets/attachment"),
-    ("auto_response", "websockets/auto-response"),
-];
+/// A socket operation that can travel with the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Send,
+    Broadcast,
+    Close,
+    Attachment,
+    AutoResponse,
+}
+
+impl Op {
+    const ALL: [Op; 5] = [
+        Op::Send,
+        Op::Broadcast,
+        Op::Close,
+        Op::Attachment,
+        Op::AutoResponse,
+    ];
+
+    /// Its `op` in `stead-writes`.
+    fn name(self) -> &'static str {
+        match self {
+            Op::Send => "send",
+            Op::Broadcast => "broadcast",
+            Op::Close => "close",
+            Op::Attachment => "attachment",
+            Op::AutoResponse => "auto_response",
+        }
+    }
+
+    /// The call that does the same, with the same body less `op`.
+    fn path(self) -> &'static str {
+        match self {
+            Op::Send => "websockets/send",
+            Op::Broadcast => "websockets/broadcast",
+            Op::Close => "websockets/close",
+            Op::Attachment => "websockets/attachment",
+            Op::AutoResponse => "websockets/auto-response",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
 
 /// Applies buffered socket operations with calls, in order. An attachment for a socket that
 /// is gone is skipped, as the sidecar skips a carried one. On an error, returns it with the
@@ -356,19 +393,21 @@ pub(crate) async fn apply_all(
 ) -> std::result::Result<(), (Error, Vec<Value>)> {
     let mut ops = ops.into_iter();
     while let Some(op) = ops.next() {
+        // The SDK built each operation (see `WebSockets::queue`): an object with a known `op`.
         let Value::Object(mut body) = op else {
             continue;
         };
-        let kind = body.remove("op");
-        let Some((kind, path)) = OPS
-            .iter()
-            .find(|(k, _)| kind.as_ref().and_then(Value::as_str) == Some(*k))
+        let Some(kind) = body
+            .remove("op")
+            .as_ref()
+            .and_then(Value::as_str)
+            .and_then(Op::from_name)
         else {
             continue;
         };
-        match api.call::<_, Value>(token, path, &body).await {
+        match api.call::<_, Value>(token, kind.path(), &body).await {
             Ok(_) => {}
-            Err(Error::Api(e)) if *kind == "attachment" && e.status == StatusCode::NOT_FOUND => {}
+            Err(Error::Api(e)) if kind == Op::Attachment && e.status == StatusCode::NOT_FOUND => {}
             Err(e) => return Err((e, ops.collect())),
         }
     }
@@ -411,13 +450,12 @@ impl WebSockets {
 
     /// Buffers the operation `op` with `body` when the answer may carry it; otherwise makes
     /// the matching call, its answer discarded.
-    async fn queue(&self, op: &str, mut body: Map<String, Value>) -> Result<()> {
+    async fn queue(&self, op: Op, mut body: Map<String, Value>) -> Result<()> {
         let Some(cache) = self.carrying() else {
-            let path = OPS.iter().find(|(k, _)| *k == op).map_or("", |(_, p)| p);
-            let _: Value = self.call(path, &Value::Object(body)).await?;
+            let _: Value = self.call(op.path(), &Value::Object(body)).await?;
             return Ok(());
         };
-        body.insert("op".into(), Value::from(op));
+        body.insert("op".into(), Value::from(op.name()));
         let _op = cache.op().await;
         let full = cache.lock().queue_socket(cache.id(), Value::Object(body))?;
         if full {
@@ -499,7 +537,7 @@ impl WebSockets {
     /// # Ok(()) }
     /// ```
     pub async fn queue_send(&self, id: &str, msg: impl Into<Message>) -> Result<()> {
-        self.queue("send", send_body(id, msg.into())).await
+        self.queue(Op::Send, send_body(id, msg.into())).await
     }
 
     /// [`WebSockets::queue_send`] of a text message.
@@ -530,7 +568,7 @@ impl WebSockets {
         tag: Option<&str>,
         except: &[&str],
     ) -> Result<()> {
-        self.queue("broadcast", broadcast_body(msg.into(), tag, except))
+        self.queue(Op::Broadcast, broadcast_body(msg.into(), tag, except))
             .await
     }
 
@@ -550,7 +588,7 @@ impl WebSockets {
     /// # Ok(()) }
     /// ```
     pub async fn queue_close(&self, id: &str, code: u16, reason: &str) -> Result<()> {
-        self.queue("close", close_body(id, code, reason)?).await
+        self.queue(Op::Close, close_body(id, code, reason)?).await
     }
 
     /// Keeps the JSON of `value` with socket `id` (at most 16 KiB serialized, else `413
@@ -563,7 +601,8 @@ impl WebSockets {
     /// it. Otherwise it is a call, which fails with `404 no_such_socket` for a socket that is
     /// gone.
     pub async fn set_attachment<T: Serialize + ?Sized>(&self, id: &str, value: &T) -> Result<()> {
-        self.queue("attachment", attachment_body(id, value)?).await
+        self.queue(Op::Attachment, attachment_body(id, value)?)
+            .await
     }
 
     /// The attachment of socket `id` as `T`; `None` if the socket is gone or has none.
@@ -585,11 +624,11 @@ impl WebSockets {
         let mut body = Map::new();
         body.insert("request".into(), Value::from(request));
         body.insert("response".into(), Value::from(response));
-        self.queue("auto_response", body).await
+        self.queue(Op::AutoResponse, body).await
     }
 
     /// Removes the auto-response pair (carried like [`WebSockets::set_auto_response`]).
     pub async fn clear_auto_response(&self) -> Result<()> {
-        self.queue("auto_response", Map::new()).await
+        self.queue(Op::AutoResponse, Map::new()).await
     }
 }

@@ -155,6 +155,12 @@ impl DurableObject for Carrier {
                     Err(e) => api_error(e),
                 }
             }
+            "/gone-attachment" => {
+                ws.set_attachment("ws-9", &json!({"name": "gone"})).await?;
+                ws.queue_send_text("ws-1", "after").await?;
+                let sockets = ws.list(None).await?;
+                Ok(response::json(&sockets.len()))
+            }
             "/bad-close" => match ws.queue_close("ws-1", 999, "").await {
                 Ok(()) => Ok(response::text("accepted")),
                 Err(e) => api_error(e),
@@ -457,4 +463,31 @@ async fn close_codes_reasons_and_attachments_are_checked_at_the_call() {
         }
         assert_eq!(s.calls(), Vec::<String>::new(), "carry {carry:?}");
     }
+}
+
+#[tokio::test]
+async fn a_queued_attachment_for_a_socket_that_is_gone_is_skipped_when_sent_with_a_call() {
+    let s = carrier().await;
+    let a = s.carrying("/gone-attachment", "sql, websockets").await;
+    // The carried form ignores it at the sidecar; sent with a call, its 404 is ignored too, and
+    // what was queued after it is still sent.
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body, "2");
+    assert_eq!(
+        s.calls(),
+        [
+            "/v1/websockets/attachment",
+            "/v1/websockets/send",
+            "/v1/websockets/list"
+        ]
+    );
+    assert_eq!(a.writes, None);
+
+    // As a call (no `stead-carry`) it is refused as before.
+    let s = carrier().await;
+    let a = s.carrying("/gone-attachment", "").await;
+    assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let err: Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(err["error"]["code"], "unknown_socket");
+    assert_eq!(s.calls(), ["/v1/websockets/attachment"]);
 }
