@@ -730,9 +730,9 @@ const MAX_CARRYING_BODY: usize = 16 << 20;
 
 /// Ends a protocol-2 turn: marks the answer `stead-protocol: 2` and, when it commits, puts the
 /// turn's unsent writes, SQL statements and socket operations in front of its body
-/// (`stead-writes`). Answers that cannot carry a body
-/// (to `HEAD`, `204`, `304`) or are very large get the writes applied with calls first; if that
-/// fails the answer becomes a 500, which rolls the turn back.
+/// (`stead-writes`). Answers that cannot carry a body (to `HEAD`, `204`, `304`) or are very
+/// large get them applied with calls first, in the same order; if that fails the answer becomes
+/// a 500, which rolls the turn back.
 async fn answer_v2(
     api: &ApiClient,
     token: &HeaderValue,
