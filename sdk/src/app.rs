@@ -13,7 +13,7 @@ use stead_core::protocol::{self, EventKind};
 use tokio::net::TcpListener;
 
 use crate::alarm::AlarmInfo;
-use crate::cache::{EagerState, ObjectCache, TurnCache};
+use crate::cache::{Carry, EagerState, ObjectCache, TurnCache};
 use crate::client::ApiClient;
 use crate::error::{Error, Result};
 use crate::message::{Request, Response, error_response};
@@ -608,6 +608,9 @@ async fn object_event(
         .and_then(|v| v.trim().parse::<u32>().ok())
         .unwrap_or(1);
     let v2 = shared.protocol >= 2 && offered >= 2;
+    // What the answer may carry besides key-value and alarm writes (a header that is not
+    // visible ASCII names nothing).
+    let carry = Carry::parse(header(headers, protocol::CARRY).ok().flatten());
     let head = req.method() == Method::HEAD;
     let info = Arc::new(ObjectInfo {
         class: class_name,
@@ -643,7 +646,7 @@ async fn object_event(
                     (false, _) => cache.forget(),
                 }
                 drop(cache);
-                v2.then(|| TurnCache::begin(&slot.cache, kind == EventKind::Alarm))
+                v2.then(|| TurnCache::begin(&slot.cache, kind == EventKind::Alarm, carry))
             };
             let mut ending = TurnEnding(turn_cache.clone());
             let turn = Turn::with_cache(info, token, api.clone(), turn_cache);
@@ -726,9 +729,10 @@ fn split_state(
 const MAX_CARRYING_BODY: usize = 16 << 20;
 
 /// Ends a protocol-2 turn: marks the answer `stead-protocol: 2` and, when it commits, puts the
-/// turn's unsent writes in front of its body (`stead-writes`). Answers that cannot carry a body
-/// (to `HEAD`, `204`, `304`) or are very large get the writes applied with calls first; if that
-/// fails the answer becomes a 500, which rolls the turn back.
+/// turn's unsent writes, SQL statements and socket operations in front of its body
+/// (`stead-writes`). Answers that cannot carry a body (to `HEAD`, `204`, `304`) or are very
+/// large get them applied with calls first, in the same order; if that fails the answer becomes
+/// a 500, which rolls the turn back.
 async fn answer_v2(
     api: &ApiClient,
     token: &HeaderValue,

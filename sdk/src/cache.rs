@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use base64::prelude::*;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use stead_core::protocol;
 
 /// Keys longer than this are written with a direct call, so that a limit error (413
 /// `key_too_large`) reaches the caller at the call.
@@ -23,6 +25,9 @@ pub(crate) const MAX_BUFFERED_BATCH: usize = 128;
 /// Once the buffered writes of a turn hold more key and value bytes than this, they are sent
 /// with calls, so that an answer never grows by more than about this much.
 pub(crate) const MAX_PENDING_BYTES: usize = 1 << 20;
+/// Most SQL statements one answer may carry (the sidecar refuses more with 502 `app_failed`);
+/// the SDK sends the buffered ones with calls before it buffers one more.
+pub(crate) const MAX_CARRIED_SQL: usize = 128;
 /// The committed entries an instance keeps, in key and value bytes; beyond it entries are
 /// forgotten (and read again with a call when asked for).
 pub(crate) const MAX_CACHE_BYTES: usize = 256 << 10;
@@ -61,8 +66,35 @@ pub(crate) enum Lookup {
     Ask { fill: bool },
 }
 
-/// The net key-value and alarm writes of a turn not yet sent: what travels as `stead-writes`.
-/// A key appears at most once.
+/// What the event said `stead-writes` may carry besides key-value and alarm writes
+/// (`stead-carry`, docs/app-protocol.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Carry {
+    /// SQL statements whose result the app does not need.
+    pub sql: bool,
+    /// WebSocket operations.
+    pub websockets: bool,
+}
+
+impl Carry {
+    /// Reads the comma-separated tokens of `stead-carry` (absent: nothing); unknown tokens are
+    /// ignored, whitespace around tokens too.
+    pub(crate) fn parse(header: Option<&str>) -> Self {
+        let mut carry = Carry::default();
+        for token in header.unwrap_or_default().split(',').map(str::trim) {
+            match token {
+                protocol::CARRY_SQL => carry.sql = true,
+                protocol::CARRY_WEBSOCKETS => carry.websockets = true,
+                _ => {}
+            }
+        }
+        carry
+    }
+}
+
+/// The net key-value and alarm writes of a turn not yet sent, and its SQL statements and socket
+/// operations buffered to travel with the answer: what travels as `stead-writes`. A key appears
+/// at most once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Writes {
     pub delete_all: bool,
@@ -70,6 +102,11 @@ pub(crate) struct Writes {
     pub entries: BTreeMap<String, Option<Bytes>>,
     /// `Some(Some(t))` sets the alarm, `Some(None)` deletes it, `None` leaves it alone.
     pub alarm: Option<Option<i64>>,
+    /// SQL statements, in order: each the body of `/v1/sql/exec` (`{"sql", "params"}`).
+    pub sql: Vec<Value>,
+    /// WebSocket operations, in order: `{"op": "send" | "broadcast" | "close" | "attachment" |
+    /// "auto_response", …}` (see [`crate::websocket`]).
+    pub websockets: Vec<Value>,
 }
 
 #[derive(Serialize)]
@@ -93,10 +130,19 @@ struct WireWrites<'a> {
     put: Vec<WireEntry<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     alarm: Option<WireAlarm>,
+    #[serde(skip_serializing_if = "<[Value]>::is_empty")]
+    sql: &'a [Value],
+    #[serde(skip_serializing_if = "<[Value]>::is_empty")]
+    websockets: &'a [Value],
 }
 
 impl Writes {
     pub(crate) fn is_empty(&self) -> bool {
+        self.kv_is_empty() && self.sql.is_empty() && self.websockets.is_empty()
+    }
+
+    /// No key-value or alarm write.
+    pub(crate) fn kv_is_empty(&self) -> bool {
         !self.delete_all && self.entries.is_empty() && self.alarm.is_none()
     }
 
@@ -127,8 +173,10 @@ impl Writes {
                 })
                 .collect(),
             alarm: self.alarm.map(|time_ms| WireAlarm { time_ms }),
+            sql: &self.sql,
+            websockets: &self.websockets,
         };
-        // Strings, numbers and booleans only: serializing cannot fail.
+        // Strings, numbers, booleans and JSON values only: serializing cannot fail.
         serde_json::to_vec(&wire).unwrap_or_default()
     }
 }
@@ -179,6 +227,9 @@ struct TurnState {
     view: View,
     pending: Writes,
     pending_bytes: usize,
+    /// Bytes of the buffered SQL statements and socket operations (their JSON), apart.
+    sql_bytes: usize,
+    socket_bytes: usize,
     /// An alarm event: the alarm is cleared at commit unless the turn set it.
     alarm_event: bool,
 }
@@ -207,6 +258,10 @@ impl Default for ObjectCache {
             next_turn: 1,
         }
     }
+}
+
+fn json_len(v: &Value) -> usize {
+    v.to_string().len()
 }
 
 fn entry_bytes(key: &str, value: &Option<Bytes>) -> usize {
@@ -251,6 +306,8 @@ impl ObjectCache {
             },
             pending: Writes::default(),
             pending_bytes: 0,
+            sql_bytes: 0,
+            socket_bytes: 0,
             alarm_event,
         });
         id
@@ -420,18 +477,86 @@ impl ObjectCache {
         }
     }
 
-    /// The buffered writes of turn `id`, to send with calls. They stay buffered until
-    /// [`ObjectCache::sent`]: if the turn answers meanwhile they travel with the answer too,
-    /// which is harmless, since applying the same net writes twice gives the same state.
+    /// The buffered key-value and alarm writes of turn `id` (not its SQL statements or socket
+    /// operations), to send with calls. They stay buffered until [`ObjectCache::sent`]: if the
+    /// turn answers meanwhile they travel with the answer too, which is harmless, since
+    /// applying the same net writes twice gives the same state.
     pub(crate) fn pending(&self, id: u64) -> Result<Writes, TurnFinished> {
-        Ok(self.turn(id)?.pending.clone())
+        let p = &self.turn(id)?.pending;
+        Ok(Writes {
+            delete_all: p.delete_all,
+            entries: p.entries.clone(),
+            alarm: p.alarm,
+            sql: vec![],
+            websockets: vec![],
+        })
     }
 
     /// The writes returned by [`ObjectCache::pending`] were applied by calls.
     pub(crate) fn sent(&mut self, id: u64) {
         if let Ok(t) = self.turn_mut(id) {
-            t.pending = Writes::default();
+            t.pending.delete_all = false;
+            t.pending.entries.clear();
+            t.pending.alarm = None;
             t.pending_bytes = 0;
+        }
+    }
+
+    /// How many SQL statements turn `id` has buffered.
+    pub(crate) fn sql_count(&self, id: u64) -> Result<usize, TurnFinished> {
+        Ok(self.turn(id)?.pending.sql.len())
+    }
+
+    /// Buffers an SQL statement (the body of `/v1/sql/exec`) to travel with the answer.
+    /// `Ok(true)`: the buffered statements are over [`MAX_PENDING_BYTES`] and should be sent.
+    pub(crate) fn queue_sql(&mut self, id: u64, statement: Value) -> Result<bool, TurnFinished> {
+        let t = self.turn_mut(id)?;
+        t.sql_bytes += json_len(&statement);
+        t.pending.sql.push(statement);
+        Ok(t.sql_bytes > MAX_PENDING_BYTES)
+    }
+
+    /// Takes the buffered SQL statements out, to send with calls. Unlike key-value writes they
+    /// leave the buffer at once: running a statement twice is not harmless.
+    pub(crate) fn take_sql(&mut self, id: u64) -> Result<Vec<Value>, TurnFinished> {
+        let t = self.turn_mut(id)?;
+        t.sql_bytes = 0;
+        Ok(std::mem::take(&mut t.pending.sql))
+    }
+
+    /// Puts statements taken by [`ObjectCache::take_sql`] and not sent back in front of the
+    /// buffer.
+    pub(crate) fn restore_sql(&mut self, id: u64, mut unsent: Vec<Value>) {
+        if let Ok(t) = self.turn_mut(id) {
+            t.sql_bytes += unsent.iter().map(json_len).sum::<usize>();
+            unsent.append(&mut t.pending.sql);
+            t.pending.sql = unsent;
+        }
+    }
+
+    /// Buffers a socket operation to travel with the answer. `Ok(true)`: the buffered
+    /// operations are over [`MAX_PENDING_BYTES`] and should be sent.
+    pub(crate) fn queue_socket(&mut self, id: u64, op: Value) -> Result<bool, TurnFinished> {
+        let t = self.turn_mut(id)?;
+        t.socket_bytes += json_len(&op);
+        t.pending.websockets.push(op);
+        Ok(t.socket_bytes > MAX_PENDING_BYTES)
+    }
+
+    /// Takes the buffered socket operations out, to send with calls (see
+    /// [`ObjectCache::take_sql`]).
+    pub(crate) fn take_sockets(&mut self, id: u64) -> Result<Vec<Value>, TurnFinished> {
+        let t = self.turn_mut(id)?;
+        t.socket_bytes = 0;
+        Ok(std::mem::take(&mut t.pending.websockets))
+    }
+
+    /// Puts operations taken by [`ObjectCache::take_sockets`] and not sent back in front.
+    pub(crate) fn restore_sockets(&mut self, id: u64, mut unsent: Vec<Value>) {
+        if let Ok(t) = self.turn_mut(id) {
+            t.socket_bytes += unsent.iter().map(json_len).sum::<usize>();
+            unsent.append(&mut t.pending.websockets);
+            t.pending.websockets = unsent;
         }
     }
 
@@ -517,24 +642,31 @@ impl ObjectCache {
 pub(crate) struct TurnCache {
     object: Arc<Mutex<ObjectCache>>,
     turn: u64,
+    /// What the event said the answer may carry.
+    carry: Carry,
     /// One storage operation of the turn at a time, so that the cache, the buffer and the
     /// sidecar see the turn's operations in the same order.
     ops: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl TurnCache {
-    /// Begins a turn on `object`.
-    pub(crate) fn begin(object: &Arc<Mutex<ObjectCache>>, alarm_event: bool) -> Self {
+    /// Begins a turn on `object`, whose answer may carry what `carry` says.
+    pub(crate) fn begin(object: &Arc<Mutex<ObjectCache>>, alarm_event: bool, carry: Carry) -> Self {
         let turn = lock(object).begin(alarm_event);
         Self {
             object: Arc::clone(object),
             turn,
+            carry,
             ops: Arc::default(),
         }
     }
 
     pub(crate) fn id(&self) -> u64 {
         self.turn
+    }
+
+    pub(crate) fn carry(&self) -> Carry {
+        self.carry
     }
 
     /// The instance's cache, locked (never across an `.await`).
@@ -766,6 +898,51 @@ mod tests {
         c.finish(t, true);
         let t = c.begin(false);
         assert_eq!(c.alarm(t).unwrap(), Some(Some(200)));
+    }
+
+    #[test]
+    fn carried_operations_keep_their_order_when_unsent_ones_are_put_back() {
+        let mut c = ObjectCache::default();
+        let t = c.begin(false);
+        for i in 1..=3 {
+            c.queue_sql(t, json!({"sql": i})).unwrap();
+        }
+        let taken = c.take_sql(t).unwrap();
+        assert_eq!(c.sql_count(t).unwrap(), 0);
+        c.queue_sql(t, json!({"sql": 4})).unwrap();
+        // The first was sent; the two after it go back in front of the one queued since.
+        c.restore_sql(t, taken[1..].to_vec());
+        c.queue_socket(t, json!({"op": "send"})).unwrap();
+        let w = c.finish(t, true).unwrap();
+        assert_eq!(
+            json_of(&w),
+            json!({"sql": [{"sql": 2}, {"sql": 3}, {"sql": 4}], "websockets": [{"op": "send"}]})
+        );
+        // A rolled-back turn drops them.
+        let t = c.begin(false);
+        c.queue_sql(t, json!({"sql": 5})).unwrap();
+        assert_eq!(c.finish(t, false), None);
+        assert_eq!(c.queue_sql(t, json!({"sql": 6})), Err(TurnFinished));
+    }
+
+    #[test]
+    fn carry_names_only_the_tokens_it_lists() {
+        assert_eq!(Carry::parse(None), Carry::default());
+        assert_eq!(
+            Carry::parse(Some(" websockets , sql ")),
+            Carry {
+                sql: true,
+                websockets: true
+            }
+        );
+        assert_eq!(
+            Carry::parse(Some("sql,other,")),
+            Carry {
+                sql: true,
+                websockets: false
+            }
+        );
+        assert_eq!(Carry::parse(Some("sqlx, web sockets")), Carry::default());
     }
 
     #[test]

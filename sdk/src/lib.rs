@@ -67,7 +67,10 @@ pub use object::{DurableObject, StatelessHandler};
 pub use storage::{ListOptions, SqlResult, SqlValue, Storage};
 pub use stub::{ObjectAddr, ObjectStub};
 pub use turn::{ObjectInfo, StatelessContext, Turn};
-pub use websocket::{MAX_TAG_BYTES, MAX_TAGS, Message, WebSocket, WebSocketInfo, WebSockets};
+pub use websocket::{
+    MAX_ATTACHMENT_BYTES, MAX_CLOSE_REASON_BYTES, MAX_TAG_BYTES, MAX_TAGS, Message, WebSocket,
+    WebSocketInfo, WebSockets,
+};
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;

@@ -10,7 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::cache::{
-    Lookup, MAX_BUFFERED_BATCH, MAX_BUFFERED_KEY, MAX_BUFFERED_VALUE, TurnCache, Writes,
+    Lookup, MAX_BUFFERED_BATCH, MAX_BUFFERED_KEY, MAX_BUFFERED_VALUE, MAX_CARRIED_SQL, TurnCache,
+    Writes,
 };
 use crate::client::ApiClient;
 use crate::error::{Error, Result};
@@ -550,18 +551,106 @@ impl Storage {
     /// assert_eq!(r.scalar().and_then(|v| v.as_str()), Some("one"));
     /// # Ok(()) }
     /// ```
+    ///
+    /// Statements buffered by [`Storage::queue_sql`] are sent first, in order, so that this one
+    /// sees them.
     pub async fn sql(&self, sql: &str, params: &[SqlValue]) -> Result<SqlResult> {
-        #[derive(Serialize)]
-        struct Exec<'a> {
-            sql: &'a str,
-            params: &'a [SqlValue],
+        if let Some(cache) = self.carrying_sql() {
+            let _op = cache.op().await;
+            self.flush_sql(cache).await?;
+            return self.exec(sql, params).await;
         }
+        self.exec(sql, params).await
+    }
+
+    async fn exec(&self, sql: &str, params: &[SqlValue]) -> Result<SqlResult> {
         self.call("sql/exec", &Exec { sql, params }).await
+    }
+
+    /// Runs an SQL statement whose result the turn does not need, as part of the turn.
+    ///
+    /// When the sidecar lets SQL travel with the answer (protocol 2 and `stead-carry: sql`, see
+    /// `docs/sdk.md`, "Operations that travel with the answer"), the statement is buffered and
+    /// this returns at once: it runs when the answer arrives, after the turn's key-value writes,
+    /// in the order it was queued, and only if the turn commits. An error of the statement
+    /// (syntax, a constraint, a refused name, the database full…) then fails the whole turn:
+    /// it rolls back and the client gets that error instead of the answer. Otherwise (protocol
+    /// 1, an older sidecar) it is an `sql/exec` call made now, its result discarded, and its
+    /// error comes back here.
+    ///
+    /// A later [`Storage::sql`] in the same turn sends the buffered statements first, so reads
+    /// see them. At most 128 statements travel with one answer; before a 129th is buffered the
+    /// others are sent with calls.
+    ///
+    /// ```no_run
+    /// # async fn f(storage: stead_sdk::Storage) -> stead_sdk::Result<()> {
+    /// storage
+    ///     .queue_sql("INSERT INTO log (at, what) VALUES (?, ?)", &[1.into(), "started".into()])
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn queue_sql(&self, sql: &str, params: &[SqlValue]) -> Result<()> {
+        let Some(cache) = self.carrying_sql() else {
+            self.exec(sql, params).await?;
+            return Ok(());
+        };
+        let statement = if params.is_empty() {
+            serde_json::json!({ "sql": sql })
+        } else {
+            serde_json::to_value(Exec { sql, params })?
+        };
+        let _op = cache.op().await;
+        if cache.lock().sql_count(cache.id())? >= MAX_CARRIED_SQL {
+            self.flush_sql(cache).await?;
+        }
+        let full = cache.lock().queue_sql(cache.id(), statement)?;
+        if full {
+            self.flush_sql(cache).await?;
+        }
+        Ok(())
+    }
+
+    /// The turn's cache when the answer may carry SQL.
+    fn carrying_sql(&self) -> Option<&TurnCache> {
+        self.cache.as_ref().filter(|c| c.carry().sql)
+    }
+
+    /// Sends the turn's buffered SQL statements with calls (the caller holds the turn's
+    /// operation lock). On an error, the statements after the failed one stay buffered.
+    async fn flush_sql(&self, cache: &TurnCache) -> Result<()> {
+        let statements = cache.lock().take_sql(cache.id())?;
+        if let Err((e, unsent)) = exec_all(&self.api, &self.token, statements).await {
+            cache.lock().restore_sql(cache.id(), unsent);
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
+#[derive(Serialize)]
+struct Exec<'a> {
+    sql: &'a str,
+    params: &'a [SqlValue],
+}
+
+/// Runs buffered SQL statements (bodies of `/v1/sql/exec`) with calls, in order. On an error,
+/// returns it with the statements after the failed one, unsent.
+pub(crate) async fn exec_all(
+    api: &ApiClient,
+    token: &HeaderValue,
+    statements: Vec<Value>,
+) -> std::result::Result<(), (Error, Vec<Value>)> {
+    let mut statements = statements.into_iter();
+    while let Some(statement) = statements.next() {
+        if let Err(e) = api.call::<_, Value>(token, "sql/exec", &statement).await {
+            return Err((e, statements.collect()));
+        }
+    }
+    Ok(())
+}
+
 /// Applies `writes` with the protocol-1 calls, in the order the sidecar applies `stead-writes`:
-/// delete-all, deletes, puts, alarm.
+/// delete-all, deletes, puts, alarm, SQL statements, then socket operations.
 pub(crate) async fn send_writes(
     api: &ApiClient,
     token: &HeaderValue,
@@ -606,6 +695,12 @@ pub(crate) async fn send_writes(
         }
         None => {}
     }
+    exec_all(api, token, writes.sql.clone())
+        .await
+        .map_err(|(e, _)| e)?;
+    crate::websocket::apply_all(api, token, writes.websockets.clone())
+        .await
+        .map_err(|(e, _)| e)?;
     Ok(())
 }
 

@@ -119,7 +119,7 @@ impl Turn {
     /// # Ok(()) }
     /// ```
     pub fn websockets(&self) -> WebSockets {
-        WebSockets::new(self.api.clone(), self.token.clone())
+        WebSockets::new(self.api.clone(), self.token.clone(), self.cache.clone())
     }
 
     /// A handle on the object of class `class` at `addr`, for calling it during this turn.

@@ -21,8 +21,16 @@
 //! back, so nobody receives it and it is not in the history (the output gate at work).
 //!
 //! Stateless routes: `GET /` serves the chat page.
+//!
+//! The room keeps its last 100 messages and its last `seq` in memory, loaded with one SQL query
+//! by the first event of an instance (a new instance is built whenever the sidecar starts a new
+//! incarnation of the object, so the copy never outlives the table). With a sidecar that lets
+//! SQL and socket operations travel with the answer (`stead-carry`, see `docs/sdk.md`), a hot
+//! message turn is then one exchange: the INSERT and the broadcast ride on the answer; so do a
+//! connect turn's attachment, auto-response and history. With an older sidecar the same code
+//! makes them calls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use stead_sdk::http::{Method, StatusCode};
@@ -62,21 +70,54 @@ struct Member {
     name: String,
 }
 
+/// What an instance knows of the room's table.
+struct Recent {
+    /// The last [`HISTORY`] messages, oldest first.
+    history: VecDeque<ChatMessage>,
+    /// The `seq` of the last message; 0 before the first.
+    last_seq: i64,
+    /// Whether the table exists (created by an earlier turn that committed).
+    table: bool,
+}
+
+impl Recent {
+    /// A message stored by a turn that commits.
+    fn push(&mut self, message: ChatMessage) {
+        self.last_seq = message.seq;
+        self.table = true;
+        self.history.push_back(message);
+        while self.history.len() > HISTORY as usize {
+            self.history.pop_front();
+        }
+    }
+}
+
 struct ChatRoom {
     /// Socket id → user name: a cache of the sockets' attachments (empty after hibernation,
     /// refilled from them).
     names: HashMap<String, String>,
-    /// Whether this instance created the table already.
-    schema_ready: bool,
+    /// The room's recent messages, loaded by the first event of the instance that needs them.
+    recent: Option<Recent>,
 }
 
 impl ChatRoom {
-    async fn ensure_schema(&mut self, storage: &Storage) -> Result<()> {
-        if !self.schema_ready {
-            storage.sql(SCHEMA, &[]).await?;
-            self.schema_ready = true;
-        }
-        Ok(())
+    /// The room's recent messages: one SQL query the first time in this instance, none after.
+    async fn recent(&mut self, storage: &Storage) -> Result<&mut Recent> {
+        let recent = match self.recent.take() {
+            Some(recent) => recent,
+            None => {
+                let (history, table) = match history(storage, HISTORY).await? {
+                    Some(history) => (history, true),
+                    None => (vec![], false),
+                };
+                Recent {
+                    last_seq: history.last().map_or(0, |m| m.seq),
+                    history: history.into(),
+                    table,
+                }
+            }
+        };
+        Ok(self.recent.insert(recent))
     }
 
     /// The name of the user on socket `ws_id`.
@@ -94,9 +135,9 @@ impl ChatRoom {
     }
 }
 
-/// The last `limit` messages, oldest first; none if the room never had one (reading creates
+/// The last `limit` messages, oldest first; `None` if the room has no table yet (reading creates
 /// nothing).
-async fn history(storage: &Storage, limit: i64) -> Result<Vec<ChatMessage>> {
+async fn history(storage: &Storage, limit: i64) -> Result<Option<Vec<ChatMessage>>> {
     let r = storage
         .sql(
             "SELECT seq, name, text, at_ms FROM
@@ -106,8 +147,8 @@ async fn history(storage: &Storage, limit: i64) -> Result<Vec<ChatMessage>> {
         )
         .await;
     match r {
-        Ok(r) => r.rows_as(),
-        Err(Error::Api(e)) if e.message.contains("no such table") => Ok(vec![]),
+        Ok(r) => r.rows_as().map(Some),
+        Err(Error::Api(e)) if e.message.contains("no such table") => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -130,7 +171,7 @@ impl DurableObject for ChatRoom {
     fn new(_object: &ObjectInfo) -> Self {
         ChatRoom {
             names: HashMap::new(),
-            schema_ready: false,
+            recent: None,
         }
     }
 
@@ -142,7 +183,8 @@ impl DurableObject for ChatRoom {
                     .and_then(|l| l.parse::<i64>().ok())
                     .unwrap_or(HISTORY)
                     .clamp(0, 1000);
-                Ok(response::json(&history(&turn.storage(), limit).await?))
+                let history = history(&turn.storage(), limit).await?.unwrap_or_default();
+                Ok(response::json(&history))
             }
             (&Method::GET, "/ws") => Ok(response::error(
                 StatusCode::UPGRADE_REQUIRED,
@@ -178,6 +220,7 @@ impl DurableObject for ChatRoom {
                 &format!("a name has 1 to {MAX_NAME} printable characters"),
             ));
         };
+        let recent = self.recent(&turn.storage()).await?;
         let sockets = turn.websockets();
         sockets
             .set_attachment(&ws.id, &Member { name: name.clone() })
@@ -185,8 +228,8 @@ impl DurableObject for ChatRoom {
         sockets.set_auto_response("ping", "pong").await?;
         // Sent during the turn, these leave once the socket is accepted, before any later
         // broadcast.
-        for message in history(&turn.storage(), HISTORY).await? {
-            sockets.send_json(&ws.id, &message).await?;
+        for message in &recent.history {
+            sockets.queue_send_json(&ws.id, message).await?;
         }
         self.names.insert(ws.id, name);
         Ok(response::accept_websocket())
@@ -214,33 +257,41 @@ impl DurableObject for ChatRoom {
         }
         let name = self.name_of(turn, ws_id).await?;
         let storage = turn.storage();
-        self.ensure_schema(&storage).await?;
-        let at_ms = now_ms();
-        let r = storage
-            .sql(
-                "INSERT INTO messages (seq, name, text, at_ms)
-                 VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM messages), ?, ?, ?)
-                 RETURNING seq",
-                &[name.as_str().into(), text.into(), at_ms.into()],
-            )
-            .await?;
-        let seq = r
-            .scalar()
-            .and_then(serde_json::Value::as_i64)
-            .ok_or_else(|| Error::msg("the insert returned no seq"))?;
+        let recent = self.recent(&storage).await?;
+        if !recent.table {
+            storage.queue_sql(SCHEMA, &[]).await?;
+        }
         let message = ChatMessage {
-            seq,
+            seq: recent.last_seq + 1,
             name,
             text: text.to_owned(),
-            at_ms,
+            at_ms: now_ms(),
         };
+        storage
+            .queue_sql(
+                "INSERT INTO messages (seq, name, text, at_ms) VALUES (?, ?, ?, ?)",
+                &[
+                    message.seq.into(),
+                    message.name.as_str().into(),
+                    text.into(),
+                    message.at_ms.into(),
+                ],
+            )
+            .await?;
         turn.websockets()
-            .broadcast_all(Message::json(&message)?)
+            .queue_broadcast_all(Message::json(&message)?)
             .await?;
         if text.starts_with("!rollback") {
-            // Stored and broadcast, and now the turn fails: neither happens.
-            return Err(Error::msg(format!("message {seq} asked to be rolled back")));
+            // Stored and broadcast, and now the turn fails: neither happens, and the room's
+            // memory stays as it was.
+            return Err(Error::msg(format!(
+                "message {} asked to be rolled back",
+                message.seq
+            )));
         }
+        // The turn commits: the room remembers the message. (Should the commit fail after all,
+        // the next event comes with a new incarnation, hence a new instance that reloads.)
+        recent.push(message);
         Ok(())
     }
 
@@ -274,6 +325,9 @@ async fn front_door(req: Request, _ctx: StatelessContext) -> Response {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 #[tokio::main]
 async fn main() {

@@ -1,4 +1,5 @@
-//! A stand-in for the sidecar's app API: an in-memory KV, an echoing SQL endpoint, an echoing
+//! A stand-in for the sidecar's app API: an in-memory KV, an echoing SQL endpoint (SQL
+//! containing `FAIL` is refused with `400 sql_error`), an echoing
 //! object-call endpoint, and a log of every call as it arrived on the wire.
 
 use std::collections::BTreeMap;
@@ -263,6 +264,13 @@ fn storage_call(fake: FakeApi, uri: Uri, headers: HeaderMap, body: Bytes) -> (St
             ok(json!({"deleted": n}))
         }
         "/v1/sql/exec" => {
+            if body["sql"].as_str().is_some_and(|s| s.contains("FAIL")) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "sql_error",
+                    "near FAIL: syntax error",
+                );
+            }
             // Echoes the parameters back as one row, one column per parameter.
             let params = body["params"].as_array().cloned().unwrap_or_default();
             let columns: Vec<String> = (0..params.len()).map(|i| format!("p{i}")).collect();

@@ -2,6 +2,7 @@
 //! client plays the sidecar sending events.
 
 mod calls;
+mod carry;
 mod dispatch;
 mod events;
 mod fake_api;

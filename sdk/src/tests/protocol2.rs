@@ -127,23 +127,23 @@ type LateResult = (Result<()>, Result<Option<i64>>);
 static LATE: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<LateResult>>> =
     std::sync::Mutex::new(None);
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
+pub(super) struct Answer {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
     /// The `stead-writes` JSON, if the answer carried writes.
-    writes: Option<Value>,
+    pub(super) writes: Option<Value>,
     /// The body after the writes.
-    body: Bytes,
+    pub(super) body: Bytes,
 }
 
-struct Sidecar {
+pub(super) struct Sidecar {
     addr: SocketAddr,
-    fake: FakeApi,
+    pub(super) fake: FakeApi,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Sidecar {
-    async fn start(app: App) -> Self {
+    pub(super) async fn start(app: App) -> Self {
         let (fake, url) = FakeApi::start().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -157,16 +157,16 @@ impl Sidecar {
     }
 
     /// Calls made to the fake API so far, as paths.
-    fn calls(&self) -> Vec<String> {
+    pub(super) fn calls(&self) -> Vec<String> {
         self.fake.log().iter().map(|c| c.path.clone()).collect()
     }
 
-    fn log(&self) -> Vec<Call> {
+    pub(super) fn log(&self) -> Vec<Call> {
         self.fake.log()
     }
 
     /// An event of protocol 2 for the object, with `state` as eager state if given.
-    async fn event(
+    pub(super) async fn event(
         &self,
         method: Method,
         path: &str,
@@ -216,7 +216,7 @@ impl Sidecar {
         }
     }
 
-    async fn v2(&self, path: &str, state: Option<Value>) -> Answer {
+    pub(super) async fn v2(&self, path: &str, state: Option<Value>) -> Answer {
         self.event(
             Method::POST,
             path,
@@ -229,11 +229,11 @@ impl Sidecar {
     }
 }
 
-fn b64(s: &str) -> String {
+pub(super) fn b64(s: &str) -> String {
     BASE64_STANDARD.encode(s)
 }
 
-fn empty_state() -> Option<Value> {
+pub(super) fn empty_state() -> Option<Value> {
     Some(json!({"entries": [], "alarm": null}))
 }
 
