@@ -375,14 +375,28 @@ mod tests {
         assert!(sql.statements[1].params.is_empty());
         let ops: Vec<String> = c.sockets.iter().map(|o| format!("{o:?}")).collect();
         assert_eq!(ops.len(), 8);
-        assert!(matches!(&c.sockets[0], SocketOp::Attachment { id, attachment } if id == "ws-1" && attachment["name"] == "ann"));
-        assert!(matches!(&c.sockets[1], SocketOp::AutoResponse(Some((q, a))) if q == "ping" && a == "pong"));
+        assert!(
+            matches!(&c.sockets[0], SocketOp::Attachment { id, attachment } if id == "ws-1" && attachment["name"] == "ann")
+        );
+        assert!(
+            matches!(&c.sockets[1], SocketOp::AutoResponse(Some((q, a))) if q == "ping" && a == "pong")
+        );
         assert!(matches!(&c.sockets[2], SocketOp::AutoResponse(None)));
-        assert!(matches!(&c.sockets[3], SocketOp::Out(Outgoing::Send { id, msg: WsMessage::Text(t) }) if id == "ws-1" && t == "hello"));
-        assert!(matches!(&c.sockets[4], SocketOp::Out(Outgoing::Send { msg: WsMessage::Binary(b), .. }) if b.as_ref() == [0, 1]));
-        assert!(matches!(&c.sockets[5], SocketOp::Out(Outgoing::Broadcast { tag: Some(t), except, .. }) if t == "room" && except == &["ws-1"]));
-        assert!(matches!(&c.sockets[6], SocketOp::Out(Outgoing::Close { code: 4000, reason, .. }) if reason == "bye"));
-        assert!(matches!(&c.sockets[7], SocketOp::Out(Outgoing::Close { code: 1000, reason, .. }) if reason.is_empty()));
+        assert!(
+            matches!(&c.sockets[3], SocketOp::Out(Outgoing::Send { id, msg: WsMessage::Text(t) }) if id == "ws-1" && t == "hello")
+        );
+        assert!(
+            matches!(&c.sockets[4], SocketOp::Out(Outgoing::Send { msg: WsMessage::Binary(b), .. }) if b.as_ref() == [0, 1])
+        );
+        assert!(
+            matches!(&c.sockets[5], SocketOp::Out(Outgoing::Broadcast { tag: Some(t), except, .. }) if t == "room" && except == &["ws-1"])
+        );
+        assert!(
+            matches!(&c.sockets[6], SocketOp::Out(Outgoing::Close { code: 4000, reason, .. }) if reason == "bye")
+        );
+        assert!(
+            matches!(&c.sockets[7], SocketOp::Out(Outgoing::Close { code: 1000, reason, .. }) if reason.is_empty())
+        );
     }
 
     #[test]
@@ -392,7 +406,12 @@ mod tests {
         assert!(c.writes.is_none());
         assert_eq!(c.sockets.len(), 1);
         let mut r = answer(r#"{"sql":[]}"#, "");
-        assert!(take_writes(&mut r, &Limits::default()).unwrap().writes.is_none());
+        assert!(
+            take_writes(&mut r, &Limits::default())
+                .unwrap()
+                .writes
+                .is_none()
+        );
     }
 
     #[test]
@@ -416,7 +435,11 @@ mod tests {
         ] {
             let bad = bad.replace("REASON", &"r".repeat(124));
             let e = take_writes(&mut answer(&bad, ""), &l).unwrap_err();
-            assert_eq!((e.status, e.code), (StatusCode::BAD_GATEWAY, "app_failed"), "{bad}");
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_GATEWAY, "app_failed"),
+                "{bad}"
+            );
             assert!(e.message.contains("stead-writes"), "{}", e.message);
         }
         let many = format!(
@@ -425,7 +448,12 @@ mod tests {
         );
         let e = take_writes(&mut answer(&many, ""), &l).unwrap_err();
         assert_eq!(e.code, "app_failed");
-        assert!(e.message.contains("carries 129 SQL statements; at most 128"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("carries 129 SQL statements; at most 128"),
+            "{}",
+            e.message
+        );
         let most = format!(
             r#"{{"sql":[{}]}}"#,
             vec![r#"{"sql":"SELECT 1"}"#; 128].join(",")
@@ -441,7 +469,10 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(
-            code_of(r#"{"sql":[{"sql":"SELECT 1 -- longer than twenty bytes"}]}"#, &l),
+            code_of(
+                r#"{"sql":[{"sql":"SELECT 1 -- longer than twenty bytes"}]}"#,
+                &l
+            ),
             "statement_too_large"
         );
         assert_eq!(
@@ -457,7 +488,10 @@ mod tests {
             "x".repeat(MAX_ATTACHMENT_BYTES)
         );
         let e = take_writes(&mut answer(&big, ""), &l).unwrap_err();
-        assert_eq!((e.status, e.code), (StatusCode::PAYLOAD_TOO_LARGE, "attachment_too_large"));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::PAYLOAD_TOO_LARGE, "attachment_too_large")
+        );
     }
 
     #[test]

@@ -216,7 +216,10 @@ impl Turn {
                 }
             }
         };
-        let Carried { writes, sockets: ops } = carried;
+        let Carried {
+            writes,
+            sockets: ops,
+        } = carried;
         if !ops.is_empty() {
             // Applied now, before the object's next event goes to the app (so it sees them);
             // sends go to the outbox after the turn's called ones, and leave only if it commits.
