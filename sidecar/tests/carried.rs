@@ -627,3 +627,202 @@ async fn malformed_carried_documents_fail_the_turn_and_apply_nothing() {
         assert_eq!(next_text(&mut a).await, marker, "{doc}");
     }
 }
+
+#[tokio::test]
+async fn carried_sql_that_only_reads_creates_no_database() {
+    let s = setup().await;
+    let (status, v) = s
+        .turn("reader", json!({"writes": {"sql": [{"sql": "SELECT 1"}]}}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        s.shard.database_files().is_empty(),
+        "{:?}",
+        s.shard.database_files()
+    );
+}
+
+/// Carried SQL on the real storage threads, in-process: it runs in the turn's savepoint with
+/// the carried key-value writes, under the turn's deadline.
+mod storage {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use std::time::{Duration, Instant};
+
+    use stead_core::{ClassName, ObjectId, ObjectName};
+    use stead_sidecar::alarms::Alarms;
+    use stead_sidecar::error::ApiError;
+    use stead_sidecar::metrics::Metrics;
+    use stead_sidecar::object::ObjectRef;
+    use stead_sidecar::storage::{
+        CarriedSql, DbOptions, Durability, Failures, Statement, Storage, StorageConfig, TurnEnd,
+        TurnRef, Writes,
+    };
+
+    struct Rig {
+        dir: std::path::PathBuf,
+        storage: Storage,
+        object: Arc<ObjectRef>,
+        active: Arc<AtomicU64>,
+        failures: Arc<Failures>,
+        next: u64,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    impl Rig {
+        fn start() -> Rig {
+            let dir = std::env::temp_dir().join(format!(
+                "stead-carried-{}-{}",
+                std::process::id(),
+                ObjectId::unique().unwrap().to_hex()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let metrics = Metrics::new();
+            let alarms = Alarms::start(&dir, 16, Duration::from_secs(2), metrics.clone()).unwrap();
+            let storage = Storage::start(
+                StorageConfig {
+                    data_dir: dir.clone(),
+                    threads: 1,
+                    max_open: 16,
+                    db: DbOptions {
+                        durability: Durability::Relaxed,
+                        max_database_bytes: 1 << 30,
+                    },
+                },
+                metrics,
+                alarms,
+            )
+            .unwrap();
+            let class = ClassName::new("Counter").unwrap();
+            let name = ObjectName::new("carried").unwrap();
+            let object = Arc::new(ObjectRef::new(
+                class.clone(),
+                ObjectId::named(&class, &name),
+                Some(name),
+                16,
+            ));
+            Rig {
+                dir,
+                storage,
+                object,
+                active: Arc::default(),
+                failures: Arc::default(),
+                next: 0,
+            }
+        }
+
+        fn turn(&mut self, deadline: Option<Instant>) -> TurnRef {
+            self.next += 1;
+            self.active
+                .store(self.next, std::sync::atomic::Ordering::SeqCst);
+            TurnRef {
+                object: self.object.clone(),
+                id: self.next,
+                active: self.active.clone(),
+                deadline,
+                failures: self.failures.clone(),
+                failures_seen: self.failures.count(),
+                touched: Default::default(),
+            }
+        }
+
+        /// Ends a turn that carries `put` and `sql`, and commits its group.
+        async fn carry(
+            &mut self,
+            deadline: Option<Instant>,
+            put: &str,
+            sql: &[&str],
+        ) -> Result<(), ApiError> {
+            let t = self.turn(deadline);
+            let end = TurnEnd {
+                keep: true,
+                writes: Some(Writes {
+                    put: vec![(put.to_owned(), b"1".to_vec())],
+                    sql: Some(CarriedSql {
+                        statements: sql
+                            .iter()
+                            .map(|s| Statement {
+                                sql: (*s).to_owned(),
+                                params: vec![],
+                            })
+                            .collect(),
+                        max_result_bytes: 1 << 20,
+                    }),
+                    ..Writes::default()
+                }),
+                ..TurnEnd::default()
+            };
+            let (ended, committed) = tokio::time::timeout(Duration::from_secs(30), async {
+                let ended = self.storage.end_turn(&t, end);
+                let committed = self
+                    .storage
+                    .commit(self.object.clone(), self.failures.clone());
+                (ended.await, committed.await)
+            })
+            .await
+            .expect("storage did not answer");
+            committed.map_err(ApiError::from)?;
+            ended.map_err(ApiError::from)
+        }
+
+        async fn query(&mut self, sql: &str) -> serde_json::Value {
+            let t = self.turn(None);
+            let out = self
+                .storage
+                .sql_exec(&t, sql.to_owned(), vec![], 1 << 20)
+                .await
+                .unwrap();
+            self.storage.finish_turn(&t, false, false).await.unwrap();
+            serde_json::to_value(out).unwrap()["rows"].clone()
+        }
+
+        async fn keys(&mut self) -> Vec<String> {
+            let t = self.turn(None);
+            let all = self
+                .storage
+                .kv_list(&t, Default::default(), 1 << 20)
+                .await
+                .unwrap();
+            self.storage.finish_turn(&t, false, false).await.unwrap();
+            all.into_iter().map(|(k, _)| k).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn carried_sql_belongs_to_its_turn_and_is_interrupted_at_its_deadline() {
+        let mut rig = Rig::start();
+        rig.carry(
+            None,
+            "a",
+            &["CREATE TABLE m(x)", "INSERT INTO m VALUES (1)"],
+        )
+        .await
+        .unwrap();
+        assert_eq!(rig.query("SELECT x FROM m").await, serde_json::json!([[1]]));
+        // A deadline that has passed when the statement runs: 504, nothing of the turn kept,
+        // and the object's failure cell knows (later pipelined turns fail too).
+        let e = rig
+            .carry(Some(Instant::now()), "b", &["INSERT INTO m VALUES (2)"])
+            .await
+            .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (504, "turn_timeout"));
+        assert_eq!(rig.failures.count(), 1);
+        // A statement that fails after one that worked: the turn's put and first statement go.
+        let e = rig
+            .carry(
+                None,
+                "c",
+                &["INSERT INTO m VALUES (3)", "INSERT INTO nosuch VALUES (1)"],
+            )
+            .await
+            .unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "sql_error"));
+        assert_eq!(rig.query("SELECT x FROM m").await, serde_json::json!([[1]]));
+        assert_eq!(rig.keys().await, ["a"]);
+    }
+}
