@@ -19,11 +19,11 @@ use crate::chain::CallChain;
 use crate::error::ApiError;
 pub use crate::limits::Limits;
 use crate::route::ObjectRouter;
-use crate::storage::{ListQuery, Storage, TurnRef, param_from_json};
+use crate::storage::{ListQuery, Storage, TurnRef};
 use crate::target::{Target, parse_route};
 use crate::turn::{Outbox, TurnKind, Turns};
 use crate::websocket::registry::{
-    MAX_ATTACHMENT_BYTES, MAX_MESSAGE_BYTES, Outgoing, Sockets, WsMessage, is_sendable_close_code,
+    Outgoing, Sockets, WsMessage, auto_response_pair, check_attachment, check_close,
 };
 
 pub struct ApiState {
@@ -274,38 +274,7 @@ async fn sql_exec(
     call: Call<SqlBody>,
 ) -> Result<Response, ApiError> {
     let SqlBody { sql, params } = call.body;
-    if sql.len() > s.limits.max_statement_bytes {
-        return Err(ApiError::too_large(
-            "statement_too_large",
-            format!(
-                "SQL is {} bytes; the limit is {}",
-                sql.len(),
-                s.limits.max_statement_bytes
-            ),
-        ));
-    }
-    if params.len() > s.limits.max_params {
-        return Err(ApiError::bad_request(
-            "too_many_params",
-            format!(
-                "{} bound parameters; the limit is {}",
-                params.len(),
-                s.limits.max_params
-            ),
-        ));
-    }
-    if sql.to_ascii_lowercase().contains("_stead_") {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "reserved_name",
-            "names starting with _stead_ are reserved for Stead's own tables",
-        ));
-    }
-    let params = params
-        .iter()
-        .map(param_from_json)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::bad_request("bad_request", e))?;
+    let params = s.limits.sql(&sql, &params)?;
     let out = s
         .storage
         .sql_exec(&call.turn, sql, params, s.limits.max_sql_result_bytes)
@@ -411,34 +380,7 @@ struct WsSendBody {
 
 impl WsSendBody {
     fn message(&self) -> Result<WsMessage, ApiError> {
-        let msg = match (&self.text, &self.binary) {
-            (Some(t), None) => WsMessage::Text(t.clone()),
-            (None, Some(b)) => WsMessage::Binary(
-                base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .map_err(|e| {
-                        ApiError::bad_request("bad_request", format!("binary is not base64: {e}"))
-                    })?
-                    .into(),
-            ),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "bad_request",
-                    "give exactly one of \"text\" and \"binary\"",
-                ));
-            }
-        };
-        let len = match &msg {
-            WsMessage::Text(t) => t.len(),
-            WsMessage::Binary(b) => b.len(),
-        };
-        if len > MAX_MESSAGE_BYTES {
-            return Err(ApiError::too_large(
-                "message_too_large",
-                format!("message is {len} bytes; the limit is {MAX_MESSAGE_BYTES}"),
-            ));
-        }
-        Ok(msg)
+        WsMessage::from_app(self.text.clone(), self.binary.as_deref())
     }
 }
 
@@ -501,20 +443,7 @@ async fn ws_close(
     call: Call<WsCloseBody>,
 ) -> Result<Response, ApiError> {
     let WsCloseBody { id, code, reason } = call.body;
-    if !is_sendable_close_code(code) {
-        return Err(ApiError::bad_request(
-            "bad_request",
-            format!(
-                "{code} is not a close code an endpoint may send: use 1000-1003, 1007-1014 or 3000-4999"
-            ),
-        ));
-    }
-    if reason.len() > 123 {
-        return Err(ApiError::bad_request(
-            "bad_request",
-            "a close reason is at most 123 bytes",
-        ));
-    }
+    check_close(code, &reason)?;
     let closed = s
         .sockets
         .count(&call.turn.object.key(), Some(&id), None, &[])
@@ -535,13 +464,7 @@ async fn ws_attachment(
     call: Call<WsAttachmentBody>,
 ) -> Result<Response, ApiError> {
     let WsAttachmentBody { id, attachment } = call.body;
-    let len = attachment.to_string().len();
-    if len > MAX_ATTACHMENT_BYTES {
-        return Err(ApiError::too_large(
-            "attachment_too_large",
-            format!("attachment is {len} bytes serialized; the limit is {MAX_ATTACHMENT_BYTES}"),
-        ));
-    }
+    check_attachment(&attachment)?;
     if !s
         .sockets
         .set_attachment(&call.turn.object.key(), &id, attachment)
@@ -566,16 +489,7 @@ async fn ws_auto_response(
     State(s): State<Arc<ApiState>>,
     call: Call<AutoResponseBody>,
 ) -> Result<Response, ApiError> {
-    let pair = match (call.body.request, call.body.response) {
-        (Some(q), Some(a)) => Some((q, a)),
-        (None, None) => None,
-        _ => {
-            return Err(ApiError::bad_request(
-                "bad_request",
-                "give both \"request\" and \"response\", or neither to remove the pair",
-            ));
-        }
-    };
+    let pair = auto_response_pair(call.body.request, call.body.response)?;
     s.sockets.set_auto_response(&call.turn.object.key(), pair);
     Ok(axum::Json(json!({})).into_response())
 }

@@ -2,8 +2,11 @@
 //! refused carried write writes nothing.
 
 use base64::Engine as _;
+use http::StatusCode;
+use rusqlite::types::Value;
 
 use crate::error::ApiError;
+use crate::storage::param_from_json;
 
 /// Storage limits of DESIGN §4 (defaults are Cloudflare's figures where it has them).
 #[derive(Debug, Clone, clap::Args)]
@@ -105,5 +108,43 @@ impl Limits {
                 self.max_value_bytes
             ),
         )
+    }
+
+    /// Checks an SQL statement of the app (a call's, or one its answer carries) before it
+    /// reaches storage: its size, its parameter count, no `_stead_` name; returns its
+    /// parameters as SQLite values (400 `bad_request` for one that is not a value).
+    pub fn sql(&self, sql: &str, params: &[serde_json::Value]) -> Result<Vec<Value>, ApiError> {
+        if sql.len() > self.max_statement_bytes {
+            return Err(ApiError::too_large(
+                "statement_too_large",
+                format!(
+                    "SQL is {} bytes; the limit is {}",
+                    sql.len(),
+                    self.max_statement_bytes
+                ),
+            ));
+        }
+        if params.len() > self.max_params {
+            return Err(ApiError::bad_request(
+                "too_many_params",
+                format!(
+                    "{} bound parameters; the limit is {}",
+                    params.len(),
+                    self.max_params
+                ),
+            ));
+        }
+        if sql.to_ascii_lowercase().contains("_stead_") {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "reserved_name",
+                "names starting with _stead_ are reserved for Stead's own tables",
+            ));
+        }
+        params
+            .iter()
+            .map(param_from_json)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::bad_request("bad_request", e))
     }
 }

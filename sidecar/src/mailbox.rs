@@ -311,6 +311,10 @@ impl Host {
             protocol::PROTOCOL,
             HeaderValue::from_static(protocol::PROTOCOL_VERSION),
         );
+        request.headers_mut().insert(
+            protocol::CARRY,
+            HeaderValue::from_static(protocol::CARRY_VALUE),
+        );
         if let Some((class, id)) = chain.caller()
             && let Ok(v) = HeaderValue::from_str(&format!("{class}/{}", id.to_hex()))
         {
@@ -351,6 +355,7 @@ impl Host {
             answer,
             self.store.as_ref(),
             &self.config.limits,
+            &self.sockets,
             alarm,
             seal,
         );

@@ -23,12 +23,12 @@ use stead_core::protocol;
 use crate::alarms::AlarmChange;
 use crate::app::AppError;
 use crate::chain::CallChain;
-use crate::envelope;
+use crate::envelope::{self, Carried};
 use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::object::ObjectRef;
 use crate::storage::{BoxFuture, Failures, StorageError, TurnEnd, TurnRef, TurnStore};
-use crate::websocket::registry::Outgoing;
+use crate::websocket::registry::{Outgoing, Sockets};
 
 #[derive(Debug, Clone)]
 pub enum TurnKind {
@@ -165,7 +165,8 @@ impl Turn {
     /// Ends the turn by the app's `answer`: decides whether it commits (status < 500, no
     /// `stead-rollback`), takes the writes a protocol-2 answer carries, and queues the turn's end
     /// in `store` (kept in the object's transaction, or rolled back to its savepoint), which
-    /// [`Finished::settle`] awaits. `alarm` says
+    /// [`Finished::settle`] awaits. The socket operations a kept turn's answer carries are
+    /// applied to `sockets` (attachments, auto-response) and its outbox (sends). `alarm` says
     /// whether this is an alarm turn, and whether its failure drops the alarm (last retry).
     /// With `seal` (the object's failures), the turn is the last of its group: its end and
     /// the group's commit go to storage together, and the commit's outcome is returned to be
@@ -175,14 +176,15 @@ impl Turn {
         answer: Answer,
         store: &dyn TurnStore,
         limits: &Limits,
+        sockets: &Sockets,
         alarm: Option<AlarmTurn>,
         seal: Option<Arc<Failures>>,
     ) -> (Finished, Option<CommitOutcome>) {
         let mut speaks_v2 = None;
-        let (keep, writes, response) = match answer {
+        let (keep, carried, response) = match answer {
             Answer::TimedOut(after) => (
                 false,
-                None,
+                Carried::default(),
                 ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "turn_timeout",
@@ -194,7 +196,7 @@ impl Turn {
             ),
             Answer::Failed(e) => (
                 false,
-                None,
+                Carried::default(),
                 ApiError::new(StatusCode::BAD_GATEWAY, "app_failed", e.to_string()).into_http(),
             ),
             Answer::Answered(mut resp) => {
@@ -203,17 +205,28 @@ impl Turn {
                 let rollback = resp.status().is_server_error()
                     || resp.headers().contains_key(protocol::ROLLBACK);
                 if !v2 {
-                    (!rollback, None, resp)
+                    (!rollback, Carried::default(), resp)
                 } else {
                     // The writes come off the body either way; a rolled-back turn drops them.
                     match envelope::take_writes(&mut resp, limits) {
-                        Ok(writes) if !rollback => (true, writes, resp),
-                        Ok(_) => (false, None, resp),
-                        Err(e) => (false, None, e.into_http()),
+                        Ok(carried) if !rollback => (true, carried, resp),
+                        Ok(_) => (false, Carried::default(), resp),
+                        Err(e) => (false, Carried::default(), e.into_http()),
                     }
                 }
             }
         };
+        let Carried {
+            writes,
+            sockets: ops,
+        } = carried;
+        if !ops.is_empty() {
+            // Applied now, before the object's next event goes to the app (so it sees them);
+            // sends go to the outbox after the turn's called ones, and leave only if it commits.
+            for out in sockets.apply_carried(&self.storage.object.key(), ops) {
+                self.outbox.push(out);
+            }
+        }
         // The token ends before storage ends the turn: a late call finds it finished.
         self.turns.end(self.storage.id);
         let end = TurnEnd {

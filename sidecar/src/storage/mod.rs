@@ -148,19 +148,39 @@ pub struct TurnEnd {
 }
 
 /// A turn's writes carried by the app's answer (protocol 2), already checked against the limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Writes {
     pub delete_all: bool,
     pub delete: Vec<String>,
     pub put: Vec<(String, Vec<u8>)>,
     /// `Some(Some(t))` sets the alarm, `Some(None)` deletes it.
     pub alarm: Option<Option<i64>>,
+    /// SQL statements run after the other writes, in order; their results are discarded.
+    pub sql: Option<CarriedSql>,
 }
 
 impl Writes {
     pub fn is_empty(&self) -> bool {
-        !self.delete_all && self.delete.is_empty() && self.put.is_empty() && self.alarm.is_none()
+        !self.delete_all
+            && self.delete.is_empty()
+            && self.put.is_empty()
+            && self.alarm.is_none()
+            && self.sql.as_ref().is_none_or(|s| s.statements.is_empty())
     }
+}
+
+/// SQL statements a turn's answer carries, with the result limit they run under (as a call's).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CarriedSql {
+    pub statements: Vec<Statement>,
+    pub max_result_bytes: usize,
+}
+
+/// One SQL statement (or several without parameters) with its bound parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<Value>,
 }
 
 /// An object's whole state, sent with the first event of an incarnation (protocol 2).
@@ -383,15 +403,7 @@ impl Storage {
         };
         self.call(&t.object.key(), move |s| {
             t2.check()?;
-            if s.db_for_read(&t2.object)?.is_none() {
-                // No database yet: SQL that only reads runs on an empty scratch database, so
-                // reading creates nothing.
-                let mut scratch = db::scratch_connection()?;
-                if ObjectDb::sql_is_read_only(&scratch, &sql) {
-                    return db::sql_exec_scratch(&mut scratch, &sql, &params, budget);
-                }
-            }
-            s.write(&t2.object, |db| db.sql_exec(&sql, &params, budget))
+            s.sql_exec(&t2.object, &sql, &params, budget)
         })
         .await?
     }
@@ -712,6 +724,25 @@ impl Shelf {
         Ok(db)
     }
 
+    /// Runs the app's SQL (a call's, or a statement its answer carries) as one write call.
+    fn sql_exec(
+        &mut self,
+        obj: &ObjectRef,
+        sql: &str,
+        params: &[Value],
+        budget: SqlBudget,
+    ) -> Result<SqlOutput, StorageError> {
+        if self.db_for_read(obj)?.is_none() {
+            // No database yet: SQL that only reads runs on an empty scratch database, so
+            // reading creates nothing.
+            let mut scratch = db::scratch_connection()?;
+            if ObjectDb::sql_is_read_only(&scratch, sql) {
+                return db::sql_exec_scratch(&mut scratch, sql, params, budget);
+            }
+        }
+        self.write(obj, |db| db.sql_exec(sql, params, budget))
+    }
+
     fn write<R>(
         &mut self,
         obj: &ObjectRef,
@@ -752,7 +783,7 @@ impl Shelf {
             return Err(e);
         }
         let result = if end.keep {
-            let kept = self.keep_turn(obj, &end);
+            let kept = self.keep_turn(obj, t.deadline, &end);
             if kept.is_err() {
                 // The app answered the next turns against this one's writes, which are gone.
                 t.failures.record(t.id);
@@ -788,8 +819,13 @@ impl Shelf {
 
     /// Keeps the running turn in the transaction, after applying what ends it; on failure rolls
     /// it back to its savepoint.
-    fn keep_turn(&mut self, obj: &ObjectRef, end: &TurnEnd) -> Result<(), StorageError> {
-        if let Err(e) = self.apply_end(obj, end) {
+    fn keep_turn(
+        &mut self,
+        obj: &ObjectRef,
+        deadline: Option<Instant>,
+        end: &TurnEnd,
+    ) -> Result<(), StorageError> {
+        if let Err(e) = self.apply_end(obj, deadline, end) {
             let e = self.refine(e);
             self.end_open_turn(obj, false);
             return Err(e);
@@ -800,8 +836,14 @@ impl Shelf {
         }
     }
 
-    /// Applies what ends a kept turn: its carried writes, then the clearing of a finished alarm.
-    fn apply_end(&mut self, obj: &ObjectRef, end: &TurnEnd) -> Result<(), StorageError> {
+    /// Applies what ends a kept turn: its carried writes (KV, alarm, then SQL, whose statements
+    /// run under the turn's `deadline`), then the clearing of a finished alarm.
+    fn apply_end(
+        &mut self,
+        obj: &ObjectRef,
+        deadline: Option<Instant>,
+        end: &TurnEnd,
+    ) -> Result<(), StorageError> {
         if let Some(w) = &end.writes {
             if w.delete_all && self.db_for_read(obj)?.is_some() {
                 self.write(obj, |db| db.kv_delete_all().map(|_| ()))?;
@@ -818,6 +860,15 @@ impl Shelf {
                     self.write(obj, |db| db.alarm_delete().map(|_| ()))?
                 }
                 _ => {}
+            }
+            if let Some(carried) = &w.sql {
+                let budget = SqlBudget {
+                    deadline,
+                    max_result_bytes: carried.max_result_bytes,
+                };
+                for st in &carried.statements {
+                    self.sql_exec(obj, &st.sql, &st.params, budget)?;
+                }
             }
         }
         if end.alarm_turn {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::StatusCode;
 use tokio::sync::{Notify, mpsc, watch};
@@ -62,6 +63,57 @@ pub fn is_sendable_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
+/// Checks a close the app asks for: a code an endpoint may send and a reason of at most 123
+/// bytes (what fits a Close frame). 400 `bad_request` otherwise.
+pub fn check_close(code: u16, reason: &str) -> Result<(), ApiError> {
+    if !is_sendable_close_code(code) {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            format!(
+                "{code} is not a close code an endpoint may send: use 1000-1003, 1007-1014 or 3000-4999"
+            ),
+        ));
+    }
+    if reason.len() > MAX_CLOSE_REASON_BYTES {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "a close reason is at most 123 bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// Longest close reason: a Close frame's payload is at most 125 bytes, 2 of them the code.
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// Checks a socket's attachment: at most [`MAX_ATTACHMENT_BYTES`] serialized (413
+/// `attachment_too_large`).
+pub fn check_attachment(attachment: &serde_json::Value) -> Result<(), ApiError> {
+    let len = attachment.to_string().len();
+    if len > MAX_ATTACHMENT_BYTES {
+        return Err(ApiError::too_large(
+            "attachment_too_large",
+            format!("attachment is {len} bytes serialized; the limit is {MAX_ATTACHMENT_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The auto-response pair the app gives: both `request` and `response`, or neither (remove it).
+pub fn auto_response_pair(
+    request: Option<String>,
+    response: Option<String>,
+) -> Result<Option<(String, String)>, ApiError> {
+    match (request, response) {
+        (Some(q), Some(a)) => Ok(Some((q, a))),
+        (None, None) => Ok(None),
+        _ => Err(ApiError::bad_request(
+            "bad_request",
+            "give both \"request\" and \"response\", or neither to remove the pair",
+        )),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsMessage {
     Text(String),
@@ -78,6 +130,38 @@ impl WsMessage {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A message the app gives as `text` or `binary` (base64), exactly one, of at most
+    /// [`MAX_MESSAGE_BYTES`]: 400 `bad_request` or 413 `message_too_large` otherwise.
+    pub fn from_app(text: Option<String>, binary: Option<&str>) -> Result<Self, ApiError> {
+        let msg = match (text, binary) {
+            (Some(t), None) => WsMessage::Text(t),
+            (None, Some(b)) => WsMessage::Binary(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .map_err(|e| {
+                        ApiError::bad_request("bad_request", format!("binary is not base64: {e}"))
+                    })?
+                    .into(),
+            ),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_request",
+                    "give exactly one of \"text\" and \"binary\"",
+                ));
+            }
+        };
+        if msg.len() > MAX_MESSAGE_BYTES {
+            return Err(ApiError::too_large(
+                "message_too_large",
+                format!(
+                    "message is {} bytes; the limit is {MAX_MESSAGE_BYTES}",
+                    msg.len()
+                ),
+            ));
+        }
+        Ok(msg)
     }
 }
 
@@ -98,6 +182,20 @@ pub enum Outgoing {
         code: u16,
         reason: String,
     },
+}
+
+/// A socket operation carried by a turn's answer (protocol 2), already checked.
+#[derive(Debug, Clone)]
+pub enum SocketOp {
+    /// A send, broadcast or close: goes to the turn's outbox.
+    Out(Outgoing),
+    /// Sets a socket's attachment (ignored if the socket is gone).
+    Attachment {
+        id: String,
+        attachment: serde_json::Value,
+    },
+    /// Sets (or, with `None`, removes) the object's auto-response pair.
+    AutoResponse(Option<(String, String)>),
 }
 
 #[derive(Debug)]
@@ -418,6 +516,23 @@ impl Sockets {
         if o.sockets.is_empty() && o.auto_response.is_none() {
             objects.remove(key);
         }
+    }
+
+    /// Applies the registry operations a kept turn carried, in order (an attachment for a socket
+    /// that is gone is ignored: it may have closed while the turn ran); returns its sends,
+    /// broadcasts and closes, in order, for the turn's outbox.
+    pub fn apply_carried(&self, key: &ObjectKey, ops: Vec<SocketOp>) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for op in ops {
+            match op {
+                SocketOp::Out(o) => out.push(o),
+                SocketOp::Attachment { id, attachment } => {
+                    self.set_attachment(key, &id, attachment);
+                }
+                SocketOp::AutoResponse(pair) => self.set_auto_response(key, pair),
+            }
+        }
+        out
     }
 
     pub(super) fn auto_response(&self, key: &ObjectKey, text: &str) -> Option<String> {
