@@ -21,6 +21,14 @@ const HEX64 = /^[0-9a-f]{64}$/;
 export const DETACHED_HEADER = "x-stead-detached";
 /** Largest answer body that carries the writes in front of it; larger ones send them with calls. */
 const MAX_CARRYING_BODY = 16 << 20;
+/** The `op` of a socket operation carried in `stead-writes`, by the call it stands for. */
+const CARRIED_OPS = {
+  "websockets/send": "send",
+  "websockets/broadcast": "broadcast",
+  "websockets/close": "close",
+  "websockets/attachment": "attachment",
+  "websockets/auto-response": "auto_response",
+};
 
 /** Methods a stub's RPC may not reach. */
 const NOT_RPC = new Set([
@@ -261,6 +269,12 @@ class Instance {
   }
 
   chainCall(t, name, payload, onAnswer) {
+    if (t.carried && name !== "websockets/list") {
+      // The sidecar takes the turn's socket operations with its answer (`stead-carry:
+      // websockets`): in call order, applied only if the turn commits. No answer comes back.
+      t.carried.push({ op: CARRIED_OPS[name], ...payload });
+      return;
+    }
     t.ops = t.ops.then(async () => {
       try {
         const ans = await call(t.token, name, payload);
@@ -523,6 +537,7 @@ export class Runtime {
     const name = h["stead-object-name"] !== undefined ? decodePct(h["stead-object-name"]) : undefined;
     const offered = Number.parseInt(h["stead-protocol"] ?? "1", 10) || 1;
     const v2 = this.protocol >= 2 && offered >= 2;
+    const carriesSockets = v2 && (h["stead-carry"] ?? "").split(",").some((t) => t.trim() === "websockets");
     let body = req.body;
     let state = null;
     if (h["stead-state"] !== undefined) {
@@ -537,17 +552,19 @@ export class Runtime {
     }
     const inst = this.#instance(className, id, name, h["stead-object-incarnation"]);
     // Events of one object run one at a time (the sidecar sends them so; this keeps it so).
-    const run = inst.chain.then(() => this.#runTurn(inst, Cls, { ...req, body }, event, token, v2, state));
+    const run = inst.chain.then(() => this.#runTurn(inst, Cls, { ...req, body }, event, token, v2, state, carriesSockets));
     inst.chain = run.catch(() => {});
     return run;
   }
 
-  async #runTurn(inst, Cls, req, event, token, v2, state) {
+  async #runTurn(inst, Cls, req, event, token, v2, state, carriesSockets) {
     if (v2 && state) inst.cache.load(state.entries ?? [], state.alarm);
     if (!v2) inst.cache.forget();
     const turn = new TurnStorage(token, inst.cache, { v2, alarmEvent: event === "alarm" });
     turn.ops = Promise.resolve();
     turn.sends = [];
+    // Socket operations that travel with the answer, when the sidecar takes them.
+    turn.carried = carriesSockets ? [] : null;
     turn.connectId = null;
     turn.accepted = null;
     inst.turn = turn;
@@ -587,7 +604,8 @@ export class Runtime {
       await turn.ops;
       if (turn.mustRollBack && res.status < 500) res.headers.push(["stead-rollback", "1"]);
       const commits = res.status < 500 && !res.headers.some(([k]) => k === "stead-rollback");
-      const writes = turn.finish(commits);
+      let writes = turn.finish(commits);
+      if (commits && turn.carried?.length) writes = { ...writes, websockets: turn.carried };
       if (inst.turn === turn) inst.turn = null;
       if (!v2) return res;
       res.headers.push(["stead-protocol", "2"]);

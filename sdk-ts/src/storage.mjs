@@ -157,6 +157,9 @@ export async function sendWrites(token, doc) {
     if (doc.alarm.time_ms === null) await call(token, "alarm/delete", {});
     else await call(token, "alarm/set", { time_ms: doc.alarm.time_ms });
   }
+  for (const { op, ...body } of doc.websockets ?? []) {
+    await call(token, `websockets/${op === "auto_response" ? "auto-response" : op}`, body);
+  }
 }
 
 function checkKey(key) {

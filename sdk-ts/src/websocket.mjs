@@ -80,11 +80,14 @@ export class WebSocket extends EventTarget {
   close(code, reason) {
     if (this.readyState === CLOSED || this.readyState === CLOSING) return;
     const owner = this.#owner("close");
-    this.readyState = CLOSING;
     const valid = code === undefined || (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) || (code >= 3000 && code <= 4999);
     if (!valid) throw new RangeError(`WebSocket close code ${code} is not one an endpoint may send (1000-1003, 1007-1014, 3000-4999)`);
     const body = { id: this._id, code: code ?? 1000 };
-    if (reason !== undefined) body.reason = String(reason);
+    if (reason !== undefined) {
+      body.reason = String(reason);
+      if (Buffer.byteLength(body.reason) > 123) throw new SyntaxError("a WebSocket close reason is at most 123 bytes (UTF-8)");
+    }
+    this.readyState = CLOSING;
     owner.socketCall("websockets/close", body);
   }
 
