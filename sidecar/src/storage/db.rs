@@ -258,12 +258,15 @@ impl ObjectDb {
         db.begin()?;
         db.created_in_tx = true;
         // `_stead_meta` is created here, in the turn's transaction, not in the image: a file
-        // without it is one whose creating turn never committed (see `open_existing`).
-        db.conn.execute_batch(
+        // without it is one whose creating turn never committed (see `open_existing`). A file
+        // written from the image has the other two tables already; one found on disk may not.
+        db.conn.execute_batch(if written {
+            "CREATE TABLE IF NOT EXISTS _stead_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;"
+        } else {
             "CREATE TABLE IF NOT EXISTS _stead_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS _stead_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS _stead_alarm(one INTEGER PRIMARY KEY CHECK (one = 1), time_ms INTEGER NOT NULL);",
-        )?;
+             CREATE TABLE IF NOT EXISTS _stead_alarm(one INTEGER PRIMARY KEY CHECK (one = 1), time_ms INTEGER NOT NULL);"
+        })?;
         let mut meta = vec![
             ("class", obj.class.to_string()),
             ("id", obj.id.to_hex()),
@@ -272,12 +275,12 @@ impl ObjectDb {
         if let Some(name) = &obj.name {
             meta.push(("name", name.to_string()));
         }
-        for (k, v) in meta {
-            db.conn.execute(
-                "INSERT OR IGNORE INTO _stead_meta(key, value) VALUES (?1, ?2)",
-                params![k, v],
-            )?;
-        }
+        // One statement for every row: each statement is parsed anew on a new connection.
+        let rows = vec!["(?, ?)"; meta.len()].join(", ");
+        db.conn.execute(
+            &format!("INSERT OR IGNORE INTO _stead_meta(key, value) VALUES {rows}"),
+            rusqlite::params_from_iter(meta.iter().flat_map(|(k, v)| [*k, v.as_str()])),
+        )?;
         Ok(db)
     }
 
