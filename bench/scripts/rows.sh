@@ -14,42 +14,17 @@ rounds=${ROUNDS:-1}
 mkdir -p "$out"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bench="$bin/stead-bench"
-port=18787
-url="http://127.0.0.1:$port"
+source "$here/bench/scripts/dev-session.sh"
 ws="ws://127.0.0.1:$port"
 metrics="http://127.0.0.1:19788/metrics"
-dev_pid=
 
-stop_dev() {
-  if [[ -n "$dev_pid" ]]; then
-    kill "$dev_pid" 2>/dev/null || true
-    wait "$dev_pid" 2>/dev/null || true
-    dev_pid=
-  fi
-}
-cleanup() {
-  stop_dev
-  "$here/scripts/peer-workerd.sh" stop >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-start_dev() { # example name
+start_dev() { # example, name of the run
   local example=$1 data="$out/data-$2"
   rm -rf "$data"
-  local args=(dev --example "$example" --port "$port" --data-dir "$data" --app-bin "$bin/$example" --app-transport unix)
+  local args=(--example "$example" --data-dir "$data" --app-bin "$bin/$example" --app-transport unix)
   if [[ -n "${STORAGE_THREADS:-}" ]]; then args+=("--sidecar-arg=--storage-threads=$STORAGE_THREADS"); fi
-  "$bin/stead" "${args[@]}" >"$out/dev-$2.log" 2>&1 &
-  dev_pid=$!
-  for _ in $(seq 1 100); do
-    curl -sf "$url/healthz" >/dev/null 2>&1 && return 0
-    curl -sf "$url/" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "stead dev ($example) did not come up; see $out/dev-$2.log" >&2
-  return 1
+  run_dev "$2" -- "${args[@]}"
 }
-
-hdr() { echo "== $* ($(date -u +%H:%M:%S) UTC, load $(cut -d' ' -f1-3 /proc/loadavg))"; }
 
 "$here/scripts/peer-workerd.sh" start >/dev/null
 for round in $(seq 1 "$rounds"); do

@@ -17,28 +17,13 @@ configs=${CONFIGS:-v2 v2-unix v1 v1-solo}
 mkdir -p "$out"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bench="$bin/stead-bench"
-port=18787
-url="http://127.0.0.1:$port"
-dev_pid=
-
-stop_dev() {
-  if [[ -n "$dev_pid" ]]; then
-    kill "$dev_pid" 2>/dev/null || true
-    wait "$dev_pid" 2>/dev/null || true
-    dev_pid=
-  fi
-}
-cleanup() {
-  stop_dev
-  "$here/scripts/peer-workerd.sh" stop >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
+source "$here/bench/scripts/dev-session.sh"
 
 start_dev() { # config
   local cfg=$1 data="$out/data-$1"
   rm -rf "$data"
   # --app-bin: exactly the app built with the sidecar; it means TCP unless v2-unix says otherwise.
-  local args=(dev --example counter --port "$port" --data-dir "$data" --app-bin "$bin/counter")
+  local args=(--example counter --data-dir "$data" --app-bin "$bin/counter")
   local env=()
   case $cfg in
     v2) ;;
@@ -46,17 +31,8 @@ start_dev() { # config
     v1) env+=(STEAD_APP_PROTOCOL=1) ;;
     v1-solo) env+=(STEAD_APP_PROTOCOL=1); args+=(--sidecar-arg=--group-commit-max-turns=1) ;;
   esac
-  env "${env[@]}" "$bin/stead" "${args[@]}" >"$out/dev-$cfg.log" 2>&1 &
-  dev_pid=$!
-  for _ in $(seq 1 100); do
-    curl -sf "$url/" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "stead dev ($cfg) did not come up; see $out/dev-$cfg.log" >&2
-  return 1
+  run_dev "$cfg" "${env[@]}" -- "${args[@]}"
 }
-
-hdr() { echo "== $* ($(date -u +%H:%M:%S) UTC, load $(cut -d' ' -f1-3 /proc/loadavg))"; }
 
 "$here/scripts/peer-workerd.sh" start >/dev/null
 for round in $(seq 1 "$rounds"); do
