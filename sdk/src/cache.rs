@@ -222,6 +222,13 @@ struct View {
     alarm: Option<Option<i64>>,
 }
 
+/// The two kinds of buffered operations that travel with the answer besides key-value writes.
+#[derive(Debug, Clone, Copy)]
+enum Carried {
+    Sql,
+    Sockets,
+}
+
 struct TurnState {
     id: u64,
     view: View,
@@ -232,6 +239,16 @@ struct TurnState {
     socket_bytes: usize,
     /// An alarm event: the alarm is cleared at commit unless the turn set it.
     alarm_event: bool,
+}
+
+impl TurnState {
+    /// The buffered operations of `kind` and their bytes.
+    fn carried(&mut self, kind: Carried) -> (&mut Vec<Value>, &mut usize) {
+        match kind {
+            Carried::Sql => (&mut self.pending.sql, &mut self.sql_bytes),
+            Carried::Sockets => (&mut self.pending.websockets, &mut self.socket_bytes),
+        }
+    }
 }
 
 /// The committed state an instance has seen, and the running turn.
@@ -510,53 +527,57 @@ impl ObjectCache {
     /// Buffers an SQL statement (the body of `/v1/sql/exec`) to travel with the answer.
     /// `Ok(true)`: the buffered statements are over [`MAX_PENDING_BYTES`] and should be sent.
     pub(crate) fn queue_sql(&mut self, id: u64, statement: Value) -> Result<bool, TurnFinished> {
-        let t = self.turn_mut(id)?;
-        t.sql_bytes += json_len(&statement);
-        t.pending.sql.push(statement);
-        Ok(t.sql_bytes > MAX_PENDING_BYTES)
+        self.queue(id, Carried::Sql, statement)
     }
 
     /// Takes the buffered SQL statements out, to send with calls. Unlike key-value writes they
     /// leave the buffer at once: running a statement twice is not harmless.
     pub(crate) fn take_sql(&mut self, id: u64) -> Result<Vec<Value>, TurnFinished> {
-        let t = self.turn_mut(id)?;
-        t.sql_bytes = 0;
-        Ok(std::mem::take(&mut t.pending.sql))
+        self.take(id, Carried::Sql)
     }
 
     /// Puts statements taken by [`ObjectCache::take_sql`] and not sent back in front of the
     /// buffer.
-    pub(crate) fn restore_sql(&mut self, id: u64, mut unsent: Vec<Value>) {
-        if let Ok(t) = self.turn_mut(id) {
-            t.sql_bytes += unsent.iter().map(json_len).sum::<usize>();
-            unsent.append(&mut t.pending.sql);
-            t.pending.sql = unsent;
-        }
+    pub(crate) fn restore_sql(&mut self, id: u64, unsent: Vec<Value>) {
+        self.restore(id, Carried::Sql, unsent);
     }
 
     /// Buffers a socket operation to travel with the answer. `Ok(true)`: the buffered
     /// operations are over [`MAX_PENDING_BYTES`] and should be sent.
     pub(crate) fn queue_socket(&mut self, id: u64, op: Value) -> Result<bool, TurnFinished> {
-        let t = self.turn_mut(id)?;
-        t.socket_bytes += json_len(&op);
-        t.pending.websockets.push(op);
-        Ok(t.socket_bytes > MAX_PENDING_BYTES)
+        self.queue(id, Carried::Sockets, op)
     }
 
     /// Takes the buffered socket operations out, to send with calls (see
     /// [`ObjectCache::take_sql`]).
     pub(crate) fn take_sockets(&mut self, id: u64) -> Result<Vec<Value>, TurnFinished> {
-        let t = self.turn_mut(id)?;
-        t.socket_bytes = 0;
-        Ok(std::mem::take(&mut t.pending.websockets))
+        self.take(id, Carried::Sockets)
     }
 
     /// Puts operations taken by [`ObjectCache::take_sockets`] and not sent back in front.
-    pub(crate) fn restore_sockets(&mut self, id: u64, mut unsent: Vec<Value>) {
+    pub(crate) fn restore_sockets(&mut self, id: u64, unsent: Vec<Value>) {
+        self.restore(id, Carried::Sockets, unsent);
+    }
+
+    fn queue(&mut self, id: u64, kind: Carried, item: Value) -> Result<bool, TurnFinished> {
+        let (items, bytes) = self.turn_mut(id)?.carried(kind);
+        *bytes += json_len(&item);
+        items.push(item);
+        Ok(*bytes > MAX_PENDING_BYTES)
+    }
+
+    fn take(&mut self, id: u64, kind: Carried) -> Result<Vec<Value>, TurnFinished> {
+        let (items, bytes) = self.turn_mut(id)?.carried(kind);
+        *bytes = 0;
+        Ok(std::mem::take(items))
+    }
+
+    fn restore(&mut self, id: u64, kind: Carried, mut unsent: Vec<Value>) {
         if let Ok(t) = self.turn_mut(id) {
-            t.socket_bytes += unsent.iter().map(json_len).sum::<usize>();
-            unsent.append(&mut t.pending.websockets);
-            t.pending.websockets = unsent;
+            let (items, bytes) = t.carried(kind);
+            *bytes += unsent.iter().map(json_len).sum::<usize>();
+            unsent.append(items);
+            *items = unsent;
         }
     }
 
