@@ -134,6 +134,12 @@ pub struct StorageSpec {
     /// away): `Retain` (the default) keeps it, `Delete` deletes it.
     #[serde(default)]
     pub when_scaled_down: VolumePolicy,
+    /// How a `strict` commit reaches the disk: `file` (the default) fsyncs each object's
+    /// database; `volume` syncs the shard's whole volume once for every commit written
+    /// meanwhile, which is much faster with many objects but writes back whatever else shares
+    /// the filesystem: use it where each shard has a volume of its own.
+    #[serde(default)]
+    pub sync: CommitSync,
 }
 
 impl Default for StorageSpec {
@@ -142,6 +148,28 @@ impl Default for StorageSpec {
             size: default_storage_size(),
             storage_class_name: None,
             when_scaled_down: VolumePolicy::default(),
+            sync: CommitSync::default(),
+        }
+    }
+}
+
+/// How a strict commit reaches the disk (the sidecar's `--sync`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitSync {
+    /// fsync each object's database at its commit.
+    #[default]
+    File,
+    /// One sync of the volume for every commit written meanwhile.
+    Volume,
+}
+
+impl CommitSync {
+    /// The word used in manifests and in the sidecar's `--sync` flag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitSync::File => "file",
+            CommitSync::Volume => "volume",
         }
     }
 }

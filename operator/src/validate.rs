@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
-use stead_core::crd::{Durability, DurableNamespace, ServiceType, VolumePolicy};
+use stead_core::crd::{CommitSync, Durability, DurableNamespace, ServiceType, VolumePolicy};
 use stead_core::{ClassName, parse_duration};
 
 use crate::error::Error;
@@ -41,6 +41,7 @@ pub struct ValidatedSpec {
     /// What happens to a removed shard's volume (`persistentVolumeClaimRetentionPolicy.whenScaled`).
     pub when_scaled_down: VolumePolicy,
     pub durability: Durability,
+    pub sync: CommitSync,
     pub idle_timeout: Duration,
     pub turn_timeout: Duration,
     pub service_type: ServiceType,
@@ -161,6 +162,7 @@ pub fn validate(dns: &DurableNamespace) -> Result<ValidatedSpec, Error> {
         storage_class_name: spec.storage.storage_class_name.clone(),
         when_scaled_down: spec.storage.when_scaled_down,
         durability: spec.durability,
+        sync: spec.storage.sync,
         idle_timeout,
         turn_timeout,
         service_type: spec.service.type_,
@@ -207,7 +209,7 @@ pub(crate) mod tests {
                 "env": [{"name": "LOG", "value": "debug"}],
                 "resources": {"limits": {"memory": "256Mi"}}
             },
-            "storage": {"size": "10Gi", "storageClassName": "standard"},
+            "storage": {"size": "10Gi", "storageClassName": "standard", "sync": "volume"},
             "durability": "relaxed",
             "idleTimeout": "30s",
             "turnTimeout": "1500ms",

@@ -14,9 +14,12 @@ use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::storage::Storage;
 
 pub struct AdminState {
     pub metrics: Metrics,
+    /// Its volume's health: a failed sync makes the shard unhealthy (restart it).
+    pub storage: Storage,
     pub app_addr: String,
     /// True once the sidecar got its stop signal (see `--shutdown-delay`).
     pub draining: watch::Receiver<bool>,
@@ -24,7 +27,7 @@ pub struct AdminState {
 
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -44,10 +47,25 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
+/// Healthy unless the data volume failed a sync: then the process must restart (the kubelet
+/// restarts it on this) and read the objects from the disk again.
+async fn healthz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    if s.storage.volume_failed() {
+        return (StatusCode::SERVICE_UNAVAILABLE, VOLUME_FAILED);
+    }
+    (StatusCode::OK, "ok\n")
+}
+
+const VOLUME_FAILED: &str =
+    "a sync of the data volume failed: the shard takes no writes and must be restarted\n";
+
 /// Ready when the app accepts connections: before that, every event would fail. Not ready
 /// once the shard is stopping, so that Kubernetes takes it out of the Services while it still
 /// serves.
 async fn readyz(State(s): State<Arc<AdminState>>) -> impl IntoResponse {
+    if s.storage.volume_failed() {
+        return (StatusCode::SERVICE_UNAVAILABLE, VOLUME_FAILED.to_owned());
+    }
     if *s.draining.borrow() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

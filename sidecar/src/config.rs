@@ -7,7 +7,7 @@ use std::time::Duration;
 use stead_core::ClassName;
 
 use crate::api::Limits;
-use crate::storage::Durability;
+use crate::storage::{Durability, SyncMode};
 
 fn duration(s: &str) -> Result<Duration, String> {
     stead_core::parse_duration(s).map_err(|e| e.to_string())
@@ -43,6 +43,11 @@ pub struct SidecarConfig {
     /// `strict` (fsync every commit) or `relaxed`.
     #[arg(long, env = "STEAD_DURABILITY", value_enum, default_value = "strict")]
     pub durability: Durability,
+    /// How a strict commit reaches the disk: `file` (fsync each object's WAL) or `volume` (one
+    /// syncfs of the data volume for every commit written meanwhile; for a volume that holds
+    /// only this shard's data).
+    #[arg(long, env = "STEAD_SYNC", value_enum, default_value = "file")]
+    pub sync: SyncMode,
     /// Close an object's database after this long without events.
     #[arg(long, env = "STEAD_IDLE_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub idle_timeout: Duration,

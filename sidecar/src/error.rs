@@ -71,6 +71,9 @@ impl From<StorageError> for ApiError {
             StorageError::Deadline => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "turn_timeout", msg)
             }
+            StorageError::VolumeFailed => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "volume_failed", msg)
+            }
             StorageError::EarlierCommitFailed => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "commit_failed", msg)
             }

@@ -17,6 +17,8 @@ pub enum FaultPoint {
     Commit,
     /// The alarm index write-ahead in `shard.sqlite`.
     AlarmIndex,
+    /// The sync of the whole data volume (`--sync volume`), after its commits were written.
+    Sync,
 }
 
 /// What the disk answers at an armed point.
@@ -37,7 +39,7 @@ impl Fault {
     }
 }
 
-const POINTS: usize = 4;
+const POINTS: usize = 5;
 
 /// The armed faults, shared by the storage threads and the alarm index of one shard.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +52,7 @@ impl Faults {
             FaultPoint::Write => 1,
             FaultPoint::Commit => 2,
             FaultPoint::AlarmIndex => 3,
+            FaultPoint::Sync => 4,
         }
     }
 

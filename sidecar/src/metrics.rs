@@ -59,6 +59,8 @@ pub struct Metrics {
     pub request_seconds: HistogramFamily<ClassLabels>,
     pub turn_seconds: HistogramFamily<OutcomeLabels>,
     pub commit_seconds: Histogram,
+    pub volume_sync_seconds: Histogram,
+    pub volume_synced_commits: Counter,
     pub objects_open: Gauge,
     pub objects_opened: Counter,
     pub objects_hibernated: Counter,
@@ -103,6 +105,8 @@ impl Metrics {
         let turn_seconds: HistogramFamily<OutcomeLabels> =
             Family::new_with_constructor(latency_histogram);
         let commit_seconds = latency_histogram();
+        let volume_sync_seconds = latency_histogram();
+        let volume_synced_commits = Counter::default();
         let objects_open = Gauge::default();
         let objects_opened = Counter::default();
         let objects_hibernated = Counter::default();
@@ -155,6 +159,16 @@ impl Metrics {
             "commit_duration_seconds",
             "Duration of SQLite commits of turns that wrote",
             commit_seconds.clone(),
+        );
+        r.register(
+            "volume_sync_duration_seconds",
+            "Duration of syncs of the data volume (--sync volume), each covering every commit written before it",
+            volume_sync_seconds.clone(),
+        );
+        r.register(
+            "volume_synced_commits",
+            "Commits made durable by syncs of the data volume (--sync volume)",
+            volume_synced_commits.clone(),
         );
         r.register(
             "objects_open",
@@ -302,6 +316,8 @@ impl Metrics {
             request_seconds,
             turn_seconds,
             commit_seconds,
+            volume_sync_seconds,
+            volume_synced_commits,
             objects_open,
             objects_opened,
             objects_hibernated,

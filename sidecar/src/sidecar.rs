@@ -118,6 +118,7 @@ pub async fn run(
             max_open: config.max_open_objects,
             db: DbOptions {
                 durability: config.durability,
+                sync: config.sync,
                 max_database_bytes: config.limits.max_database_bytes,
             },
         },
@@ -215,7 +216,7 @@ pub async fn run(
         }),
     });
     let api_state = Arc::new(ApiState {
-        storage,
+        storage: storage.clone(),
         turns,
         limits: config.limits.clone(),
         router,
@@ -226,6 +227,7 @@ pub async fn run(
     let (draining_tx, draining) = watch::channel(false);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
+        storage: storage.clone(),
         app_addr: config.app.clone(),
         draining: draining.clone(),
     });
@@ -278,6 +280,7 @@ pub async fn run(
         data_dir = %config.data_dir.display(),
         classes = ?config.classes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
         durability = ?config.durability,
+        sync = ?config.sync,
         "sidecar listening"
     );
 

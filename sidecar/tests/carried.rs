@@ -655,8 +655,8 @@ mod storage {
     use stead_sidecar::metrics::Metrics;
     use stead_sidecar::object::ObjectRef;
     use stead_sidecar::storage::{
-        CarriedSql, DbOptions, Durability, Failures, Statement, Storage, StorageConfig, TurnEnd,
-        TurnRef, Writes,
+        CarriedSql, DbOptions, Durability, Failures, Statement, Storage, StorageConfig, SyncMode,
+        TurnEnd, TurnRef, Writes,
     };
 
     struct Rig {
@@ -691,6 +691,7 @@ mod storage {
                     max_open: 16,
                     db: DbOptions {
                         durability: Durability::Relaxed,
+                        sync: SyncMode::File,
                         max_database_bytes: 1 << 30,
                     },
                 },

@@ -15,7 +15,8 @@ use stead_sidecar::error::ApiError;
 use stead_sidecar::metrics::Metrics;
 use stead_sidecar::object::ObjectRef;
 use stead_sidecar::storage::{
-    DbOptions, Durability, Fault, FaultPoint, Faults, Storage, StorageConfig, StorageError, TurnRef,
+    DbOptions, Durability, Fault, FaultPoint, Faults, Storage, StorageConfig, StorageError,
+    SyncMode, TurnRef,
 };
 
 /// Every call of these tests ends within this (a hung storage thread fails the test instead of
@@ -48,6 +49,10 @@ fn object(name: &str) -> Arc<ObjectRef> {
 
 impl Rig {
     fn start(max_database_bytes: u64) -> Rig {
+        Self::start_with(max_database_bytes, SyncMode::File)
+    }
+
+    fn start_with(max_database_bytes: u64, sync: SyncMode) -> Rig {
         let dir = std::env::temp_dir().join(format!(
             "stead-faults-{}-{}",
             std::process::id(),
@@ -72,6 +77,7 @@ impl Rig {
                 max_open: 64,
                 db: DbOptions {
                     durability: Durability::Strict,
+                    sync,
                     max_database_bytes,
                 },
             },
@@ -371,6 +377,48 @@ async fn a_full_alarm_index_rolls_the_turn_back_and_nothing_is_committed_later()
 #[tokio::test]
 async fn a_failing_alarm_index_rolls_the_turn_back_and_nothing_is_committed_later() {
     fault_case(FaultPoint::AlarmIndex, Fault::Io).await;
+}
+
+/// `--sync volume`: commits are acknowledged after the volume's sync; once a sync fails, the
+/// turns it covered fail, and so does every later commit (the disk is in doubt until the process
+/// restarts), while what was acknowledged before stays.
+#[tokio::test]
+async fn a_failed_volume_sync_fails_its_turns_and_every_later_commit() {
+    let mut rig = Rig::start_with(10 << 30, SyncMode::Volume);
+    let a = object("synced");
+    for _ in 0..3 {
+        assert!(rig.increment(&a, true).await.acked);
+    }
+    assert!(!rig.storage.volume_failed());
+    rig.reopen(&a).await;
+    assert_eq!(rig.value(&a).await, 3);
+    assert!(rig.alarm(&a).await.is_some());
+
+    rig.faults.set(FaultPoint::Sync, Fault::Io);
+    let failed = rig.increment(&a, false).await;
+    assert!(!failed.acked);
+    assert!(
+        matches!(failed.error, Some(StorageError::VolumeFailed)),
+        "{:?}",
+        failed.error
+    );
+    assert!(rig.storage.volume_failed());
+    let answer = ApiError::from(StorageError::VolumeFailed);
+    assert_eq!(answer.status, http::StatusCode::SERVICE_UNAVAILABLE);
+
+    // Clearing the fault does not make the volume trusted again: nothing commits any more,
+    // on this object or a new one.
+    rig.faults.clear_all();
+    for name in ["synced", "fresh"] {
+        let o = object(name);
+        let later = rig.increment(&o, false).await;
+        assert!(!later.acked, "{name} committed after a failed sync");
+        assert!(
+            matches!(later.error, Some(StorageError::VolumeFailed)),
+            "{name}: {:?}",
+            later.error
+        );
+    }
 }
 
 #[tokio::test]

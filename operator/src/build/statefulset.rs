@@ -237,6 +237,7 @@ fn sidecar_container(spec: &ValidatedSpec, image: &str) -> Container {
         env("STEAD_CLASSES", classes.join(",")),
         env("STEAD_SLOTS", spec.slots.to_string()),
         env("STEAD_DURABILITY", spec.durability.as_str()),
+        env("STEAD_SYNC", spec.sync.as_str()),
         env(
             "STEAD_IDLE_TIMEOUT",
             ValidatedSpec::duration_flag(spec.idle_timeout),
@@ -452,6 +453,7 @@ mod tests {
             ("STEAD_CLASSES", "ChatRoom,Lobby"),
             ("STEAD_SLOTS", "4096"),
             ("STEAD_DURABILITY", "relaxed"),
+            ("STEAD_SYNC", "volume"),
             ("STEAD_IDLE_TIMEOUT", "30s"),
             ("STEAD_TURN_TIMEOUT", "1500ms"),
             ("STEAD_DATA_DIR", "/data"),

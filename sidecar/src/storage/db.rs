@@ -13,7 +13,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Batch, Connection, OpenFlags, StatementStatus, params};
 use serde_json::json;
 
-use super::{Durability, StorageError};
+use super::{Durability, StorageError, SyncMode};
 use crate::alarms::AlarmChange;
 use crate::faults::{Fault, FaultPoint, Faults};
 use crate::object::ObjectRef;
@@ -35,7 +35,15 @@ const OBJECT_VFS: &std::ffi::CStr = c"unix-none";
 #[derive(Debug, Clone)]
 pub struct DbOptions {
     pub durability: Durability,
+    pub sync: SyncMode,
     pub max_database_bytes: u64,
+}
+
+impl DbOptions {
+    /// Strict durability with an fsync per file (not left to the volume's sync).
+    fn fsyncs_files(&self) -> bool {
+        self.durability == Durability::Strict && self.sync == SyncMode::File
+    }
 }
 
 /// How often (in SQLite VM steps) a running statement checks the turn's deadline.
@@ -239,7 +247,7 @@ impl ObjectDb {
             return Err(f.to_io_error().into());
         }
         configure(&conn, opts)?;
-        if !written && opts.durability == Durability::Strict {
+        if !written && opts.fsyncs_files() {
             // A new file is durable only once its directory entry is.
             fs::File::open(dir)?.sync_all()?;
         }
@@ -954,7 +962,9 @@ fn write_new_database(path: &Path, dir: &Path, opts: &DbOptions) -> Result<bool,
         }
     }
     file.write_all(image)?;
-    if opts.durability == Durability::Strict {
+    // With `--sync volume` the volume's next sync, which the first commit waits for, covers
+    // the file and its directory entry; until then nothing of the object was acknowledged.
+    if opts.fsyncs_files() {
         // The header (WAL mode) must be on disk before the first commit's WAL is: SQLite
         // deletes the WAL of an empty database file when it opens it. The directory entry is
         // made durable by SQLite itself: the first sync of a WAL it created also syncs its
@@ -1009,9 +1019,12 @@ fn configure(conn: &Connection, opts: &DbOptions) -> Result<(), StorageError> {
     no_lookaside(conn)?;
     // Exclusive locking before WAL: the WAL index then lives in heap memory, no -shm file.
     conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE; PRAGMA journal_mode = WAL;")?;
-    let sync = match opts.durability {
-        Durability::Strict => "FULL",
-        Durability::Relaxed => "NORMAL",
+    // In WAL mode NORMAL syncs only around checkpoints (the WAL before, the database after),
+    // which keeps the file consistent; `--sync volume` makes each commit durable with the
+    // volume's next sync instead (see `barrier`).
+    let sync = match (opts.durability, opts.sync) {
+        (Durability::Strict, SyncMode::File) => "FULL",
+        (Durability::Strict, SyncMode::Volume) | (Durability::Relaxed, _) => "NORMAL",
     };
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let max_pages = opts.max_database_bytes / u64::try_from(page_size.max(512)).unwrap_or(4096);
@@ -1074,6 +1087,7 @@ mod tests {
     fn opts() -> DbOptions {
         DbOptions {
             durability: Durability::Strict,
+            sync: SyncMode::File,
             max_database_bytes: 10 << 30,
         }
     }

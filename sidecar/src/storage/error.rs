@@ -46,6 +46,10 @@ pub enum StorageError {
         "an earlier turn of this object failed to commit, and this turn ran against its writes; it was rolled back"
     )]
     EarlierCommitFailed,
+    #[error(
+        "the shard's storage volume failed to make the commit durable (I/O error; the detail is in the sidecar log): the turn may or may not have been written, and the shard accepts no writes until it restarts"
+    )]
+    VolumeFailed,
     #[error("the storage pool is shut down")]
     Closed,
 }
@@ -77,7 +81,10 @@ impl StorageError {
     pub fn is_disk_failure(&self) -> bool {
         matches!(
             self,
-            StorageError::DatabaseFull | StorageError::StorageFull | StorageError::Io
+            StorageError::DatabaseFull
+                | StorageError::StorageFull
+                | StorageError::Io
+                | StorageError::VolumeFailed
         )
     }
 }

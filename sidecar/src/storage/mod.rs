@@ -14,6 +14,7 @@
 //! turn that started before the failure was known is refused at its end (it may have seen the
 //! lost writes).
 
+mod barrier;
 mod db;
 mod error;
 
@@ -27,6 +28,7 @@ use rusqlite::types::Value;
 use tokio::sync::oneshot;
 
 pub use crate::faults::{Fault, FaultPoint, Faults, volume_is_full};
+pub use barrier::VolumeBarrier;
 pub use db::{DbOptions, ListQuery, SqlBudget, SqlOutput, param_from_json};
 pub use error::StorageError;
 
@@ -41,6 +43,19 @@ pub enum Durability {
     Strict,
     /// `synchronous=NORMAL`: survives a process crash; the last commits may be lost on power loss.
     Relaxed,
+}
+
+/// How a strict commit reaches the disk (decision 0012).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncMode {
+    /// Each commit fsyncs its object's WAL (SQLite's `synchronous=FULL`), a new database its
+    /// file too.
+    #[default]
+    File,
+    /// Commits are written without an fsync of their own; one `syncfs` of the data volume makes
+    /// every commit written before it durable, and their replies wait for it. For a volume that
+    /// holds only the shard's data: the sync writes back whatever else is on it too.
+    Volume,
 }
 
 #[derive(Debug, Clone)]
@@ -240,6 +255,7 @@ type Job = Box<dyn FnOnce(&mut Shelf) + Send>;
 #[derive(Clone)]
 pub struct Storage {
     workers: Arc<Vec<std::sync::mpsc::Sender<Job>>>,
+    barrier: Option<VolumeBarrier>,
 }
 
 impl Storage {
@@ -260,6 +276,14 @@ impl Storage {
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(config.data_dir.join("slots"))?;
         let threads = config.threads.max(1);
+        let barrier = match (config.db.durability, config.db.sync) {
+            (Durability::Strict, SyncMode::Volume) => Some(VolumeBarrier::start(
+                &config.data_dir,
+                faults.clone(),
+                metrics.clone(),
+            )?),
+            _ => None,
+        };
         let per_thread_open = (config.max_open / threads).max(1);
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
@@ -273,6 +297,8 @@ impl Storage {
                 metrics: metrics.clone(),
                 alarms: alarms.clone(),
                 faults: faults.clone(),
+                barrier: barrier.clone(),
+                unsynced: false,
             };
             std::thread::Builder::new()
                 .name(format!("stead-storage-{i}"))
@@ -285,7 +311,13 @@ impl Storage {
         }
         Ok(Self {
             workers: Arc::new(workers),
+            barrier,
         })
+    }
+
+    /// A sync of the data volume failed (`--sync volume`): the shard takes no more writes.
+    pub fn volume_failed(&self) -> bool {
+        self.barrier.as_ref().is_some_and(VolumeBarrier::failed)
     }
 
     async fn call<R: Send + 'static>(
@@ -465,8 +497,43 @@ impl Storage {
         failures: Arc<Failures>,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
         let key = object.key();
-        let job = self.enqueue(&key, move |s| s.commit_counting(&object, &failures));
-        Box::pin(async move { job.await? })
+        let f2 = failures.clone();
+        self.enqueue_commit(&key, failures, move |s| s.commit_counting(&object, &f2))
+    }
+
+    /// Queues a job that commits (see [`Storage::enqueue`]); its answer leaves once the commit
+    /// is durable: at once in `--sync file` mode (SQLite synced it), after the volume's next
+    /// sync in `--sync volume` mode. A failed sync counts in `failures` before it is answered,
+    /// as a failed commit does.
+    fn enqueue_commit(
+        &self,
+        key: &ObjectKey,
+        failures: Arc<Failures>,
+        f: impl FnOnce(&mut Shelf) -> Result<Option<AlarmChange>, StorageError> + Send + 'static,
+    ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
+        let (tx, rx) = oneshot::channel();
+        let idx = worker_index(key, self.workers.len());
+        let sent = self.workers[idx]
+            .send(Box::new(move |shelf: &mut Shelf| {
+                let out = f(shelf);
+                match (out, shelf.take_unsynced()) {
+                    (Ok(change), Some(barrier)) => barrier.after_sync(Box::new(move |synced| {
+                        let out = synced.map(|()| change);
+                        if out.is_err() {
+                            failures.record(0);
+                        }
+                        let _ = tx.send(out);
+                    })),
+                    (out, _) => {
+                        let _ = tx.send(out);
+                    }
+                }
+            }))
+            .map_err(|_| StorageError::Closed);
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| StorageError::Closed)?
+        })
     }
 
     /// Ends a turn and commits it alone (a group of one).
@@ -577,13 +644,14 @@ impl TurnStore for Storage {
     ) -> EndAndCommit {
         let t2 = turn.clone();
         let (ended_tx, ended_rx) = oneshot::channel();
-        let job = self.enqueue(&turn.object.key(), move |s| {
+        let f2 = failures.clone();
+        let job = self.enqueue_commit(&turn.object.key(), failures, move |s| {
             let _ = ended_tx.send(s.close_and_end_turn(&t2, end));
-            s.commit_counting(&t2.object, &failures)
+            s.commit_counting(&t2.object, &f2)
         });
         (
             Box::pin(async move { ended_rx.await.map_err(|_| StorageError::Closed)? }),
-            Box::pin(async move { job.await? }),
+            job,
         )
     }
 
@@ -640,9 +708,22 @@ struct Shelf {
     metrics: Metrics,
     alarms: Alarms,
     faults: Faults,
+    /// `--sync volume` in strict mode: commits wait for the volume's next sync.
+    barrier: Option<VolumeBarrier>,
+    /// The last job committed a transaction that only the next volume sync makes durable.
+    unsynced: bool,
 }
 
 impl Shelf {
+    /// The barrier that the last job's commit must wait for, if it must (clears the mark).
+    fn take_unsynced(&mut self) -> Option<VolumeBarrier> {
+        if std::mem::take(&mut self.unsynced) {
+            self.barrier.clone()
+        } else {
+            None
+        }
+    }
+
     fn touch(&mut self, key: &ObjectKey) -> Option<&mut ObjectDb> {
         self.tick += 1;
         let tick = self.tick;
@@ -925,6 +1006,10 @@ impl Shelf {
             return Ok(None);
         }
         db.usable()?;
+        if self.barrier.as_ref().is_some_and(VolumeBarrier::failed) {
+            // The volume failed a sync: nothing written since can be trusted to reach it.
+            return Err(StorageError::VolumeFailed);
+        }
         let change = db.alarm_change();
         if let Some(AlarmChange::Set(t)) = change {
             // Write-ahead: the index learns of the alarm before the object commits it, so a
@@ -947,6 +1032,7 @@ impl Shelf {
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
+        self.unsynced = self.barrier.is_some();
         // Between groups the object's pages go back to the allocator (they are read again, from
         // the OS's cache, by the next turn that needs them): an open object that waits holds
         // little more than its connection and WAL index.
