@@ -6,7 +6,8 @@
 #
 #   bench/scripts/rows.sh [BIN_DIR] [OUT_DIR]   # BIN_DIR: release stead, counter, chat, stead-bench
 #
-# STORAGE_THREADS (default: the sidecar's default) sets --storage-threads; ROUNDS (default 1).
+# STORAGE_THREADS (default: the sidecar's default) sets --storage-threads; SYNC (default: the
+# sidecar's, file) sets --sync; ROUNDS (default 1).
 set -euo pipefail
 bin=${1:-target/release}
 out=${2:-/tmp/stead-rows}
@@ -23,13 +24,14 @@ start_dev() { # example, name of the run
   rm -rf "$data"
   local args=(--example "$example" --data-dir "$data" --app-bin "$bin/$example" --app-transport unix)
   if [[ -n "${STORAGE_THREADS:-}" ]]; then args+=("--sidecar-arg=--storage-threads=$STORAGE_THREADS"); fi
+  if [[ -n "${SYNC:-}" ]]; then args+=("--sidecar-arg=--sync=$SYNC"); fi
   run_dev "$2" -- "${args[@]}"
 }
 
 "$here/scripts/peer-workerd.sh" start >/dev/null
 for round in $(seq 1 "$rounds"); do
   start_dev counter alarms-spread
-  hdr "round $round, alarms, each due 1 s after its set (storage threads: ${STORAGE_THREADS:-default})"
+  hdr "round $round, alarms, each due 1 s after its set (storage threads: ${STORAGE_THREADS:-default}, sync: ${SYNC:-default})"
   "$bench" alarms --url "$url/objects/Counter/name/{object}/alarm?in_ms={in_ms}" --metrics "$metrics" \
     --objects 10000 | tee -a "$out/alarms.txt"
   stop_dev

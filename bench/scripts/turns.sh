@@ -5,6 +5,7 @@
 #
 #   v2       protocol 2 (the SDK's cache, writes carried with the answer), group commit, TCP
 #   v2-unix  the same with the app on a Unix domain socket
+#   v2-volume v2-unix with --sync volume (one syncfs of the data volume per batch of commits)
 #   v1       the app forced to protocol 1 (STEAD_APP_PROTOCOL=1: a call per storage operation)
 #   v1-solo  protocol 1 and --group-commit-max-turns 1 (every turn commits alone)
 #
@@ -28,6 +29,7 @@ start_dev() { # config
   case $cfg in
     v2) ;;
     v2-unix) args+=(--app-transport unix) ;;
+    v2-volume) args+=(--app-transport unix --sidecar-arg=--sync=volume) ;;
     v1) env+=(STEAD_APP_PROTOCOL=1) ;;
     v1-solo) env+=(STEAD_APP_PROTOCOL=1); args+=(--sidecar-arg=--group-commit-max-turns=1) ;;
   esac
