@@ -5,7 +5,8 @@
 //! pool is bounded by `threads`, each serving many connections; the number of open databases is
 //! bounded by an LRU cap. Calls of one object run in order on its thread, which is what makes the
 //! turn check below airtight: a call runs only if its turn is still the object's active turn at
-//! the moment it executes.
+//! the moment it executes. Closing idle objects is background work on the same threads, behind
+//! the turn work (see `lanes`).
 //!
 //! Group commit (DESIGN §3): consecutive turns of an object share one transaction, each inside
 //! its own savepoint. [`Storage::end_turn`] keeps a turn's writes in the transaction or rolls
@@ -17,6 +18,7 @@
 mod barrier;
 mod db;
 mod error;
+mod lanes;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,6 +38,7 @@ use crate::alarms::{AlarmChange, Alarms};
 use crate::metrics::Metrics;
 use crate::object::{ObjectKey, ObjectRef};
 use db::ObjectDb;
+use lanes::{Lane, Lanes};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
@@ -254,8 +257,29 @@ type Job = Box<dyn FnOnce(&mut Shelf) + Send>;
 
 #[derive(Clone)]
 pub struct Storage {
-    workers: Arc<Vec<std::sync::mpsc::Sender<Job>>>,
+    pool: Arc<Pool>,
     barrier: Option<VolumeBarrier>,
+}
+
+/// The storage threads' queues; the threads stop once the last [`Storage`] handle is gone.
+struct Pool {
+    lanes: Vec<Arc<Lanes<Job>>>,
+}
+
+impl Pool {
+    fn send(&self, idx: usize, lane: Lane, job: Job) -> Result<(), StorageError> {
+        self.lanes[idx]
+            .push(lane, job)
+            .map_err(|_| StorageError::Closed)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for l in &self.lanes {
+            l.close();
+        }
+    }
 }
 
 impl Storage {
@@ -285,9 +309,10 @@ impl Storage {
             _ => None,
         };
         let per_thread_open = (config.max_open / threads).max(1);
-        let mut workers = Vec::with_capacity(threads);
+        let mut lanes = Vec::with_capacity(threads);
         for i in 0..threads {
-            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let queue = Arc::new(Lanes::<Job>::default());
+            let jobs = queue.clone();
             let mut shelf = Shelf {
                 data_dir: config.data_dir.clone(),
                 opts: config.db.clone(),
@@ -303,14 +328,14 @@ impl Storage {
             std::thread::Builder::new()
                 .name(format!("stead-storage-{i}"))
                 .spawn(move || {
-                    while let Ok(job) = rx.recv() {
+                    while let Some(job) = jobs.next() {
                         job(&mut shelf);
                     }
                 })?;
-            workers.push(tx);
+            lanes.push(queue);
         }
         Ok(Self {
-            workers: Arc::new(workers),
+            pool: Arc::new(Pool { lanes }),
             barrier,
         })
     }
@@ -336,13 +361,25 @@ impl Storage {
         key: &ObjectKey,
         f: impl FnOnce(&mut Shelf) -> R + Send + 'static,
     ) -> BoxFuture<Result<R, StorageError>> {
+        self.enqueue_in(Lane::Turn, key, f)
+    }
+
+    /// [`Storage::enqueue`] in the given lane of the object's thread (see `lanes`).
+    fn enqueue_in<R: Send + 'static>(
+        &self,
+        lane: Lane,
+        key: &ObjectKey,
+        f: impl FnOnce(&mut Shelf) -> R + Send + 'static,
+    ) -> BoxFuture<Result<R, StorageError>> {
         let (tx, rx) = oneshot::channel();
-        let idx = worker_index(key, self.workers.len());
-        let sent = self.workers[idx]
-            .send(Box::new(move |shelf| {
+        let idx = worker_index(key, self.pool.lanes.len());
+        let sent = self.pool.send(
+            idx,
+            lane,
+            Box::new(move |shelf| {
                 let _ = tx.send(f(shelf));
-            }))
-            .map_err(|_| StorageError::Closed);
+            }),
+        );
         Box::pin(async move {
             sent?;
             rx.await.map_err(|_| StorageError::Closed)
@@ -512,9 +549,11 @@ impl Storage {
         f: impl FnOnce(&mut Shelf) -> Result<Option<AlarmChange>, StorageError> + Send + 'static,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
         let (tx, rx) = oneshot::channel();
-        let idx = worker_index(key, self.workers.len());
-        let sent = self.workers[idx]
-            .send(Box::new(move |shelf: &mut Shelf| {
+        let idx = worker_index(key, self.pool.lanes.len());
+        let sent = self.pool.send(
+            idx,
+            Lane::Turn,
+            Box::new(move |shelf: &mut Shelf| {
                 let out = f(shelf);
                 match (out, shelf.take_unsynced()) {
                     (Ok(change), Some(barrier)) => barrier.after_sync(Box::new(move |synced| {
@@ -528,8 +567,8 @@ impl Storage {
                         let _ = tx.send(out);
                     }
                 }
-            }))
-            .map_err(|_| StorageError::Closed);
+            }),
+        );
         Box::pin(async move {
             sent?;
             rx.await.map_err(|_| StorageError::Closed)?
@@ -601,14 +640,17 @@ impl Storage {
     /// Closes every open database of `slot` (its files are about to move or go). Waits for
     /// every storage thread.
     pub async fn close_slot(&self, slot: stead_core::Slot, slots: u32) -> Result<(), StorageError> {
-        let mut waits = Vec::with_capacity(self.workers.len());
-        for w in self.workers.iter() {
+        let mut waits = Vec::with_capacity(self.pool.lanes.len());
+        for idx in 0..self.pool.lanes.len() {
             let (tx, rx) = oneshot::channel();
-            w.send(Box::new(move |shelf: &mut Shelf| {
-                shelf.close_slot(slot, slots);
-                let _ = tx.send(());
-            }))
-            .map_err(|_| StorageError::Closed)?;
+            self.pool.send(
+                idx,
+                Lane::Turn,
+                Box::new(move |shelf: &mut Shelf| {
+                    shelf.close_slot(slot, slots);
+                    let _ = tx.send(());
+                }),
+            )?;
             waits.push(rx);
         }
         for rx in waits {
@@ -618,8 +660,11 @@ impl Storage {
     }
 
     /// Closes the object's database (hibernation). A database inside a turn stays open.
+    /// Background work on the object's thread: turn work of other objects goes first (see
+    /// `lanes`).
     pub async fn close(&self, key: ObjectKey) -> Result<bool, StorageError> {
-        self.call(&key.clone(), move |s| s.close(&key)).await
+        self.enqueue_in(Lane::Background, &key.clone(), move |s| s.close(&key))
+            .await
     }
 }
 
