@@ -371,19 +371,29 @@ impl Storage {
         key: &ObjectKey,
         f: impl FnOnce(&mut Shelf) -> R + Send + 'static,
     ) -> BoxFuture<Result<R, StorageError>> {
+        let answer = self.submit(lane, key, move |shelf, tx| {
+            let _ = tx.send(f(shelf));
+        });
+        Box::pin(answer)
+    }
+
+    /// Queues `job` on the object's thread now; it answers through the sender it is given
+    /// (at once, or later: see [`Storage::enqueue_commit`]).
+    fn submit<R: Send + 'static>(
+        &self,
+        lane: Lane,
+        key: &ObjectKey,
+        job: impl FnOnce(&mut Shelf, oneshot::Sender<R>) + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<R, StorageError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let idx = worker_index(key, self.pool.lanes.len());
-        let sent = self.pool.send(
-            idx,
-            lane,
-            Box::new(move |shelf| {
-                let _ = tx.send(f(shelf));
-            }),
-        );
-        Box::pin(async move {
+        let sent = self
+            .pool
+            .send(idx, lane, Box::new(move |shelf| job(shelf, tx)));
+        async move {
             sent?;
             rx.await.map_err(|_| StorageError::Closed)
-        })
+        }
     }
 
     pub async fn kv_get(
@@ -548,31 +558,22 @@ impl Storage {
         failures: Arc<Failures>,
         f: impl FnOnce(&mut Shelf) -> Result<Option<AlarmChange>, StorageError> + Send + 'static,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
-        let (tx, rx) = oneshot::channel();
-        let idx = worker_index(key, self.pool.lanes.len());
-        let sent = self.pool.send(
-            idx,
-            Lane::Turn,
-            Box::new(move |shelf: &mut Shelf| {
-                let out = f(shelf);
-                match (out, shelf.take_unsynced()) {
-                    (Ok(change), Some(barrier)) => barrier.after_sync(Box::new(move |synced| {
-                        let out = synced.map(|()| change);
-                        if out.is_err() {
-                            failures.record(0);
-                        }
-                        let _ = tx.send(out);
-                    })),
-                    (out, _) => {
-                        let _ = tx.send(out);
+        let answer = self.submit(Lane::Turn, key, move |shelf, tx| {
+            let out = f(shelf);
+            match (out, shelf.take_unsynced()) {
+                (Ok(change), Some(barrier)) => barrier.after_sync(Box::new(move |synced| {
+                    let out = synced.map(|()| change);
+                    if out.is_err() {
+                        failures.record(0);
                     }
+                    let _ = tx.send(out);
+                })),
+                (out, _) => {
+                    let _ = tx.send(out);
                 }
-            }),
-        );
-        Box::pin(async move {
-            sent?;
-            rx.await.map_err(|_| StorageError::Closed)?
-        })
+            }
+        });
+        Box::pin(async move { answer.await? })
     }
 
     /// Ends a turn and commits it alone (a group of one).
