@@ -106,45 +106,45 @@ fn run(inner: &Inner, volume: &File, faults: &Faults, metrics: &Metrics) {
             }
             std::mem::take(&mut q.waiting)
         };
-        let started = Instant::now();
-        let outcome = if inner.failed.load(Ordering::SeqCst) {
-            Err(StorageError::VolumeFailed)
-        } else {
-            sync_volume(volume, faults)
+        // Once failed, nothing is synced any more: the waiters that were already queued fail.
+        let synced = !inner.failed.load(Ordering::SeqCst) && {
+            let started = Instant::now();
+            let synced = sync_volume(volume, faults);
+            metrics
+                .volume_sync_seconds
+                .observe(started.elapsed().as_secs_f64());
+            synced
         };
-        metrics
-            .volume_sync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.volume_synced_commits.inc_by(batch.len() as u64);
-        if let Err(e) = &outcome
-            && !inner.failed.swap(true, Ordering::SeqCst)
-        {
-            tracing::error!(error = %e, commits = batch.len(),
-                "syncing the data volume failed: its commits fail, and the shard refuses every commit until it restarts");
+        if synced {
+            metrics.volume_synced_commits.inc_by(batch.len() as u64);
+        } else if !inner.failed.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                commits = batch.len(),
+                "syncing the data volume failed: its commits fail, and the shard refuses every commit until it restarts"
+            );
         }
         for waiter in batch {
-            waiter(
-                outcome
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|_| StorageError::VolumeFailed),
-            );
+            waiter(if synced {
+                Ok(())
+            } else {
+                Err(StorageError::VolumeFailed)
+            });
         }
     }
 }
 
-fn sync_volume(volume: &File, faults: &Faults) -> Result<(), StorageError> {
+/// Syncs the filesystem that holds `volume`; false (the error logged) if it failed.
+fn sync_volume(volume: &File, faults: &Faults) -> bool {
     if let Some(f) = faults.at(FaultPoint::Sync) {
         tracing::error!(error = %f.to_io_error(), "injected fault at the volume sync");
-        return Err(StorageError::VolumeFailed);
+        return false;
     }
     // SAFETY: `volume` is an open descriptor for the whole call; syncfs only reads it.
-    let rc = unsafe { libc::syncfs(volume.as_raw_fd()) };
-    if rc != 0 {
+    if unsafe { libc::syncfs(volume.as_raw_fd()) } != 0 {
         tracing::error!(error = %std::io::Error::last_os_error(), "syncfs of the data volume");
-        return Err(StorageError::VolumeFailed);
+        return false;
     }
-    Ok(())
+    true
 }
 
 #[cfg(test)]

@@ -544,8 +544,9 @@ impl Storage {
         failures: Arc<Failures>,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
         let key = object.key();
-        let f2 = failures.clone();
-        self.enqueue_commit(&key, failures, move |s| s.commit_counting(&object, &f2))
+        self.enqueue_commit(&key, failures, move |s, failures| {
+            s.commit_counting(&object, failures)
+        })
     }
 
     /// Queues a job that commits (see [`Storage::enqueue`]); its answer leaves once the commit
@@ -556,10 +557,12 @@ impl Storage {
         &self,
         key: &ObjectKey,
         failures: Arc<Failures>,
-        f: impl FnOnce(&mut Shelf) -> Result<Option<AlarmChange>, StorageError> + Send + 'static,
+        f: impl FnOnce(&mut Shelf, &Failures) -> Result<Option<AlarmChange>, StorageError>
+        + Send
+        + 'static,
     ) -> BoxFuture<Result<Option<AlarmChange>, StorageError>> {
         let answer = self.submit(Lane::Turn, key, move |shelf, tx| {
-            let out = f(shelf);
+            let out = f(shelf, &failures);
             match (out, shelf.take_unsynced()) {
                 (Ok(change), Some(barrier)) => barrier.after_sync(Box::new(move |synced| {
                     let out = synced.map(|()| change);
@@ -690,10 +693,9 @@ impl TurnStore for Storage {
     ) -> EndAndCommit {
         let t2 = turn.clone();
         let (ended_tx, ended_rx) = oneshot::channel();
-        let f2 = failures.clone();
-        let job = self.enqueue_commit(&turn.object.key(), failures, move |s| {
+        let job = self.enqueue_commit(&turn.object.key(), failures, move |s, failures| {
             let _ = ended_tx.send(s.close_and_end_turn(&t2, end));
-            s.commit_counting(&t2.object, &f2)
+            s.commit_counting(&t2.object, failures)
         });
         (
             Box::pin(async move { ended_rx.await.map_err(|_| StorageError::Closed)? }),
