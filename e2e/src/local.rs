@@ -2,7 +2,7 @@
 //! on loopback ports, or each shard in its own network namespace.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -19,27 +19,9 @@ use crate::netns::Netns;
 const READY_ATTEMPTS: u32 = 600;
 const READY_POLL: Duration = Duration::from_millis(100);
 
-/// A port for a child process to listen on. Taken below Linux's ephemeral range (32768+), so
-/// that the tests' many outgoing connections can never grab it between this check and the
-/// child's bind; spread by process id so concurrent test binaries do not collide.
+/// A port for a child process to listen on (see [`stead_testkit::ports`]).
 pub fn free_port() -> anyhow::Result<u16> {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 100) as u16 * 120,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        if p >= 32_000 {
-            anyhow::bail!("ran out of test ports");
-        }
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return Ok(p);
-        }
-    }
+    Ok(stead_testkit::ports::free_port()?)
 }
 
 /// A binary built beside the test executable: `target/{profile}/deps/test-…` →

@@ -5,7 +5,6 @@
 pub mod proxy_app;
 pub mod raw_ws;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,25 +15,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-/// A port for a child process to listen on. Taken below Linux's ephemeral range (32768+), so
-/// that the many outgoing connections of a test can never grab it between this check and the
-/// child's bind; spread by process id so concurrent test binaries do not collide.
+/// A port for a child process to listen on (see [`stead_testkit::ports`]).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 600) as u16 * 20,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(p < 32_000, "ran out of test ports");
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
+    stead_testkit::ports::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A shard serving a [`proxy_app::ProxyApp`] that the test drives itself, started with the

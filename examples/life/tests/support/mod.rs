@@ -2,31 +2,15 @@
 //! loopback ports, with data in a fresh temporary folder, removed with the processes.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-/// A port for a child to listen on, below Linux's ephemeral range (see
-/// `sidecar/tests/support/mod.rs`), spread by process id.
+/// A port for a child to listen on (see [`stead_testkit::ports`]).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 600) as u16 * 20,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(p < 32_000, "ran out of test ports");
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
+    stead_testkit::ports::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub async fn wait_port(port: u16, what: &str) {

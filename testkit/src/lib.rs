@@ -1,0 +1,3 @@
+//! What the workspace's process-level tests share. Only tests depend on this crate.
+
+pub mod ports;
