@@ -1,13 +1,15 @@
-//! A storage thread's two queues. Turn work (calls, turn ends, commits, reads for the host) goes
+//! A storage thread's queues. Turn work (calls, turn ends, commits, reads for the host) goes
 //! first; background work (closing idle objects) runs when no turn work waits, and at least once
-//! every [`BACKGROUND_EVERY`] turn jobs, so it is never starved. Without the split, objects that
+//! every [`BACKGROUND_EVERY`] turn jobs, so it is never starved; idle work (closing evicted
+//! databases) runs only when neither waits, and may starve: it is also done inline when it must. Without the split, objects that
 //! go idle together (a burst of traffic, then quiet) queued hundreds of closes, each a checkpoint
 //! with its syncs, ahead of a live object's commit: its turns stalled for 0.1–0.8 s
 //! (`docs/benchmarks.md` §15).
 //!
-//! Jobs of one lane run in the order they were queued. Reordering across lanes is safe because a
-//! close is only ever queued by an object's mailbox while it waits for the close, so no turn job
-//! of that object can be queued behind it.
+//! Jobs of one lane run in the order they were queued. Reordering across lanes is safe: a close
+//! of an idle object is only ever queued by its mailbox while it waits for the close, so no turn
+//! job of that object can be queued behind it; and the close of an evicted database decides what
+//! to close when it runs (an object used since its eviction is no longer on the list).
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
@@ -19,6 +21,9 @@ pub(super) const BACKGROUND_EVERY: u32 = 8;
 pub(super) enum Lane {
     Turn,
     Background,
+    /// Runs only when the other two are empty: work that can also be done inline if it never
+    /// gets its turn (closing evicted databases).
+    Idle,
 }
 
 /// The queues were closed: the storage pool is shut down.
@@ -33,9 +38,28 @@ pub(super) struct Lanes<J> {
 struct State<J> {
     turns: VecDeque<J>,
     background: VecDeque<J>,
+    idle: VecDeque<J>,
     /// Turn jobs taken since the last background job, while background jobs waited.
     passed: u32,
     closed: bool,
+}
+
+impl<J> State<J> {
+    /// The job to run next, by the lanes' rule.
+    fn pick(&mut self) -> Option<J> {
+        let background_due = self.turns.is_empty() || self.passed >= BACKGROUND_EVERY;
+        if background_due && let Some(job) = self.background.pop_front() {
+            self.passed = 0;
+            return Some(job);
+        }
+        if let Some(job) = self.turns.pop_front() {
+            if !self.background.is_empty() {
+                self.passed += 1;
+            }
+            return Some(job);
+        }
+        self.idle.pop_front()
+    }
 }
 
 impl<J> Default for Lanes<J> {
@@ -44,6 +68,7 @@ impl<J> Default for Lanes<J> {
             state: Mutex::new(State {
                 turns: VecDeque::new(),
                 background: VecDeque::new(),
+                idle: VecDeque::new(),
                 passed: 0,
                 closed: false,
             }),
@@ -61,6 +86,7 @@ impl<J> Lanes<J> {
         match lane {
             Lane::Turn => s.turns.push_back(job),
             Lane::Background => s.background.push_back(job),
+            Lane::Idle => s.idle.push_back(job),
         }
         self.ready.notify_one();
         Ok(())
@@ -70,15 +96,7 @@ impl<J> Lanes<J> {
     pub(super) fn next(&self) -> Option<J> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            let background_due = s.turns.is_empty() || s.passed >= BACKGROUND_EVERY;
-            if background_due && let Some(job) = s.background.pop_front() {
-                s.passed = 0;
-                return Some(job);
-            }
-            if let Some(job) = s.turns.pop_front() {
-                if !s.background.is_empty() {
-                    s.passed += 1;
-                }
+            if let Some(job) = s.pick() {
                 return Some(job);
             }
             if s.closed {
@@ -86,6 +104,22 @@ impl<J> Lanes<J> {
             }
             s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// The next job if one is queued (tests that play the storage thread themselves).
+    #[cfg(test)]
+    pub(super) fn try_next(&self) -> Option<J> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).pick()
+    }
+
+    /// Turn work is queued: a job that could leave work for later would make it wait instead.
+    pub(super) fn turn_work_waits(&self) -> bool {
+        !self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .turns
+            .is_empty()
     }
 
     /// Refuses new jobs; the thread runs what is queued, then stops.
@@ -126,6 +160,23 @@ mod tests {
         let at = order.iter().position(|j| *j == "close").unwrap();
         assert_eq!(at, BACKGROUND_EVERY as usize);
         assert_eq!(order.len(), 21);
+    }
+
+    #[test]
+    fn idle_work_runs_only_when_nothing_else_waits() {
+        let l = Lanes::default();
+        l.push(Lane::Idle, "evict").unwrap();
+        l.push(Lane::Background, "close").unwrap();
+        for _ in 0..10 {
+            l.push(Lane::Turn, "turn").unwrap();
+        }
+        let order = drain(&l);
+        assert_eq!(order.last(), Some(&"evict"));
+        assert_eq!(order.len(), 12);
+        let l = Lanes::default();
+        l.push(Lane::Idle, "evict").unwrap();
+        assert_eq!(l.try_next(), Some("evict"));
+        assert_eq!(l.try_next(), None);
     }
 
     #[test]

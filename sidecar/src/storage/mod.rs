@@ -6,7 +6,8 @@
 //! bounded by an LRU cap. Calls of one object run in order on its thread, which is what makes the
 //! turn check below airtight: a call runs only if its turn is still the object's active turn at
 //! the moment it executes. Closing idle objects is background work on the same threads, behind
-//! the turn work (see `lanes`).
+//! the turn work, and closing databases evicted by the cap is idle work, behind both (see
+//! `lanes` and [`Shelf::insert`]).
 //!
 //! Group commit (DESIGN §3): consecutive turns of an object share one transaction, each inside
 //! its own savepoint. [`Storage::end_turn`] keeps a turn's writes in the transaction or rolls
@@ -20,7 +21,7 @@ mod db;
 mod error;
 mod lanes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -318,6 +319,9 @@ impl Storage {
                 opts: config.db.clone(),
                 max_open: per_thread_open,
                 open: HashMap::new(),
+                closing: VecDeque::new(),
+                lanes: queue.clone(),
+                close_queued: false,
                 tick: 0,
                 metrics: metrics.clone(),
                 alarms: alarms.clone(),
@@ -746,12 +750,27 @@ fn worker_index(key: &ObjectKey, n: usize) -> usize {
     (u64::from_le_bytes(x) % n as u64) as usize
 }
 
+/// How many of a thread's `max_open` databases may wait to close after their eviction: an
+/// eighth, at most 16 (a thread of 512, the default's share, keeps up to 496 in use). With fewer
+/// than 8 per thread every eviction closes inline.
+fn closing_headroom(max_open: usize) -> usize {
+    (max_open / 8).min(16)
+}
+
 /// What one storage thread owns: its open databases.
 struct Shelf {
     data_dir: PathBuf,
     opts: DbOptions,
+    /// At most this many databases are open on this thread, those waiting to close included.
     max_open: usize,
     open: HashMap<ObjectKey, (ObjectDb, u64)>,
+    /// Evicted databases that are still open, oldest first: an idle job of this thread
+    /// closes each (see [`Shelf::insert`]); an access before that keeps it open.
+    closing: VecDeque<ObjectKey>,
+    /// This thread's queues, for the idle job that closes evicted databases.
+    lanes: Arc<Lanes<Job>>,
+    /// That job is queued (one at a time: it queues itself again while databases wait).
+    close_queued: bool,
     tick: u64,
     metrics: Metrics,
     alarms: Alarms,
@@ -773,6 +792,10 @@ impl Shelf {
     }
 
     fn touch(&mut self, key: &ObjectKey) -> Option<&mut ObjectDb> {
+        if !self.closing.is_empty() {
+            // Accessed again before its close ran: it stays open.
+            self.closing.retain(|k| k != key);
+        }
         self.tick += 1;
         let tick = self.tick;
         self.open.get_mut(key).map(|(db, t)| {
@@ -781,32 +804,95 @@ impl Shelf {
         })
     }
 
+    /// Opens `db` in the shelf. At most `max_open` databases stay open: past that the least
+    /// recently used one closes first, inline. Closing a database costs a checkpoint with its
+    /// syncs, so below that an eviction only marks the database for closing: a job of this
+    /// thread's idle lane closes it when no other work waits (`lanes`), off the path of the turn
+    /// that opened this one, when the thread has no turn work queued (a busy thread would only
+    /// move the close onto another turn's path). [`closing_headroom`] bounds how many wait.
     fn insert(&mut self, key: ObjectKey, db: ObjectDb) {
-        self.evict_to(self.max_open.saturating_sub(1));
+        while self.open.len() >= self.max_open {
+            if !self.close_evicted() && !self.evict_lru_now() {
+                break;
+            }
+        }
         self.tick += 1;
         self.open.insert(key, (db, self.tick));
         self.metrics.objects_opened.inc();
         self.metrics.objects_open.inc();
-    }
-
-    /// Closes least recently used databases (never one inside a turn) until at most `n` are open.
-    fn evict_to(&mut self, n: usize) {
-        while self.open.len() > n {
-            let victim = self
-                .open
-                .iter()
-                .filter(|(_, (db, _))| !db.in_tx())
-                .min_by_key(|(_, (_, t))| *t)
-                .map(|(k, _)| k.clone());
-            match victim {
-                Some(k) => {
-                    self.open.remove(&k);
-                    self.metrics.objects_open.dec();
-                    self.metrics.objects_evicted.inc();
-                }
-                None => break,
+        let live_max = self.max_open - closing_headroom(self.max_open);
+        // Deferring a close pays only if the thread will be idle before long: with turn work
+        // queued behind this job (a busy shard) it closes now, as the turn that needed the room.
+        let defer = !self.lanes.turn_work_waits();
+        while self.open.len().saturating_sub(self.closing.len()) > live_max {
+            let Some(victim) = self.lru_victim() else {
+                break;
+            };
+            if defer {
+                self.closing.push_back(victim);
+            } else {
+                self.forget(&victim);
+                self.metrics.objects_evicted.inc();
             }
         }
+        self.queue_close();
+    }
+
+    /// Queues the idle job that closes one evicted database, unless it is queued or nothing
+    /// waits; the job queues itself again while databases wait.
+    fn queue_close(&mut self) {
+        if self.close_queued || self.closing.is_empty() {
+            return;
+        }
+        let job: Job = Box::new(|shelf: &mut Shelf| {
+            shelf.close_queued = false;
+            shelf.close_evicted();
+            shelf.queue_close();
+        });
+        // Refused only when shutting down: the shelf closes everything when its thread ends.
+        self.close_queued = self.lanes.push(Lane::Idle, job).is_ok();
+    }
+
+    /// The least recently used database that is neither inside a turn nor already evicted.
+    fn lru_victim(&self) -> Option<ObjectKey> {
+        self.open
+            .iter()
+            .filter(|(k, (db, _))| !db.in_tx() && !self.closing.contains(k))
+            .min_by_key(|(_, (_, t))| *t)
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Closes the oldest evicted database that waits to close; false if none waits.
+    fn close_evicted(&mut self) -> bool {
+        let Some(key) = self.closing.pop_front() else {
+            return false;
+        };
+        // Never inside a turn: a turn touches its database first, which takes it off the list.
+        if self.open.get(&key).is_some_and(|(db, _)| !db.in_tx()) {
+            self.forget(&key);
+            self.metrics.objects_evicted.inc();
+        }
+        true
+    }
+
+    /// Closes the least recently used database now; false if every open one is inside a turn.
+    fn evict_lru_now(&mut self) -> bool {
+        match self.lru_victim() {
+            Some(victim) => {
+                self.forget(&victim);
+                self.metrics.objects_evicted.inc();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes the object's database out of the shelf (dropping it closes it).
+    fn forget(&mut self, key: &ObjectKey) -> Option<ObjectDb> {
+        let (db, _) = self.open.remove(key)?;
+        self.closing.retain(|k| k != key);
+        self.metrics.objects_open.dec();
+        Some(db)
     }
 
     /// A full volume and a database at its size limit both answer SQLITE_FULL (and a full
@@ -1036,9 +1122,7 @@ impl Shelf {
                 if e.is_disk_failure() {
                     // After a failed write the connection's state is in doubt: close it; the
                     // next event reopens the object from what is on disk.
-                    if let Some((_db, _)) = self.open.remove(&obj.key()) {
-                        self.metrics.objects_open.dec();
-                    }
+                    self.forget(&obj.key());
                 }
                 Err(e)
             }
@@ -1071,8 +1155,7 @@ impl Shelf {
         let started = Instant::now();
         if !db.commit()? {
             // The turn created the database but wrote nothing: leave nothing on disk.
-            if let Some((db, _)) = self.open.remove(&key) {
-                self.metrics.objects_open.dec();
+            if let Some(db) = self.forget(&key) {
                 db.discard()?;
             }
             return Ok(None);
@@ -1110,11 +1193,11 @@ impl Shelf {
         if keep {
             return;
         }
-        if let Some((db, _)) = self.open.remove(&key) {
-            self.metrics.objects_open.dec();
-            if created && let Err(e) = db.discard() {
-                tracing::error!(error = %e, "deleting the database of a rolled-back creation failed");
-            }
+        if let Some(db) = self.forget(&key)
+            && created
+            && let Err(e) = db.discard()
+        {
+            tracing::error!(error = %e, "deleting the database of a rolled-back creation failed");
         }
     }
 
@@ -1139,11 +1222,10 @@ impl Shelf {
             .cloned()
             .collect();
         for k in keys {
-            if let Some((db, _)) = self.open.remove(&k) {
-                if db.in_tx() {
-                    tracing::error!("closing a database inside a turn for a slot hand-off");
-                }
-                self.metrics.objects_open.dec();
+            if let Some(db) = self.forget(&k)
+                && db.in_tx()
+            {
+                tracing::error!("closing a database inside a turn for a slot hand-off");
             }
         }
     }
@@ -1151,12 +1233,232 @@ impl Shelf {
     fn close(&mut self, key: &ObjectKey) -> bool {
         match self.open.get(key) {
             Some((db, _)) if !db.in_tx() => {
-                self.open.remove(key);
-                self.metrics.objects_open.dec();
+                self.forget(key);
                 self.metrics.objects_hibernated.inc();
                 true
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stead_core::{ClassName, ObjectId, ObjectName};
+
+    /// One shelf, played by the test itself: nothing runs unless the test runs it.
+    struct Rig {
+        dir: PathBuf,
+        shelf: Shelf,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    impl Rig {
+        fn new(max_open: usize) -> Rig {
+            let dir = std::env::temp_dir().join(format!(
+                "stead-shelf-{}-{}",
+                std::process::id(),
+                ObjectId::unique().unwrap().to_hex()
+            ));
+            std::fs::create_dir_all(dir.join("slots")).unwrap();
+            let metrics = Metrics::new();
+            let alarms =
+                Alarms::start(&dir, 16, std::time::Duration::from_secs(2), metrics.clone())
+                    .unwrap();
+            let shelf = Shelf {
+                data_dir: dir.clone(),
+                opts: DbOptions {
+                    durability: Durability::Strict,
+                    sync: SyncMode::File,
+                    max_database_bytes: 1 << 30,
+                },
+                max_open,
+                open: HashMap::new(),
+                closing: VecDeque::new(),
+                lanes: Arc::new(Lanes::default()),
+                close_queued: false,
+                tick: 0,
+                metrics,
+                alarms,
+                faults: Faults::default(),
+                barrier: None,
+                unsynced: false,
+            };
+            Rig { dir, shelf }
+        }
+
+        fn obj(name: &str) -> ObjectRef {
+            let class = ClassName::new("Counter").unwrap();
+            let name = ObjectName::new(name).unwrap();
+            ObjectRef::new(
+                class.clone(),
+                ObjectId::named(&class, &name),
+                Some(name),
+                16,
+            )
+        }
+
+        /// Writes `value` under "v" in object `name` and commits it.
+        fn put(&mut self, name: &str, value: &[u8]) {
+            let o = Self::obj(name);
+            self.shelf
+                .write(&o, |db| db.kv_put(&[("v".into(), value.to_vec())]))
+                .unwrap();
+            self.shelf.end_turn_kept(&o);
+            self.shelf.commit_group(&o).unwrap();
+        }
+
+        fn get(&mut self, name: &str) -> Option<Vec<u8>> {
+            let o = Self::obj(name);
+            let db = self.shelf.db_for_read(&o).unwrap()?;
+            db.kv_get(&["v".into()])
+                .unwrap()
+                .into_iter()
+                .next()
+                .map(|(_, v)| v)
+        }
+
+        fn is_open(&self, name: &str) -> bool {
+            self.shelf.open.contains_key(&Self::obj(name).key())
+        }
+
+        /// Runs the jobs queued so far, as the thread does when it is idle.
+        fn run_queued(&mut self) -> usize {
+            let mut ran = 0;
+            while let Some(job) = self.shelf.lanes.try_next() {
+                job(&mut self.shelf);
+                ran += 1;
+            }
+            ran
+        }
+    }
+
+    impl Shelf {
+        fn end_turn_kept(&mut self, obj: &ObjectRef) {
+            if let Some((db, _)) = self.open.get_mut(&obj.key()) {
+                db.end_turn(true).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn an_eviction_closes_the_database_later_in_an_idle_job() {
+        // 16 per thread: 2 may wait to close, so 14 stay in use.
+        let mut rig = Rig::new(16);
+        for i in 0..16 {
+            rig.put(&format!("o{i}"), b"x");
+        }
+        // o0 and o1, the least recently used, wait to close; nothing has closed yet.
+        assert_eq!(rig.shelf.open.len(), 16);
+        let waiting: Vec<ObjectKey> = rig.shelf.closing.iter().cloned().collect();
+        assert_eq!(waiting, vec![Rig::obj("o0").key(), Rig::obj("o1").key()]);
+        assert_eq!(rig.shelf.metrics.objects_evicted.get(), 0);
+
+        assert_eq!(rig.run_queued(), 2);
+        assert!(!rig.is_open("o0") && !rig.is_open("o1"));
+        assert_eq!(rig.shelf.open.len(), 14);
+        assert_eq!(rig.shelf.metrics.objects_evicted.get(), 2);
+        assert_eq!(rig.shelf.metrics.objects_open.get(), 14);
+        // Closed, not lost: read back from disk.
+        assert_eq!(rig.get("o0").as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn a_database_used_before_its_close_runs_stays_open() {
+        let mut rig = Rig::new(16);
+        for i in 0..15 {
+            rig.put(&format!("o{i}"), b"x");
+        }
+        assert_eq!(rig.shelf.closing.len(), 1, "o0 waits to close");
+        let opened = rig.shelf.metrics.objects_opened.get();
+
+        // A turn of o0 writes before the idle job runs: it keeps its connection.
+        rig.put("o0", b"y");
+        assert!(rig.is_open("o0"));
+        assert_eq!(
+            rig.shelf.metrics.objects_opened.get(),
+            opened,
+            "not reopened"
+        );
+        rig.run_queued();
+        assert!(rig.is_open("o0"), "its close did not run");
+        assert_eq!(rig.get("o0").as_deref(), Some(&b"y"[..]));
+        assert_eq!(rig.shelf.metrics.objects_evicted.get(), 0);
+    }
+
+    #[test]
+    fn without_a_chance_to_run_idle_jobs_evictions_close_inline_within_the_cap() {
+        let mut rig = Rig::new(16);
+        for i in 0..100 {
+            rig.put(&format!("o{i}"), b"x");
+            assert!(rig.shelf.open.len() <= 16, "{} open", rig.shelf.open.len());
+        }
+        assert_eq!(rig.shelf.open.len(), 16);
+        assert_eq!(rig.shelf.metrics.objects_evicted.get(), 84);
+        // One close job is queued at a time (it queues itself again while databases wait), not
+        // one per eviction: two jobs, two closes.
+        assert_eq!(rig.run_queued(), 2);
+        assert_eq!(rig.shelf.open.len(), 14);
+        for i in [0, 50, 99] {
+            assert_eq!(rig.get(&format!("o{i}")).as_deref(), Some(&b"x"[..]));
+        }
+    }
+
+    #[test]
+    fn a_thread_with_turn_work_queued_closes_evictions_inline() {
+        let mut rig = Rig::new(16);
+        let waiting: Job = Box::new(|_| {});
+        rig.shelf.lanes.push(Lane::Turn, waiting).unwrap();
+        for i in 0..15 {
+            rig.put(&format!("o{i}"), b"x");
+        }
+        assert!(rig.shelf.closing.is_empty());
+        assert!(!rig.is_open("o0"));
+        assert_eq!(rig.shelf.open.len(), 14);
+        assert_eq!(rig.shelf.metrics.objects_evicted.get(), 1);
+    }
+
+    #[test]
+    fn a_small_cap_closes_every_eviction_inline() {
+        let mut rig = Rig::new(4);
+        for i in 0..6 {
+            rig.put(&format!("o{i}"), b"x");
+        }
+        assert_eq!(rig.shelf.open.len(), 4);
+        assert!(rig.shelf.closing.is_empty());
+        assert_eq!(rig.run_queued(), 0);
+        assert_eq!(rig.shelf.metrics.objects_evicted.get(), 2);
+    }
+
+    #[test]
+    fn a_database_waiting_to_close_is_closed_by_hibernation_or_a_slot_hand_off() {
+        let mut rig = Rig::new(16);
+        for i in 0..16 {
+            rig.put(&format!("o{i}"), b"x");
+        }
+        let o0 = Rig::obj("o0").key();
+        assert!(rig.shelf.close(&o0));
+        assert_eq!(rig.shelf.closing.len(), 1, "o0 is off the list");
+        let o1 = Rig::obj("o1");
+        rig.shelf.close_slot(o1.id.slot(16), 16);
+        assert!(!rig.is_open("o1"));
+        assert!(
+            rig.shelf
+                .closing
+                .iter()
+                .all(|k| rig.shelf.open.contains_key(k))
+        );
+        rig.run_queued();
+        assert_eq!(
+            rig.shelf.metrics.objects_evicted.get(),
+            0,
+            "nothing left to evict"
+        );
     }
 }
