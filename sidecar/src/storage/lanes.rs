@@ -112,6 +112,16 @@ impl<J> Lanes<J> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).pick()
     }
 
+    /// The next idle-lane job if one is queued, whatever else waits (tests).
+    #[cfg(test)]
+    pub(super) fn try_next_idle(&self) -> Option<J> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .idle
+            .pop_front()
+    }
+
     /// Turn work is queued: a job that could leave work for later would make it wait instead.
     pub(super) fn turn_work_waits(&self) -> bool {
         !self

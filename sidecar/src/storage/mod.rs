@@ -816,15 +816,12 @@ impl Shelf {
                 break;
             }
         }
-        self.tick += 1;
-        self.open.insert(key, (db, self.tick));
-        self.metrics.objects_opened.inc();
-        self.metrics.objects_open.inc();
+        // Room for one in use (the new one is not in the shelf yet, so it is never the victim).
         let live_max = self.max_open - closing_headroom(self.max_open);
         // Deferring a close pays only if the thread will be idle before long: with turn work
         // queued behind this job (a busy shard) it closes now, as the turn that needed the room.
         let defer = !self.lanes.turn_work_waits();
-        while self.open.len().saturating_sub(self.closing.len()) > live_max {
+        while self.open.len().saturating_sub(self.closing.len()) >= live_max {
             let Some(victim) = self.lru_victim() else {
                 break;
             };
@@ -835,6 +832,10 @@ impl Shelf {
                 self.metrics.objects_evicted.inc();
             }
         }
+        self.tick += 1;
+        self.open.insert(key, (db, self.tick));
+        self.metrics.objects_opened.inc();
+        self.metrics.objects_open.inc();
         self.queue_close();
     }
 
@@ -1328,6 +1329,13 @@ mod tests {
             self.shelf.open.contains_key(&Self::obj(name).key())
         }
 
+        /// Runs the idle lane's close jobs queued so far (leaving turn jobs queued).
+        fn run_queued_closes(&mut self) {
+            while let Some(job) = self.shelf.lanes.try_next_idle() {
+                job(&mut self.shelf);
+            }
+        }
+
         /// Runs the jobs queued so far, as the thread does when it is idle.
         fn run_queued(&mut self) -> usize {
             let mut ran = 0;
@@ -1422,6 +1430,36 @@ mod tests {
         assert!(!rig.is_open("o0"));
         assert_eq!(rig.shelf.open.len(), 14);
         assert_eq!(rig.shelf.metrics.objects_evicted.get(), 1);
+    }
+
+    #[test]
+    fn a_database_opened_while_every_other_is_inside_a_turn_stays_open_past_the_cap() {
+        for queued in [false, true] {
+            let mut rig = Rig::new(4);
+            rig.put("old", b"1");
+            if queued {
+                let waiting: Job = Box::new(|_| {});
+                rig.shelf.lanes.push(Lane::Turn, waiting).unwrap();
+            }
+            // Four objects inside their turns fill the cap; "old" is evicted to make room.
+            for i in 0..4 {
+                let o = Rig::obj(&format!("busy{i}"));
+                rig.shelf
+                    .write(&o, |db| db.kv_put(&[("v".into(), b"x".to_vec())]))
+                    .unwrap();
+            }
+            rig.run_queued_closes();
+            assert!(!rig.is_open("old"));
+            // Nothing can be closed now: "old" is reopened anyway, past the cap, with its data.
+            assert_eq!(
+                rig.get("old").as_deref(),
+                Some(&b"1"[..]),
+                "queued: {queued}"
+            );
+            rig.put("old", b"2");
+            assert_eq!(rig.get("old").as_deref(), Some(&b"2"[..]));
+            assert_eq!(rig.shelf.open.len(), 5);
+        }
     }
 
     #[test]
