@@ -1,10 +1,10 @@
 //! A storage thread's queues. Turn work (calls, turn ends, commits, reads for the host) goes
 //! first; background work (closing idle objects) runs when no turn work waits, and at least once
-//! every [`BACKGROUND_EVERY`] turn jobs, so it is never starved; idle work (closing evicted
-//! databases) runs only when neither waits, and may starve: it is also done inline when it must. Without the split, objects that
+//! every [`BACKGROUND_EVERY`] turn jobs, so it is never starved. Without that split, objects that
 //! go idle together (a burst of traffic, then quiet) queued hundreds of closes, each a checkpoint
 //! with its syncs, ahead of a live object's commit: its turns stalled for 0.1–0.8 s
-//! (`docs/benchmarks.md` §15).
+//! (`docs/benchmarks.md` §15). Idle work (closing databases evicted by the cap) runs only when
+//! neither waits and may starve: it is also done inline when it must be (§16).
 //!
 //! Jobs of one lane run in the order they were queued. Reordering across lanes is safe: a close
 //! of an idle object is only ever queued by its mailbox while it waits for the close, so no turn
