@@ -1058,11 +1058,12 @@ fn now_ms() -> u128 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use stead_core::{ClassName, ObjectId, ObjectName};
 
-    fn obj(name: &str) -> ObjectRef {
+    /// A named `Counter` object (4,096 slots); the shelf's tests use it too.
+    pub(in crate::storage) fn obj(name: &str) -> ObjectRef {
         let class = ClassName::new("Counter").unwrap();
         let name = ObjectName::new(name).unwrap();
         ObjectRef::new(
@@ -1391,7 +1392,8 @@ mod tests {
         assert_eq!(db.kv_get(&["new".into()]).unwrap().len(), 1);
     }
 
-    fn tempdir() -> PathBuf {
+    /// A new, empty folder under the system's temporary folder.
+    pub(in crate::storage) fn tempdir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "stead-db-test-{}-{}",
             std::process::id(),

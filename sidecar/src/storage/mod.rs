@@ -1245,8 +1245,8 @@ impl Shelf {
 
 #[cfg(test)]
 mod tests {
+    use super::db::tests::{obj, tempdir};
     use super::*;
-    use stead_core::{ClassName, ObjectId, ObjectName};
 
     /// One shelf, played by the test itself: nothing runs unless the test runs it.
     struct Rig {
@@ -1262,12 +1262,7 @@ mod tests {
 
     impl Rig {
         fn new(max_open: usize) -> Rig {
-            let dir = std::env::temp_dir().join(format!(
-                "stead-shelf-{}-{}",
-                std::process::id(),
-                ObjectId::unique().unwrap().to_hex()
-            ));
-            std::fs::create_dir_all(dir.join("slots")).unwrap();
+            let dir = tempdir();
             let metrics = Metrics::new();
             let alarms =
                 Alarms::start(&dir, 16, std::time::Duration::from_secs(2), metrics.clone())
@@ -1294,20 +1289,9 @@ mod tests {
             Rig { dir, shelf }
         }
 
-        fn obj(name: &str) -> ObjectRef {
-            let class = ClassName::new("Counter").unwrap();
-            let name = ObjectName::new(name).unwrap();
-            ObjectRef::new(
-                class.clone(),
-                ObjectId::named(&class, &name),
-                Some(name),
-                16,
-            )
-        }
-
         /// Writes `value` under "v" in object `name` and commits it.
         fn put(&mut self, name: &str, value: &[u8]) {
-            let o = Self::obj(name);
+            let o = obj(name);
             self.shelf
                 .write(&o, |db| db.kv_put(&[("v".into(), value.to_vec())]))
                 .unwrap();
@@ -1316,7 +1300,7 @@ mod tests {
         }
 
         fn get(&mut self, name: &str) -> Option<Vec<u8>> {
-            let o = Self::obj(name);
+            let o = obj(name);
             let db = self.shelf.db_for_read(&o).unwrap()?;
             db.kv_get(&["v".into()])
                 .unwrap()
@@ -1326,7 +1310,7 @@ mod tests {
         }
 
         fn is_open(&self, name: &str) -> bool {
-            self.shelf.open.contains_key(&Self::obj(name).key())
+            self.shelf.open.contains_key(&obj(name).key())
         }
 
         /// Runs the idle lane's close jobs queued so far (leaving turn jobs queued).
@@ -1365,7 +1349,7 @@ mod tests {
         // o0 and o1, the least recently used, wait to close; nothing has closed yet.
         assert_eq!(rig.shelf.open.len(), 16);
         let waiting: Vec<ObjectKey> = rig.shelf.closing.iter().cloned().collect();
-        assert_eq!(waiting, vec![Rig::obj("o0").key(), Rig::obj("o1").key()]);
+        assert_eq!(waiting, vec![obj("o0").key(), obj("o1").key()]);
         assert_eq!(rig.shelf.metrics.objects_evicted.get(), 0);
 
         assert_eq!(rig.run_queued(), 2);
@@ -1443,7 +1427,7 @@ mod tests {
             }
             // Four objects inside their turns fill the cap; "old" is evicted to make room.
             for i in 0..4 {
-                let o = Rig::obj(&format!("busy{i}"));
+                let o = obj(&format!("busy{i}"));
                 rig.shelf
                     .write(&o, |db| db.kv_put(&[("v".into(), b"x".to_vec())]))
                     .unwrap();
@@ -1480,11 +1464,11 @@ mod tests {
         for i in 0..16 {
             rig.put(&format!("o{i}"), b"x");
         }
-        let o0 = Rig::obj("o0").key();
+        let o0 = obj("o0").key();
         assert!(rig.shelf.close(&o0));
         assert_eq!(rig.shelf.closing.len(), 1, "o0 is off the list");
-        let o1 = Rig::obj("o1");
-        rig.shelf.close_slot(o1.id.slot(16), 16);
+        let o1 = obj("o1");
+        rig.shelf.close_slot(o1.id.slot(4096), 4096);
         assert!(!rig.is_open("o1"));
         assert!(
             rig.shelf
