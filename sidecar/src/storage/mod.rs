@@ -828,8 +828,7 @@ impl Shelf {
             if defer {
                 self.closing.push_back(victim);
             } else {
-                self.forget(&victim);
-                self.metrics.objects_evicted.inc();
+                self.evict(&victim);
             }
         }
         self.tick += 1;
@@ -870,8 +869,7 @@ impl Shelf {
         };
         // Never inside a turn: a turn touches its database first, which takes it off the list.
         if self.open.get(&key).is_some_and(|(db, _)| !db.in_tx()) {
-            self.forget(&key);
-            self.metrics.objects_evicted.inc();
+            self.evict(&key);
         }
         true
     }
@@ -880,12 +878,17 @@ impl Shelf {
     fn evict_lru_now(&mut self) -> bool {
         match self.lru_victim() {
             Some(victim) => {
-                self.forget(&victim);
-                self.metrics.objects_evicted.inc();
+                self.evict(&victim);
                 true
             }
             None => false,
         }
+    }
+
+    /// Closes a database the cap evicted.
+    fn evict(&mut self, key: &ObjectKey) {
+        self.forget(key);
+        self.metrics.objects_evicted.inc();
     }
 
     /// Takes the object's database out of the shelf (dropping it closes it).
