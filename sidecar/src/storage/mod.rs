@@ -1302,6 +1302,13 @@ mod tests {
             self.shelf.commit_group(&o).unwrap();
         }
 
+        /// Writes "x" in objects o0, o1, … o{n-1}, in that order.
+        fn put_objects(&mut self, n: usize) {
+            for i in 0..n {
+                self.put(&format!("o{i}"), b"x");
+            }
+        }
+
         fn get(&mut self, name: &str) -> Option<Vec<u8>> {
             let o = obj(name);
             let db = self.shelf.db_for_read(&o).unwrap()?;
@@ -1346,9 +1353,7 @@ mod tests {
     fn an_eviction_closes_the_database_later_in_an_idle_job() {
         // 16 per thread: 2 may wait to close, so 14 stay in use.
         let mut rig = Rig::new(16);
-        for i in 0..16 {
-            rig.put(&format!("o{i}"), b"x");
-        }
+        rig.put_objects(16);
         // o0 and o1, the least recently used, wait to close; nothing has closed yet.
         assert_eq!(rig.shelf.open.len(), 16);
         let waiting: Vec<ObjectKey> = rig.shelf.closing.iter().cloned().collect();
@@ -1367,9 +1372,7 @@ mod tests {
     #[test]
     fn a_database_used_before_its_close_runs_stays_open() {
         let mut rig = Rig::new(16);
-        for i in 0..15 {
-            rig.put(&format!("o{i}"), b"x");
-        }
+        rig.put_objects(15);
         assert_eq!(rig.shelf.closing.len(), 1, "o0 waits to close");
         let opened = rig.shelf.metrics.objects_opened.get();
 
@@ -1410,9 +1413,7 @@ mod tests {
         let mut rig = Rig::new(16);
         let waiting: Job = Box::new(|_| {});
         rig.shelf.lanes.push(Lane::Turn, waiting).unwrap();
-        for i in 0..15 {
-            rig.put(&format!("o{i}"), b"x");
-        }
+        rig.put_objects(15);
         assert!(rig.shelf.closing.is_empty());
         assert!(!rig.is_open("o0"));
         assert_eq!(rig.shelf.open.len(), 14);
@@ -1452,9 +1453,7 @@ mod tests {
     #[test]
     fn a_small_cap_closes_every_eviction_inline() {
         let mut rig = Rig::new(4);
-        for i in 0..6 {
-            rig.put(&format!("o{i}"), b"x");
-        }
+        rig.put_objects(6);
         assert_eq!(rig.shelf.open.len(), 4);
         assert!(rig.shelf.closing.is_empty());
         assert_eq!(rig.run_queued(), 0);
@@ -1464,9 +1463,7 @@ mod tests {
     #[test]
     fn a_database_waiting_to_close_is_closed_by_hibernation_or_a_slot_hand_off() {
         let mut rig = Rig::new(16);
-        for i in 0..16 {
-            rig.put(&format!("o{i}"), b"x");
-        }
+        rig.put_objects(16);
         let o0 = obj("o0").key();
         assert!(rig.shelf.close(&o0));
         assert_eq!(rig.shelf.closing.len(), 1, "o0 is off the list");
