@@ -9,7 +9,7 @@
 //! it exits, the pipe closes and the guard kills the process and removes its data.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -260,9 +260,10 @@ fn remove_stale_dirs(ours: &Path) {
     }
 }
 
+/// A port below the ephemeral range (`stead_testkit::ports`): one the kernel hands out for port 0
+/// could be given to another process's outgoing connection before etcd or kube-apiserver binds it.
 fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind a free port: {e}"))?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+    stead_testkit::ports::free_port().map_err(|e| e.to_string())
 }
 
 fn wait_for_port(port: u16, what: &str, log: &Path) -> Result<(), String> {
