@@ -93,7 +93,10 @@ kubectl wait --for=condition=Established crd/durablenamespaces.stead.dev --timeo
 
 step "applying the counter and chat examples, and the TypeScript chat's manifest as stead init wrote it"
 kubectl create namespace "$NS_APPS"
-kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml -f examples/chat/k8s/chat.yaml \
+# The chat with `storage.sync: volume`, the counter with the default: as in scripts/node-e2e.sh.
+kubectl patch --local -f examples/chat/k8s/chat.yaml --type merge \
+  -p '{"spec":{"storage":{"sync":"volume"}}}' -o yaml >"$WORKERS_DIR/chat-volume-sync.yaml"
+kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml -f "$WORKERS_DIR/chat-volume-sync.yaml" \
   -f "$WORKERS_DIR/chat-ts/k8s/chat-ts.yaml"
 kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter durablenamespace/chat \
   durablenamespace/chat-ts --timeout=5m

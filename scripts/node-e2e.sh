@@ -93,7 +93,12 @@ step "applying the counter and chat examples, and the TypeScript chat's manifest
 WORKERS_MANIFEST="$IMAGES/projects/chat-ts/k8s/chat-ts.yaml"
 [[ -f "$WORKERS_MANIFEST" ]] || fail "no $WORKERS_MANIFEST (scripts/node-images.sh writes it)"
 kubectl create namespace "$NS_APPS"
-kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml -f examples/chat/k8s/chat.yaml -f "$WORKERS_MANIFEST"
+# The chat runs with `storage.sync: volume` (commits made durable by one sync of the shard's
+# volume), the counter with the default (an fsync per database): the tier covers both, and
+# `kube_only_the_chat_syncs_its_volume` checks which one each namespace used.
+kubectl patch --local -f examples/chat/k8s/chat.yaml --type merge \
+  -p '{"spec":{"storage":{"sync":"volume"}}}' -o yaml >"$STATE/chat-volume-sync.yaml"
+kubectl -n "$NS_APPS" apply -f examples/counter/k8s/counter.yaml -f "$STATE/chat-volume-sync.yaml" -f "$WORKERS_MANIFEST"
 kubectl -n "$NS_APPS" wait --for=condition=Ready durablenamespace/counter durablenamespace/chat \
   durablenamespace/chat-ts --timeout=5m
 kubectl -n "$NS_APPS" get durablenamespaces,pods,pvc -o wide

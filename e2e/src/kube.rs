@@ -496,6 +496,37 @@ mod tier {
         k::chat_websockets_through_the_service(&svc).await;
     }
 
+    /// The chat runs with `storage.sync: volume` (the tier's scripts apply it so): a message in
+    /// a room is acknowledged after a sync of the shard's volume, counted by the chat's
+    /// sidecars; the counter, on the default `file`, never syncs its volume.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "needs a cluster with the examples: scripts/node-e2e.sh or scripts/kind-e2e.sh"]
+    async fn kube_only_the_chat_syncs_its_volume() {
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let chat = connect(&var("STEAD_KUBE_CHAT", "chat")).await;
+        let svc = service(&chat, &var("STEAD_KUBE_CHAT", "chat")).await;
+        k::chat_websockets_through_the_service(&svc).await;
+        let volume_synced = |c: KubeCluster| async move {
+            let mut commits = 0.0;
+            for shard in 0..c.shard_count() {
+                let text = c.metrics(shard).await.expect("scrape the shard");
+                commits +=
+                    crate::cluster::metric_sum(&text, "stead_volume_synced_commits_total", "");
+            }
+            commits
+        };
+        let chat_commits = volume_synced(chat).await;
+        assert!(
+            chat_commits >= 1.0,
+            "the chat's sidecars made no commit durable by a volume sync ({chat_commits}): is its storage.sync volume?"
+        );
+        let counter_commits = volume_synced(cluster().await).await;
+        assert_eq!(
+            counter_commits, 0.0,
+            "the counter (storage.sync: file) synced its volume for {counter_commits} commits"
+        );
+    }
+
     /// The TypeScript chat (examples/chat-ts), its image built from the Dockerfile `stead init`
     /// wrote for it and applied with the manifest `stead init` wrote: its Worker serves the
     /// page, and its Durable Object the same WebSocket protocol as the Rust chat.
