@@ -62,6 +62,7 @@ pub struct Metrics {
     pub volume_sync_seconds: Histogram,
     pub volume_synced_commits: Counter,
     pub objects_open: Gauge,
+    pub objects_open_max: Gauge,
     pub objects_opened: Counter,
     pub objects_hibernated: Counter,
     pub objects_evicted: Counter,
@@ -108,6 +109,7 @@ impl Metrics {
         let volume_sync_seconds = latency_histogram();
         let volume_synced_commits = Counter::default();
         let objects_open = Gauge::default();
+        let objects_open_max = Gauge::default();
         let objects_opened = Counter::default();
         let objects_hibernated = Counter::default();
         let objects_evicted = Counter::default();
@@ -174,6 +176,11 @@ impl Metrics {
             "objects_open",
             "Object databases currently open",
             objects_open.clone(),
+        );
+        r.register(
+            "objects_open_max",
+            "Most object databases kept open at once: --max-open-objects, or less when the descriptor limit cannot hold that many",
+            objects_open_max.clone(),
         );
         r.register(
             "objects_opened",
@@ -319,6 +326,7 @@ impl Metrics {
             volume_sync_seconds,
             volume_synced_commits,
             objects_open,
+            objects_open_max,
             objects_opened,
             objects_hibernated,
             objects_evicted,

@@ -88,6 +88,20 @@ pub struct Bounds {
     pub admin: usize,
 }
 
+/// The most object databases that may be open at once under `nofile` descriptors: `requested`
+/// (`--max-open-objects`) when its 2 descriptors per database fit in three quarters of what the
+/// base reserve and the admin port leave, else as many as do (at least 16). The other quarter
+/// stays for connections. Without this, a cap beyond the limit let storage run out of
+/// descriptors (every new database then failed with `EMFILE`) and squeezed the ingress to 16
+/// connections.
+pub fn fit_open_objects(nofile: u64, requested: usize) -> usize {
+    let available = usize::try_from(nofile)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(BASE_RESERVE + ADMIN_MAX_CONNECTIONS);
+    let fits = (available / 4 * 3 / 2).max(16);
+    requested.min(fits)
+}
+
 /// Splits the descriptor limit `nofile`: 2 per open database (`max_open_objects`), the base
 /// reserve and the admin bound stay free; of the rest, an eighth is kept for the connections
 /// the sidecar opens itself (to the app and to peers), and the remainder bounds the client
@@ -814,5 +828,35 @@ mod tests {
         assert_eq!(connection_bounds(20_000, 4096, 100, false).ingress, 100);
         // Too few descriptors for the reserve: a small bound still lets clients in.
         assert_eq!(connection_bounds(1024, 4096, 0, false).ingress, 16);
+    }
+
+    #[test]
+    fn an_open_object_cap_is_fitted_to_the_descriptor_limit() {
+        // It fits: unchanged.
+        assert_eq!(fit_open_objects(20_000, 4096), 4096);
+        assert_eq!(fit_open_objects(1 << 20, 100_000), 100_000);
+        // It does not: three quarters of what the base and admin leave, 2 per database.
+        let fitted = fit_open_objects(20_000, 12_000);
+        assert_eq!(
+            fitted,
+            (20_000 - BASE_RESERVE - ADMIN_MAX_CONNECTIONS) / 4 * 3 / 2
+        );
+        let fitted_small = fit_open_objects(1024, 4096);
+        assert_eq!(
+            fitted_small,
+            (1024 - BASE_RESERVE - ADMIN_MAX_CONNECTIONS) / 4 * 3 / 2
+        );
+        // What it leaves for connections is a real bound, not the floor of 16.
+        for (nofile, cap) in [(20_000, fitted), (1024, fitted_small)] {
+            let b = connection_bounds(nofile, cap, 0, true);
+            assert!(
+                b.ingress >= 64,
+                "{nofile} descriptors: ingress {}",
+                b.ingress
+            );
+            assert!(2 * cap + BASE_RESERVE + b.admin + b.ingress + b.peer <= nofile as usize);
+        }
+        // Below the base reserve nothing fits; a few databases still open.
+        assert_eq!(fit_open_objects(100, 4096), 16);
     }
 }

@@ -111,11 +111,24 @@ pub async fn run(
         .map_err(|e| StartError::Serve(std::io::Error::other(e)))??
     };
     let sockets = Arc::new(Sockets::new(metrics.clone()));
+    let nofile = serve::raise_nofile_limit();
+    let max_open = serve::fit_open_objects(nofile, config.max_open_objects);
+    if max_open < config.max_open_objects {
+        tracing::warn!(
+            nofile,
+            requested = config.max_open_objects,
+            max_open,
+            "--max-open-objects does not fit the descriptor limit (2 per open database, a quarter kept for connections): fewer databases stay open; raise `ulimit -n` to keep more"
+        );
+    }
+    metrics
+        .objects_open_max
+        .set(i64::try_from(max_open).unwrap_or(i64::MAX));
     let storage = Storage::start(
         StorageConfig {
             data_dir: config.data_dir.clone(),
             threads: config.storage_threads,
-            max_open: config.max_open_objects,
+            max_open,
             db: DbOptions {
                 durability: config.durability,
                 sync: config.sync,
@@ -231,18 +244,18 @@ pub async fn run(
         app_addr: config.app.clone(),
         draining: draining.clone(),
     });
-    let nofile = serve::raise_nofile_limit();
     let bounds = serve::connection_bounds(
         nofile,
-        config.max_open_objects,
+        max_open,
         config.connections.max_connections,
         config.peer_token().is_some(),
     );
-    if (nofile as usize) < 2 * config.max_open_objects + serve::BASE_RESERVE + bounds.ingress {
+    if (nofile as usize) < 2 * max_open + serve::BASE_RESERVE + bounds.ingress {
         tracing::warn!(
             nofile,
-            max_open_objects = config.max_open_objects,
-            "the descriptor limit cannot keep the storage reserve: raise `ulimit -n` or lower --max-open-objects"
+            max_open,
+            max_connections = bounds.ingress,
+            "the descriptor limit cannot keep the storage reserve beside --max-connections: raise `ulimit -n` or lower --max-connections"
         );
     }
     tracing::info!(

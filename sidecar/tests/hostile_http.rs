@@ -529,6 +529,50 @@ fn open_descriptors(pid: u32) -> usize {
         .count()
 }
 
+/// The default `--max-open-objects` (4096 databases, 8192 descriptors) under a descriptor limit
+/// of 1024: the sidecar keeps open only as many databases as fit, so that writing many objects
+/// never runs out of descriptors, and the ingress keeps a usable bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_object_cap_beyond_the_descriptor_limit_is_fitted_to_it() {
+    const NOFILE: u64 = 1024;
+    let shard = LimitedShard::start(NOFILE, &[]).await;
+    let (_, text) = admin_get(shard.admin, "/metrics").await;
+    let cap = metric(&text, "stead_objects_open_max ") as usize;
+    assert!(
+        cap > 0 && 2 * cap <= NOFILE as usize * 3 / 4,
+        "open databases capped at {cap} under {NOFILE} descriptors"
+    );
+    let ingress = metric(&text, "stead_connections_max{port=\"ingress\"}") as usize;
+    assert!(
+        ingress >= 64,
+        "the ingress holds only {ingress} connections"
+    );
+    // Twice as many new objects as fit open at once, on one connection: each one's database
+    // is created while the others stay open up to the cap.
+    let mut conn = TcpStream::connect(("127.0.0.1", shard.ingress))
+        .await
+        .unwrap();
+    for i in 0..2 * cap {
+        let (status, body) = request_on(
+            &mut conn,
+            "POST",
+            &format!("/objects/Counter/name/many{i}/increment"),
+        )
+        .await;
+        assert_eq!((status, body.trim()), (200, "1"), "object many{i}: {body}");
+    }
+    // Storage stayed inside its share: at most `cap` databases (2 descriptors each) beside the
+    // 256 kept back for everything else, so a quarter of the limit is still free.
+    let (_, text) = admin_get(shard.admin, "/metrics").await;
+    let open = metric(&text, "stead_objects_open ") as usize;
+    assert!(open <= cap, "{open} databases open, over the cap of {cap}");
+    let used = open_descriptors(shard.sidecar_pid());
+    assert!(
+        used <= 2 * cap + 256,
+        "{used} descriptors open: storage took more than its share of {NOFILE}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_leaves_descriptors_for_storage_and_health() {
     const NOFILE: u64 = 1024;
