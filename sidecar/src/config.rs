@@ -79,6 +79,10 @@ pub struct SidecarConfig {
     /// Largest client request body, in bytes.
     #[arg(long, env = "STEAD_MAX_REQUEST_BYTES", default_value_t = 32 << 20)]
     pub max_request_bytes: usize,
+    /// Most bytes of request bodies held in memory at once (each body is read whole before its
+    /// request is handled); a body that does not fit gets 503 with Retry-After.
+    #[arg(long, env = "STEAD_MAX_BUFFERED_REQUEST_BYTES", default_value_t = 256 << 20)]
+    pub max_buffered_request_bytes: usize,
     /// Largest app answer, in bytes.
     #[arg(long, env = "STEAD_MAX_ANSWER_BYTES", default_value_t = 32 << 20)]
     pub max_answer_bytes: usize,

@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, StatusCode, header};
 use stead_core::{ObjectId, protocol};
 
 use crate::app::{AppClient, clean_headers, strip_stead_headers};
-use crate::body::read_body;
+use crate::body::Held;
 use crate::chain::CallChain;
 use crate::client::ClientAddr;
 use crate::error::ApiError;
@@ -104,7 +104,7 @@ impl Ingress {
                     .uri()
                     .path_and_query()
                     .map_or("/".to_owned(), |p| p.as_str().to_owned());
-                let req = match self.buffer(req, &path).await {
+                let (req, _held) = match self.buffer(req, &path).await {
                     Ok(r) => r,
                     Err(e) => return ("-".into(), e.into_response()),
                 };
@@ -200,21 +200,29 @@ impl Ingress {
         }
     }
 
-    /// Reads the whole body (a turn never waits on a slow client) and cleans the headers.
-    async fn buffer(&self, req: Request, path: &str) -> Result<http::Request<Bytes>, ApiError> {
+    /// Reads the whole body (a turn never waits on a slow client), within the body budget, and
+    /// cleans the headers; the body's share of the budget comes along, to hold until answered.
+    async fn buffer(
+        &self,
+        req: Request,
+        path: &str,
+    ) -> Result<(http::Request<Bytes>, Held), ApiError> {
         let (mut parts, body) = req.into_parts();
-        let body = read_body(
-            body,
-            self.router.max_request_bytes,
-            self.router.body_timeout,
-        )
-        .await?;
+        let (body, held) = self
+            .router
+            .body_budget
+            .read(
+                body,
+                self.router.max_request_bytes,
+                self.router.body_timeout,
+            )
+            .await?;
         clean_headers(&mut parts.headers, true);
         ClientAddr::set_header(&mut parts.headers, &parts.extensions);
         parts.uri = path
             .parse()
             .map_err(|_| ApiError::bad_request("invalid_path", "invalid path"))?;
-        Ok(http::Request::from_parts(parts, body))
+        Ok((http::Request::from_parts(parts, body), held))
     }
 
     /// One stateless event; the answer's headers are the caller's to clean.

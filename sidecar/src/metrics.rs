@@ -63,6 +63,7 @@ pub struct Metrics {
     pub volume_synced_commits: Counter,
     pub objects_open: Gauge,
     pub objects_open_max: Gauge,
+    pub request_bodies_buffered: Gauge,
     pub objects_opened: Counter,
     pub objects_hibernated: Counter,
     pub objects_evicted: Counter,
@@ -110,6 +111,7 @@ impl Metrics {
         let volume_synced_commits = Counter::default();
         let objects_open = Gauge::default();
         let objects_open_max = Gauge::default();
+        let request_bodies_buffered = Gauge::default();
         let objects_opened = Counter::default();
         let objects_hibernated = Counter::default();
         let objects_evicted = Counter::default();
@@ -181,6 +183,11 @@ impl Metrics {
             "objects_open_max",
             "Most object databases kept open at once: --max-open-objects, or less when the descriptor limit cannot hold that many",
             objects_open_max.clone(),
+        );
+        r.register(
+            "request_bodies_buffered_bytes",
+            "Bytes of request bodies held in memory, counted in KiB per body (at most --max-buffered-request-bytes)",
+            request_bodies_buffered.clone(),
         );
         r.register(
             "objects_opened",
@@ -327,6 +334,7 @@ impl Metrics {
             volume_synced_commits,
             objects_open,
             objects_open_max,
+            request_bodies_buffered,
             objects_opened,
             objects_hibernated,
             objects_evicted,

@@ -11,7 +11,7 @@ use http::StatusCode;
 use stead_core::protocol;
 
 use crate::app::clean_headers;
-use crate::body::{read_body, refuse_declared_length};
+use crate::body::{BodyBudget, refuse_declared_length};
 use crate::chain::{CallChain, MAX_DEPTH};
 use crate::client::ClientAddr;
 use crate::error::ApiError;
@@ -35,6 +35,8 @@ pub struct ObjectRouter {
     pub classes: HashSet<String>,
     pub slots: u32,
     pub max_request_bytes: usize,
+    /// Request bodies held in memory at once, across the sidecar.
+    pub body_budget: BodyBudget,
     /// How long a request body may pause before it is refused with 408.
     pub body_timeout: std::time::Duration,
     pub host: Arc<Host>,
@@ -204,7 +206,12 @@ impl ObjectRouter {
             .into_response();
         }
         let (mut parts, body) = req.into_parts();
-        let body = match read_body(body, self.max_request_bytes, self.body_timeout).await {
+        // The body's share of the budget is held until the object has answered.
+        let (body, _held) = match self
+            .body_budget
+            .read(body, self.max_request_bytes, self.body_timeout)
+            .await
+        {
             Ok(b) => b,
             Err(e) => return e.into_response(),
         };

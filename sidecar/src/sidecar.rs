@@ -15,6 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::alarms::Alarms;
 use crate::api::{self, ApiState};
 use crate::app::AppClient;
+use crate::body::BodyBudget;
 use crate::config::SidecarConfig;
 use crate::coordinator::Coordinator;
 use crate::forward::PeerClient;
@@ -38,6 +39,10 @@ use crate::websocket::registry::Sockets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(
+        "--max-request-bytes ({request}) is more than --max-buffered-request-bytes ({buffered}): a request that large could never be read; raise the second or lower the first"
+    )]
+    BodyBudget { request: usize, buffered: usize },
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
         what: &'static str,
@@ -73,6 +78,12 @@ pub async fn run(
     config: SidecarConfig,
     stop: impl Stream<Item = ()> + Send + Unpin + 'static,
 ) -> Result<(), StartError> {
+    if config.max_request_bytes > config.max_buffered_request_bytes {
+        return Err(StartError::BodyBudget {
+            request: config.max_request_bytes,
+            buffered: config.max_buffered_request_bytes,
+        });
+    }
     let metrics = Metrics::new();
     let membership = membership(&config).await?;
     let (folder_lock, (ownership, ring, unfinished)) = {
@@ -202,6 +213,10 @@ pub async fn run(
         classes: config.classes.iter().map(|c| c.to_string()).collect(),
         slots: config.slots,
         max_request_bytes: config.max_request_bytes,
+        body_budget: BodyBudget::new(
+            config.max_buffered_request_bytes,
+            metrics.request_bodies_buffered.clone(),
+        ),
         body_timeout: config.connections.body_timeout,
         host,
         ownership: ownership.clone(),

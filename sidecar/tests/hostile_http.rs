@@ -1,7 +1,8 @@
 //! Hostile HTTP clients against a real sidecar and counter app: idle, slow and half-sent
 //! connections are closed on every port, a stalled body gets 408, HTTP/2 with prior knowledge
-//! reaches the app, app failures do not name the app's address, and a flood of connections
-//! leaves descriptors for storage and health (checked in `/proc`).
+//! reaches the app, app failures do not name the app's address, a flood of connections
+//! leaves descriptors for storage and health (checked in `/proc`), and request bodies held in
+//! memory stay within their budget.
 
 mod support;
 
@@ -527,6 +528,110 @@ fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count()
+}
+
+/// Request bodies are read whole before their turn, so uploads that are slow to arrive hold
+/// memory. Two uploads that declared 2 MiB each and sent only a little hold the whole budget of
+/// 4 MiB. A third request is refused at once with 503 and Retry-After, and nothing of it is
+/// written; once the slow uploads are gone, the same request goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_held_in_memory_stay_within_their_budget() {
+    const MIB: usize = 1 << 20;
+    let budget = (4 * MIB).to_string();
+    let shard = Shard::start(&[
+        "--max-buffered-request-bytes",
+        &budget,
+        "--max-request-bytes",
+        &(2 * MIB).to_string(),
+        "--body-timeout",
+        "5m",
+    ])
+    .await;
+    let mut slow = vec![];
+    for i in 0..2 {
+        let mut s = TcpStream::connect(("127.0.0.1", shard.ingress))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /objects/Counter/name/slow{i}/increment HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            2 * MIB
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&[b'x'; 1024]).await.unwrap();
+        slow.push(s);
+    }
+    eventually("the two slow uploads hold the budget", || async {
+        shard.metric("stead_request_bodies_buffered_bytes ").await == (4 * MIB) as f64
+    })
+    .await;
+
+    let (status, body) = shard
+        .send_with(
+            "POST",
+            &shard.url("/objects/Counter/name/victim/increment"),
+            &[],
+            "one more",
+        )
+        .await
+        .expect("request");
+    assert_eq!(status, 503, "{body}");
+    let json: Value = serde_json::from_str(&body).expect("JSON error body");
+    assert_eq!(
+        json["error"]["code"], "request_bodies_over_budget",
+        "{body}"
+    );
+    // The stateless front door reads its body whole too, within the same budget.
+    let (status, body) = shard
+        .send_with("POST", &shard.url("/"), &[], "to the front door")
+        .await
+        .expect("request");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        shard
+            .send("GET", "/objects/Counter/name/victim/value", "")
+            .await,
+        (200, "0".into())
+    );
+
+    drop(slow);
+    eventually("the slow uploads give the budget back", || async {
+        shard.metric("stead_request_bodies_buffered_bytes ").await == 0.0
+    })
+    .await;
+    assert_eq!(
+        shard
+            .send("POST", "/objects/Counter/name/victim/increment", "now")
+            .await,
+        (200, "1".into())
+    );
+}
+
+/// The sidecar refuses to start with a request limit its body budget could never hold.
+#[tokio::test]
+async fn a_request_limit_over_the_body_budget_is_refused_at_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stead"))
+        .arg("sidecar")
+        .args(["--ingress", &format!("127.0.0.1:{}", free_port())])
+        .args(["--app", "127.0.0.1:1"])
+        .args(["--classes", "Counter"])
+        .args([
+            "--max-request-bytes",
+            "2000000",
+            "--max-buffered-request-bytes",
+            "1000000",
+        ])
+        .arg("--data-dir")
+        .arg(std::env::temp_dir().join(format!("stead-test-budget-{}", std::process::id())))
+        .output()
+        .expect("run the sidecar");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "--max-request-bytes (2000000) is more than --max-buffered-request-bytes (1000000)"
+        ),
+        "{stderr}"
+    );
 }
 
 /// The default `--max-open-objects` (4096 databases, 8192 descriptors) under a descriptor limit
