@@ -1,5 +1,6 @@
 //! Client bodies: read whole, within the size limit and without long pauses, and, for the
-//! routes any client reaches, within the sidecar's memory budget for bodies.
+//! routes any client reaches, within a memory budget for what clients sent and waits in the
+//! sidecar (request bodies; WebSocket messages have a budget of their own).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ const STEP_UNITS: usize = 64;
 #[derive(Clone)]
 pub struct BodyBudget {
     units: Arc<Semaphore>,
+    total_units: usize,
     bytes: usize,
     buffered: Gauge,
 }
@@ -58,9 +60,29 @@ impl BodyBudget {
         let units = (bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS);
         Self {
             units: Arc::new(Semaphore::new(units)),
+            total_units: units,
             bytes,
             buffered,
         }
+    }
+
+    /// Waits until `len` bytes fit (the whole budget, for input larger than all of it) and
+    /// takes them: for input whose reading can pause instead of being refused (WebSocket
+    /// messages; the reader stops, and TCP slows the client down). Waiters are served in turn.
+    pub async fn wait(&self, len: usize) -> Held {
+        let units = units_for(len).min(self.total_units);
+        let permit = match u32::try_from(units) {
+            Ok(0) => None,
+            Ok(n) => self.units.clone().acquire_many_owned(n).await.ok(),
+            Err(_) => self.units.clone().acquire_many_owned(u32::MAX).await.ok(),
+        };
+        let held = Held {
+            permit,
+            buffered: self.buffered.clone(),
+        };
+        self.buffered
+            .inc_by(i64::try_from(held.units() * UNIT).unwrap_or(i64::MAX));
+        held
     }
 
     /// Reads a whole client body as [`read_body`] does, taking its share of the budget first
@@ -266,6 +288,29 @@ mod tests {
         assert_eq!(gauge.get(), 0);
         let (bytes, _) = b.read(chunked(200, 1024), 1 << 20, LONG).await.unwrap();
         assert_eq!(bytes.len(), 200 * 1024);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_input_takes_its_share_in_turn() {
+        let (b, gauge) = budget(8);
+        let first = b.wait(6 * 1024).await;
+        assert_eq!(gauge.get(), 6 * 1024);
+        // 4 KiB do not fit beside the first 6: the second waits until the first is handled.
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.wait(4 * 1024).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        let second = waiting.await.unwrap();
+        assert_eq!(gauge.get(), 4 * 1024);
+        drop(second);
+        // Input larger than the whole budget takes all of it, and so never waits forever.
+        let huge = b.wait(1 << 20).await;
+        assert_eq!(gauge.get(), 8 * 1024);
+        drop(huge);
+        assert_eq!(gauge.get(), 0);
     }
 
     #[tokio::test]

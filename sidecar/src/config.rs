@@ -83,6 +83,10 @@ pub struct SidecarConfig {
     /// request is handled); a body that does not fit gets 503 with Retry-After.
     #[arg(long, env = "STEAD_MAX_BUFFERED_REQUEST_BYTES", default_value_t = 256 << 20)]
     pub max_buffered_request_bytes: usize,
+    /// Most bytes of WebSocket messages from clients waiting for their turns, across all
+    /// sockets; past it the sidecar reads from no socket until turns catch up.
+    #[arg(long, env = "STEAD_MAX_BUFFERED_SOCKET_BYTES", default_value_t = 256 << 20)]
+    pub max_buffered_socket_bytes: usize,
     /// Largest app answer, in bytes.
     #[arg(long, env = "STEAD_MAX_ANSWER_BYTES", default_value_t = 32 << 20)]
     pub max_answer_bytes: usize,

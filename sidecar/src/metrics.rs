@@ -64,6 +64,7 @@ pub struct Metrics {
     pub objects_open: Gauge,
     pub objects_open_max: Gauge,
     pub request_bodies_buffered: Gauge,
+    pub websocket_messages_buffered: Gauge,
     pub objects_opened: Counter,
     pub objects_hibernated: Counter,
     pub objects_evicted: Counter,
@@ -112,6 +113,7 @@ impl Metrics {
         let objects_open = Gauge::default();
         let objects_open_max = Gauge::default();
         let request_bodies_buffered = Gauge::default();
+        let websocket_messages_buffered = Gauge::default();
         let objects_opened = Counter::default();
         let objects_hibernated = Counter::default();
         let objects_evicted = Counter::default();
@@ -188,6 +190,11 @@ impl Metrics {
             "request_bodies_buffered_bytes",
             "Bytes of request bodies held in memory, counted in KiB per body (at most --max-buffered-request-bytes)",
             request_bodies_buffered.clone(),
+        );
+        r.register(
+            "websocket_messages_buffered_bytes",
+            "Bytes of client WebSocket messages waiting for their turns, counted in KiB per message (at most --max-buffered-socket-bytes)",
+            websocket_messages_buffered.clone(),
         );
         r.register(
             "objects_opened",
@@ -335,6 +342,7 @@ impl Metrics {
             objects_open,
             objects_open_max,
             request_bodies_buffered,
+            websocket_messages_buffered,
             objects_opened,
             objects_hibernated,
             objects_evicted,

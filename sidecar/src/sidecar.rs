@@ -121,7 +121,10 @@ pub async fn run(
         .await
         .map_err(|e| StartError::Serve(std::io::Error::other(e)))??
     };
-    let sockets = Arc::new(Sockets::new(metrics.clone()));
+    let sockets = Arc::new(Sockets::new(
+        metrics.clone(),
+        config.max_buffered_socket_bytes,
+    ));
     let nofile = serve::raise_nofile_limit();
     let max_open = serve::fit_open_objects(nofile, config.max_open_objects);
     if max_open < config.max_open_objects {

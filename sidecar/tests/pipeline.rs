@@ -328,7 +328,7 @@ fn rig(config: HostConfig) -> Rig {
     let ring = Ring::new(1, SLOTS, 1);
     let (ownership, _, _) = Ownership::load(&dir, 0, &ring).unwrap();
     let alarms = Alarms::start(&dir, SLOTS, Duration::from_secs(2), metrics.clone()).unwrap();
-    let sockets = Arc::new(Sockets::new(metrics.clone()));
+    let sockets = Arc::new(Sockets::new(metrics.clone(), 256 << 20));
     let app = FakeApp::default();
     let store = FakeStore::new();
     let host = Host::new(

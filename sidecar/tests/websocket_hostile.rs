@@ -2,6 +2,7 @@
 //! room that never reads, and a client that floods pings without reading the pongs, are closed
 //! (1008, counted in `stead_websockets_slow_closed_total`) while the sidecar's resident memory,
 //! read from `/proc`, stays within a bound, and well-behaved members still get every message.
+//! Messages that wait for their turns stay within the budget of every socket's input together.
 
 mod support;
 
@@ -260,4 +261,115 @@ async fn a_client_that_reads_may_send_pings_in_a_burst() {
         shard.metric("stead_websockets_slow_closed_total").await,
         0.0
     );
+}
+
+/// Two clients send 16 messages of 64 KiB to an object whose turn is held: the messages wait in
+/// its mailbox. Together they may hold at most `--max-buffered-socket-bytes` (256 KiB here); past
+/// it the sidecar stops reading the clients. Once the turn ends, every message is handled, in
+/// order, and the budget is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_waiting_for_their_turns_stay_within_the_socket_budget() {
+    const BUDGET: usize = 256 << 10;
+    const EACH: usize = 8;
+    let (shard, app) = with_proxy_app(&["--max-buffered-socket-bytes", &BUDGET.to_string()]).await;
+    let mut senders = vec![];
+    let mut readers = vec![];
+    for _ in 0..2 {
+        let (tx, rx) = connect(&shard, "held").await.split();
+        senders.push(tx);
+        readers.push(rx);
+    }
+    let holding = tokio::spawn(post_status(
+        shard.ingress,
+        "/objects/Counter/name/held/hold?ms=20000",
+    ));
+    eventually("the object's turn is held", || async {
+        app.events_of("request")
+            .iter()
+            .any(|e| e.get(":path").map(String::as_str) == Some("/hold"))
+    })
+    .await;
+    let sending: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(who, mut tx)| {
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    let text = format!("{who}-{i}-{}", "x".repeat(64 << 10));
+                    if tx.send(Message::text(text)).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually("the waiting messages take the budget", || async {
+        shard
+            .metric("stead_websocket_messages_buffered_bytes ")
+            .await
+            >= (BUDGET / 2) as f64
+    })
+    .await;
+    for _ in 0..5 {
+        let held = shard
+            .metric("stead_websocket_messages_buffered_bytes ")
+            .await;
+        assert!(
+            held <= BUDGET as f64,
+            "{held} bytes of messages wait, over {BUDGET}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        app.events_of("websocket-message").is_empty(),
+        "no message was handled while the turn was held"
+    );
+
+    assert_eq!(holding.await.unwrap(), 200);
+    for s in sending {
+        s.await.unwrap();
+    }
+    eventually("every message is handled", || async {
+        app.events_of("websocket-message").len() == 2 * EACH
+    })
+    .await;
+    eventually("the budget is given back", || async {
+        shard
+            .metric("stead_websocket_messages_buffered_bytes ")
+            .await
+            == 0.0
+    })
+    .await;
+    // Each client's messages were handled in the order it sent them: the broadcasts (the
+    // room's number, then the text) each reader got name them in that order.
+    let mut rx = readers.pop().unwrap();
+    let mut next = [0usize; 2];
+    for _ in 0..2 * EACH {
+        let text = next_text(&mut rx).await;
+        let (_, rest) = text.split_once(':').expect("{seq}:{text}");
+        let mut parts = rest.splitn(3, '-');
+        let who: usize = parts.next().unwrap().parse().unwrap();
+        let i: usize = parts.next().unwrap().parse().unwrap();
+        assert_eq!(i, next[who], "client {who}'s messages out of order");
+        next[who] += 1;
+    }
+}
+
+/// POSTs to `path` on the ingress at `port` (no body) and returns the answer's status.
+async fn post_status(port: u16, path: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = vec![];
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line")
 }

@@ -330,11 +330,7 @@ async fn run(
             biased;
             () = ended(&mut ending) => {
                 // The registry closed a consumer over its bounds.
-                let reason = match &*ending.borrow() {
-                    Some(Ending::Fail { code, reason }) => format!("closed with {code}: {reason}"),
-                    _ => "closed".to_owned(),
-                };
-                break failed(&reason);
+                break failed(&ended_why(&ending));
             }
             w = &mut writer, if !writer_done => {
                 writer_done = true;
@@ -411,7 +407,8 @@ async fn run(
                 break failed(&text);
             }
         };
-        // Holds its share of the socket's inbound bytes until the event has left the mailbox.
+        // Holds its share of the socket's inbound bytes, and of every socket's, until the event
+        // has left the mailbox. Waiting for either stops reading this client.
         let mut req = req;
         let permits = req.body().len().clamp(1, MAX_INBOUND_BYTES) as u32;
         match inbound.clone().acquire_many_owned(permits).await {
@@ -421,6 +418,12 @@ async fn run(
             // Never closed.
             Err(_) => break failed("internal: the inbound limit closed"),
         }
+        let held = tokio::select! {
+            biased;
+            () = ended(&mut ending) => break failed(&ended_why(&ending)),
+            held = sockets.inbound.wait(req.body().len()) => held,
+        };
+        req.extensions_mut().insert(Arc::new(held));
         host.post(object.clone(), work, req).await;
     };
     // No more messages to this socket; the writer drops its queue and writes the Close.
@@ -433,6 +436,14 @@ async fn run(
             .is_err()
     {
         writer.abort();
+    }
+}
+
+/// Why the registry ended the socket, as its error event says.
+fn ended_why(ending: &tokio::sync::watch::Receiver<Option<Ending>>) -> String {
+    match &*ending.borrow() {
+        Some(Ending::Fail { code, reason }) => format!("closed with {code}: {reason}"),
+        _ => "closed".to_owned(),
     }
 }
 

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::body::BodyBudget;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::object::ObjectKey;
@@ -331,12 +332,17 @@ struct ObjectSockets {
 pub struct Sockets {
     objects: Mutex<HashMap<ObjectKey, ObjectSockets>>,
     pub(super) metrics: Metrics,
+    /// Client messages waiting for their turns, across every socket (`--max-buffered-socket-bytes`).
+    pub(super) inbound: BodyBudget,
 }
 
 impl Sockets {
-    pub fn new(metrics: Metrics) -> Self {
+    /// `inbound_bytes`: the most bytes of client messages that may wait for their turns, across
+    /// every socket.
+    pub fn new(metrics: Metrics, inbound_bytes: usize) -> Self {
         Self {
             objects: Mutex::new(HashMap::new()),
+            inbound: BodyBudget::new(inbound_bytes, metrics.websocket_messages_buffered.clone()),
             metrics,
         }
     }
