@@ -1,6 +1,5 @@
-//! Client bodies: read whole, within the size limit and without long pauses, and, for the
-//! routes any client reaches, within a memory budget for what clients sent and waits in the
-//! sidecar (request bodies; WebSocket messages have a budget of their own).
+//! Client bodies: read whole, within the size limit and without long pauses, and within a
+//! memory budget for everything clients sent that waits in the sidecar.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +19,17 @@ const UNIT: usize = 1024;
 /// A body of unknown length takes the budget in steps of this many units as it arrives.
 const STEP_UNITS: usize = 64;
 
-/// Request bodies held in memory at once, across every request that reads its body whole before
-/// it is handled (object requests, object calls, the app's front door):
-/// `--max-buffered-request-bytes`. The per-request limit alone did not bound the sum: a hundred
-/// concurrent 32 MiB uploads to one object held 3.2 GiB in the sidecar, since each body is read
-/// before its turn waits in the object's mailbox. A body that cannot get its share at once is
-/// refused with 503 and `Retry-After` before more of it is read; nothing waits for the budget,
-/// so turns that call other objects cannot deadlock on it.
+/// What clients sent that waits in the sidecar's memory, bounded in total. Two budgets use it:
+///
+/// - request bodies, read whole before their request is handled (object requests, object calls,
+///   the app's front door): `--max-buffered-request-bytes`, through [`BodyBudget::read`]. The
+///   per-request limit alone did not bound the sum: a hundred concurrent 32 MiB uploads to one
+///   object peaked at 3.1 GiB in the sidecar, since each body is read before its turn waits in
+///   the object's mailbox. A body that cannot get its share at once is refused with 503 and
+///   `Retry-After` before more of it is read; nothing waits for this budget, so turns that call
+///   other objects cannot deadlock on it;
+/// - WebSocket messages waiting for their turns (`--max-buffered-socket-bytes`), through
+///   [`BodyBudget::wait`]: a socket's reader waits, and the client is slowed down by TCP.
 #[derive(Clone)]
 pub struct BodyBudget {
     units: Arc<Semaphore>,
