@@ -109,7 +109,9 @@ pub async fn connect(
         sockets.refuse(&key, &id);
         return answer.map(Body::from);
     }
-    let metrics = sockets.metrics.clone();
+    // Counted open from here, before the 101 leaves: a sidecar that stops meanwhile waits for
+    // the socket to take its Close (1012) instead of ending under it.
+    let open = OpenSocket::new(&sockets.metrics);
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
@@ -117,9 +119,9 @@ pub async fn connect(
         .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| async move {
+            let _open = open;
             // Up: from here `run` tells the app how the socket ends.
             reservation.disarm();
-            metrics.websockets_open.inc();
             run(
                 host,
                 sockets.clone(),
@@ -131,8 +133,24 @@ pub async fn connect(
             )
             .await;
             sockets.remove(&key, &id);
-            metrics.websockets_open.dec();
         })
+}
+
+/// A socket in `stead_websockets_open`, from its acceptance until its task ends, or until its
+/// upgrade fails (the task's callback is then dropped unrun).
+struct OpenSocket(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenSocket {
+    fn new(metrics: &crate::metrics::Metrics) -> Self {
+        metrics.websockets_open.inc();
+        Self(metrics.websockets_open.clone())
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// A socket between its reservation and its upgrade. Dropped there (the client went away during

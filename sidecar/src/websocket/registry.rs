@@ -334,6 +334,9 @@ pub struct Sockets {
     pub(super) metrics: Metrics,
     /// Client messages waiting for their turns, across every socket (`--max-buffered-socket-bytes`).
     pub(super) inbound: BodyBudget,
+    /// Set by [`Sockets::close_all`] (under the lock): no socket is reserved after it, so none
+    /// can miss its Close (1012).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Sockets {
@@ -344,6 +347,7 @@ impl Sockets {
             objects: Mutex::new(HashMap::new()),
             inbound: BodyBudget::new(inbound_bytes, metrics.websocket_messages_buffered.clone()),
             metrics,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -355,6 +359,13 @@ impl Sockets {
     /// wait in its queue until the socket is up.
     pub(super) fn reserve(&self, key: &ObjectKey) -> Result<(String, Queue), ApiError> {
         let mut objects = self.lock();
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the sidecar is stopping; connect again",
+            ));
+        }
         let entry = objects.entry(key.clone()).or_default();
         if entry.sockets.len() >= MAX_SOCKETS_PER_OBJECT {
             self.metrics.websockets_refused.inc();
@@ -574,7 +585,10 @@ impl Sockets {
 
     /// Closes every socket with 1012 (service restart): the sidecar is shutting down.
     pub fn close_all(&self) {
-        for o in self.lock().values() {
+        let objects = self.lock();
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        for o in objects.values() {
             for s in o.sockets.values() {
                 s.close(CLOSE_SERVICE_RESTART, "server restarting".into());
             }
@@ -590,4 +604,31 @@ fn matches(s: &Socket, id: &str, tag: Option<&str>, except: &[String]) -> bool {
 pub(super) struct Queue {
     pub(super) rx: mpsc::UnboundedReceiver<Out>,
     pub(super) link: Arc<Link>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ObjectKey {
+        let class = stead_core::ClassName::new("Room").expect("class name");
+        let id = stead_core::ObjectId::unique().expect("randomness");
+        crate::object::ObjectRef::new(class, id, None, 16).key()
+    }
+
+    #[test]
+    fn no_socket_is_reserved_once_every_socket_was_closed() {
+        let sockets = Sockets::new(Metrics::new(), 1 << 20);
+        let key = key();
+        let (id, mut queue) = sockets.reserve(&key).expect("reserve before the stop");
+        sockets.close_all();
+        // The socket reserved before the stop gets its Close, whenever it comes up.
+        assert!(
+            matches!(queue.rx.try_recv(), Ok(Out::Close(1012, _))),
+            "socket {id}"
+        );
+        let refused = sockets.reserve(&key).err().expect("refused after the stop");
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.code, "shutting_down");
+    }
 }
